@@ -1,0 +1,8 @@
+"""cpic: low-rank embeddings of huge volumes from a few cherry-picked voxels."""
+
+from cpic import layout
+from cpic._version import __version__
+from cpic.cross import CrossInfo, cross
+from cpic.tt import TT
+
+__all__ = ["TT", "CrossInfo", "__version__", "cross", "layout"]

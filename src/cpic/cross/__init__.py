@@ -1,0 +1,10 @@
+"""Cross layer: TT-cross approximation of batched black-box tensors.
+
+Imports the tensor layer (``cpic.tt``) only; knows nothing of volumes or files.
+"""
+
+from cpic.cross.engine import cross
+from cpic.cross.info import CrossInfo
+from cpic.cross.maxvol import maxvol, maxvol_rect
+
+__all__ = ["CrossInfo", "cross", "maxvol", "maxvol_rect"]

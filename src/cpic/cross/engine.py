@@ -1,0 +1,347 @@
+"""Batched TT-cross: alternating maxvol sweeps over fibers of a black-box tensor."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cpic.cross.cache import BatchedFunction, BudgetExhausted, EvaluationCache
+from cpic.cross.fibers import empty_set, extend_left, extend_right, fiber_indices
+from cpic.cross.info import CrossInfo
+from cpic.cross.maxvol import maxvol_rect
+from cpic.tt import TT
+
+_DEFAULT_RANK = 10
+_DEFAULT_SWEEPS = 4
+_SAFETY_SWEEPS = 100
+
+
+@dataclass
+class _Plan:
+    """Validated arguments of one run."""
+
+    shape: tuple[int, ...]
+    batch: int
+    start_ranks: list[int]  # initial bond ranks (1, r_1, ..., 1)
+    limits: list[int]  # largest allowed bond ranks
+    adaptive: bool
+    kick: int
+    tol: float | None
+    sweeps: int
+    budget: int | None
+    n_test: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _positive_int(name: str, value, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init) -> _Plan:
+    try:
+        shape = tuple(int(n) for n in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a sequence of mode sizes, got {shape!r}.") from None
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"shape must be a non-empty sequence of sizes >= 1, got {shape}.")
+    batch = _positive_int("batch", batch, allow_none=False)
+    rank = _positive_int("rank", rank)
+    max_rank = _positive_int("max_rank", max_rank)
+    sweeps = _positive_int("sweeps", sweeps)
+    budget = _positive_int("budget", budget)
+    kick = _positive_int("kick", kick, allow_none=False)
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}.")
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0:
+        raise ValueError(f"n_test must be a non-negative integer, got {n_test!r}.")
+    if rank is not None and max_rank is not None and max_rank < rank:
+        raise ValueError(f"max_rank ({max_rank}) must be >= rank ({rank}).")
+    dtype = dtype or torch.float32
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point dtype, got {dtype}.")
+    try:
+        device = torch.device(device or "cpu")
+    except RuntimeError as err:
+        raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
+    d = len(shape)
+    caps = [1] + [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, d)] + [1]
+    adaptive = max_rank is not None and (rank is None or max_rank > rank)
+    start = rank if rank is not None else (1 if adaptive else _DEFAULT_RANK)
+    top = max_rank if adaptive else start
+    if init is not None:
+        if tuple(init.shape) != shape or init.batch != batch:
+            raise ValueError(
+                f"init was computed for batch {init.batch} and shape {init.shape}, not batch {batch} "
+                f"and shape {shape}."
+            )
+        start_ranks = [int(r.shape[1]) for r in init.right]
+        top = max(top, max(start_ranks))
+    else:
+        start_ranks = [min(start, c) for c in caps]
+    if sweeps is None:
+        sweeps = _SAFETY_SWEEPS if (tol is not None or budget is not None) else _DEFAULT_SWEEPS
+    return _Plan(
+        shape=shape,
+        batch=batch,
+        start_ranks=start_ranks,
+        limits=[min(top, c) for c in caps],
+        adaptive=adaptive,
+        kick=kick,
+        tol=None if tol is None else float(tol),
+        sweeps=sweeps,
+        budget=budget,
+        n_test=n_test,
+        dtype=dtype,
+        device=device,
+    )
+
+
+def _first_pass_cost(plan: _Plan) -> int:
+    """Evaluations of the first left-to-right pass, which yields the first TT.
+
+    Consecutive fibers share the ``r_k x r_k`` pivot entries, which the cache serves.
+    """
+    r, n = plan.start_ranks, plan.shape
+    fibers = sum(r[k] * n[k] * r[k + 1] for k in range(len(n)))
+    shared = sum(r[k] ** 2 for k in range(1, len(n)))
+    return plan.batch * (fibers - shared + plan.n_test)
+
+
+def _random_right_sets(plan: _Plan, gen: torch.Generator) -> list[Tensor]:
+    """Nested right index sets of distinct, uniformly random rows."""
+    d, B, dev = len(plan.shape), plan.batch, plan.device
+    right: list[Tensor] = [empty_set(B, dev)] * (d + 1)
+    for k in range(d - 1, 0, -1):
+        candidates = plan.shape[k] * plan.start_ranks[k + 1]
+        order = torch.rand(B, candidates, generator=gen, device=dev).argsort(dim=1)
+        right[k] = extend_right(right[k + 1], plan.shape[k], order[:, : plan.start_ranks[k]])
+    return right
+
+
+class _Sweeper:
+    """State of one run: index sets, ranks, cores, and the cache that evaluates fibers."""
+
+    def __init__(self, f: BatchedFunction, plan: _Plan, cache: EvaluationCache, right, tau: float):
+        self.f, self.plan, self.cache, self.tau = f, plan, cache, tau
+        d = len(plan.shape)
+        self.d = d
+        self.ranks = list(plan.start_ranks)
+        self.left: list[Tensor] = [empty_set(plan.batch, plan.device)] * (d + 1)
+        self.right = list(right)
+        self.cores: list[Tensor | None] = [None] * d
+        self.grow = plan.adaptive
+
+    def fiber(self, k: int) -> Tensor:
+        left, right = self.left[k], self.right[k + 1]
+        idx = fiber_indices(left, self.plan.shape[k], right)
+        values = self.cache.evaluate(self.f, idx)
+        return values.reshape(self.plan.batch, left.shape[1], self.plan.shape[k], right.shape[1])
+
+    def _target(self, k: int, neighbour: int) -> int:
+        """Rank of bond ``k`` after a step: grown by ``kick`` within the limits."""
+        if not self.grow:
+            return self.ranks[k]
+        return min(self.ranks[k] + self.plan.kick, self.plan.limits[k], neighbour)
+
+    def left_to_right(self, first: Tensor) -> Tensor:
+        """Update the left sets; returns the last fiber (the TT's last core)."""
+        n, B = self.plan.shape, self.plan.batch
+        fiber = first
+        for k in range(self.d - 1):
+            if k:
+                fiber = self.fiber(k)
+            r0, r1 = fiber.shape[1], fiber.shape[3]
+            q = torch.linalg.qr(fiber.reshape(B, r0 * n[k], r1)).Q
+            target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
+            rows, coef = maxvol_rect(q, target - r1, self.tau)
+            self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
+            self.left[k + 1] = extend_left(self.left[k], n[k], rows)
+            self.ranks[k + 1] = rows.shape[1]
+        fiber = self.fiber(self.d - 1)
+        self.cores[self.d - 1] = fiber
+        return fiber
+
+    def right_to_left(self, first: Tensor) -> Tensor:
+        """Update the right sets; returns the first fiber (the TT's first core)."""
+        n, B = self.plan.shape, self.plan.batch
+        fiber = first
+        for k in range(self.d - 1, 0, -1):
+            if k < self.d - 1:
+                fiber = self.fiber(k)
+            r0, r1 = fiber.shape[1], fiber.shape[3]
+            q = torch.linalg.qr(fiber.reshape(B, r0, n[k] * r1).mT).Q
+            target = self._target(k, n[k - 1] * self.ranks[k - 1])
+            rows, coef = maxvol_rect(q, target - r0, self.tau)
+            self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
+            self.right[k] = extend_right(self.right[k + 1], n[k], rows)
+            self.ranks[k] = rows.shape[1]
+        fiber = self.fiber(0)
+        self.cores[0] = fiber
+        return fiber
+
+    def at_limits(self) -> bool:
+        return all(r >= lim for r, lim in zip(self.ranks, self.plan.limits))
+
+
+def _stalled(history: list[Tensor], sweeper: _Sweeper, patience: int = 3) -> bool:
+    """True when the ranks cannot grow and the error has not halved in ``patience`` sweeps."""
+    if (sweeper.grow and not sweeper.at_limits()) or len(history) <= patience:
+        return False
+    best_before = torch.stack(history[:-patience]).min(dim=0).values
+    recent = torch.stack(history[-patience:]).min(dim=0).values
+    return bool((recent > 0.5 * best_before).any())
+
+
+def _relative_error(approx: Tensor, exact: Tensor) -> Tensor:
+    """``||approx - exact|| / ||exact||`` per item ``[B]``, scaled first so float32 cannot overflow.
+
+    An all-zero ``exact`` gives the absolute error of ``approx``.
+    """
+    scale = exact.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    diff = ((approx - exact) / scale).norm(dim=1)
+    ref = (exact / scale).norm(dim=1)
+    return torch.where(ref > 0, diff / torch.where(ref > 0, ref, torch.ones_like(ref)), diff)
+
+
+def _change(current: TT, previous: TT) -> Tensor:
+    """Relative change ``||current - previous|| / ||current||`` per item, in float64."""
+    current, previous = current.to(torch.float64), previous.to(torch.float64)
+    norm = current.norm()
+    diff = (current - previous).norm()
+    return torch.where(norm > 0, diff / torch.where(norm > 0, norm, torch.ones_like(norm)), diff)
+
+
+@torch.no_grad()
+def cross(
+    f: BatchedFunction,
+    shape: Sequence[int],
+    *,
+    batch: int = 1,
+    rank: int | None = None,
+    max_rank: int | None = None,
+    tol: float | None = None,
+    sweeps: int | None = None,
+    budget: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    seed: int | None = None,
+    kick: int = 2,
+    n_test: int = 256,
+    cache: bool = True,
+    init: CrossInfo | None = None,
+    tau: float = 1.05,
+) -> tuple[TT, CrossInfo]:
+    """Tensor-train cross approximation of ``batch`` black-box tensors at once.
+
+    ``f(idx: LongTensor[batch, P, d]) -> Tensor[batch, P]`` gives the entries; it is called
+    once per fiber block, on entries not evaluated before. With ``rank`` alone the bond ranks
+    are fixed (default 10, capped by what the shape allows); with ``max_rank`` they grow by
+    ``kick`` every step until the held-out relative error is below ``tol``. The run stops at
+    ``tol``, after ``sweeps`` (default 4, or 100 when ``tol`` or ``budget`` is given), when
+    the next call would exceed ``budget`` evaluations, when a whole sweep needs no new
+    entries, or (with ``tol``) when the ranks are at their limit and the error has not halved
+    in three sweeps, whichever comes first; ``info.stop`` says which. ``n_test`` random
+    entries per item estimate the error (``n_test=0``: the relative change between sweeps is
+    used instead). ``init`` warm-starts from the index sets of an earlier run's info.
+
+    Example:
+        >>> import torch, cpic
+        >>> def f(idx):                                     # a rank-2 function of 6 indices
+        ...     x = idx.double() / 15
+        ...     return torch.sin(x.sum(-1))
+        >>> tt, info = cpic.cross(f, [16] * 6, rank=4, dtype=torch.float64, seed=0)
+        >>> bool(info.error.max() < 1e-10), info.ranks
+        (True, (1, 4, 4, 4, 4, 4, 1))
+    """
+    started = time.perf_counter()
+    plan = _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init)
+    if plan.budget is not None and plan.budget < _first_pass_cost(plan):
+        raise ValueError(
+            f"budget={plan.budget} is too small for one sweep: shape {plan.shape} at ranks "
+            f"{plan.start_ranks} with batch {plan.batch} and n_test={plan.n_test} needs "
+            f"{_first_pass_cost(plan)} evaluations for its first pass."
+        )
+    gen = torch.Generator(device=plan.device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    store = EvaluationCache(plan.shape, plan.batch, plan.dtype, plan.device, plan.budget, enabled=cache)
+    right = list(init.right) if init is not None else _random_right_sets(plan, gen)
+    sweeper = _Sweeper(f, plan, store, right, tau)
+    info = CrossInfo(shape=plan.shape, batch=plan.batch)
+
+    test_idx = test_values = None
+    if plan.n_test:
+        high = torch.tensor(plan.shape, device=plan.device)
+        test_idx = (
+            torch.rand(plan.batch, plan.n_test, len(plan.shape), generator=gen, device=plan.device) * high
+        ).long()
+        test_values = store.evaluate(f, test_idx)
+        info.test_evaluations = store.evaluations
+
+    snapshot: tuple | None = None
+    errors, changes = [], []
+    previous: TT | None = None
+    stop = "sweeps"
+    try:
+        fiber = sweeper.fiber(0)
+        if sweeper.d == 1:
+            sweeper.cores[0] = fiber
+            snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+        while sweeper.d > 1:
+            unique_before = store.unique_evaluations
+            fiber = sweeper.left_to_right(fiber)
+            snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+            fiber = sweeper.right_to_left(fiber)
+            snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+            info.sweeps += 1
+            current = TT(sweeper.cores)
+            if test_idx is not None:
+                errors.append(_relative_error(current.eval(test_idx), test_values))
+            if previous is not None:
+                changes.append(_change(current, previous))
+            previous = current
+            measure = errors[-1] if errors else (changes[-1] if changes else None)
+            if plan.tol is not None and measure is not None and bool((measure <= plan.tol).all()):
+                stop = "tol"
+                break
+            if plan.tol is not None and _stalled(errors or changes, sweeper):
+                stop = "stalled"
+                break
+            if info.sweeps >= plan.sweeps:
+                stop = "sweeps"
+                break
+            if store.unique_evaluations == unique_before and (not sweeper.grow or sweeper.at_limits()):
+                stop = "converged"
+                break
+    except BudgetExhausted:
+        stop = "budget"
+        if snapshot is None:  # cannot happen: the budget was checked against one sweep
+            raise ValueError(f"budget={plan.budget} is too small for one sweep.") from None
+
+    cores, info.left, info.right, info.ranks = snapshot
+    tt = TT(cores)
+    if test_idx is not None and (not errors or stop == "budget"):
+        errors.append(_relative_error(tt.eval(test_idx), test_values))
+    B = plan.batch
+    info.errors = torch.stack(errors).cpu() if errors else torch.empty(0, B)
+    info.changes = torch.stack(changes).cpu() if changes else torch.empty(0, B)
+    info.evaluations = store.evaluations
+    info.unique_evaluations = store.unique_evaluations
+    info.cache_hits = store.hits
+    info.test_idx, info.test_values = test_idx, test_values
+    info.stop = stop
+    info.time = time.perf_counter() - started
+    return tt, info

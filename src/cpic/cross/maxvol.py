@@ -1,0 +1,94 @@
+"""Batched maximal-volume row selection, on the tensor's device."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _rows(a: Tensor, idx: Tensor) -> Tensor:
+    """``a[b, idx[b]]`` for ``a: [B, N, r]``, ``idx: [B, k]`` -> ``[B, k, r]``."""
+    return a.gather(1, idx[:, :, None].expand(-1, -1, a.shape[2]))
+
+
+def maxvol(a: Tensor, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, Tensor]:
+    """Rows of a dominant ``r x r`` submatrix of each tall ``a[b]: [N, r]``.
+
+    Starts from the pivots of an LU factorisation, then swaps rows while some coefficient
+    exceeds ``tau`` in magnitude. Returns ``idx: [B, r]`` and ``coef = a @ inv(a[idx])``
+    ``[B, N, r]`` (``coef[idx]`` is the identity and ``|coef| <= tau``). ``a`` should have
+    orthonormal columns (a QR factor), which keeps ``a[idx]`` well conditioned.
+
+    Example:
+        >>> import torch
+        >>> a = torch.linalg.qr(torch.randn(2, 20, 4, dtype=torch.float64)).Q
+        >>> idx, coef = maxvol(a)
+        >>> bool(coef.abs().max() <= 1.05)
+        True
+        >>> bool(torch.allclose(coef @ a.gather(1, idx[..., None].expand(-1, -1, 4)), a))
+        True
+    """
+    B, N, r = a.shape
+    if N < r:
+        raise ValueError(f"maxvol needs a tall matrix, got {N} rows and {r} columns.")
+    if N == r:
+        eye = torch.eye(r, dtype=a.dtype, device=a.device).expand(B, r, r).clone()
+        return torch.arange(r, device=a.device).expand(B, r).clone(), eye
+    P, _, _ = torch.linalg.lu(a)
+    idx = P[:, :, :r].argmax(dim=1)  # rows moved to the top by partial pivoting
+    coef = torch.linalg.solve(_rows(a, idx), a, left=False)
+    eye_rows = torch.eye(r, dtype=a.dtype, device=a.device)
+    for _ in range(max_iters):
+        val, pos = coef.abs().flatten(1).max(dim=1)
+        active = val > tau
+        if not bool(active.any()):
+            break
+        i, j = pos // r, pos % r
+        pivot = coef.flatten(1).gather(1, pos[:, None])  # [B, 1]
+        col_j = coef.gather(2, j[:, None, None].expand(B, N, 1))  # [B, N, 1]
+        row_i = _rows(coef, i[:, None]) - eye_rows[j][:, None, :]  # [B, 1, r]
+        step = col_j @ (row_i / pivot[:, :, None])
+        coef = coef - torch.where(active[:, None, None], step, torch.zeros_like(step))
+        new_j = torch.where(active, i, idx.gather(1, j[:, None])[:, 0])
+        idx = idx.scatter(1, j[:, None], new_j[:, None])
+    return idx, coef
+
+
+def maxvol_rect(a: Tensor, extra: int, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, Tensor]:
+    """``r + extra`` rows of each ``a[b]: [N, r]``: maxvol, then greedy rows of largest norm.
+
+    Every batch item gets the same number of rows, so ranks stay shared by the batch.
+    Returns ``idx: [B, r + extra]`` and ``coef: [B, N, r + extra]`` with ``a = coef @ a[idx]``
+    (least-squares coefficients, ``coef[idx]`` the identity).
+
+    Example:
+        >>> import torch
+        >>> a = torch.linalg.qr(torch.randn(1, 30, 3, dtype=torch.float64)).Q
+        >>> idx, coef = maxvol_rect(a, extra=2)
+        >>> idx.shape, coef.shape
+        (torch.Size([1, 5]), torch.Size([1, 30, 5]))
+        >>> bool(torch.allclose(coef @ a.gather(1, idx[..., None].expand(-1, -1, 3)), a))
+        True
+    """
+    idx, coef = maxvol(a, tau, max_iters)
+    B, N, r = a.shape
+    extra = min(int(extra), N - r)
+    if extra <= 0:
+        return idx, coef
+    batch = torch.arange(B, device=a.device)
+    free = torch.ones(B, N, dtype=a.dtype, device=a.device).scatter(1, idx, 0.0)
+    score = free * coef.square().sum(2)
+    chosen = [idx]
+    for _ in range(extra):
+        i = score.argmax(dim=1)  # [B]
+        chosen.append(i[:, None])
+        free = free.scatter(1, i[:, None], 0.0)
+        row = coef[batch, i]  # [B, k]
+        v = (coef @ row[:, :, None])[:, :, 0]  # [B, N]
+        scale = 1.0 / (1.0 + v[batch, i])  # [B]
+        coef = torch.cat(
+            [coef - scale[:, None, None] * v[:, :, None] * row[:, None, :], (scale[:, None] * v)[:, :, None]],
+            dim=2,
+        )
+        score = free * (score - scale[:, None] * v.square())
+    return torch.cat(chosen, dim=1), coef

@@ -1,0 +1,104 @@
+"""Quantized TT layout with Morton (z-order) interleaving of the coordinate bits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from cpic.layout.base import Layout
+
+
+class QTTLayout(Layout):
+    """Morton-ordered quantized layout, coarse to fine.
+
+    Each axis of size ``n_a`` is padded to ``2**L_a`` (``L_a = ceil(log2 n_a)``). Bit ``j`` of
+    every axis with ``L_a > j`` belongs to level ``j``; levels run from the coarsest to the
+    finest, and within a level the axes run in order. Levels are aligned at the fine end, so
+    summing out the last ``m`` levels averages ``2**m`` blocks along every axis.
+
+    ``group=False`` gives one mode of size 2 per bit; ``group=True`` one mode per level of size
+    ``2**(number of axes at that level)`` (8 for a cube), the first axis as the highest bit.
+
+    Example:
+        >>> import torch
+        >>> from cpic.layout import QTTLayout
+        >>> layout = QTTLayout((4, 4))
+        >>> layout.tensor_shape
+        (2, 2, 2, 2)
+        >>> layout.to_index(torch.tensor([3, 1])).tolist()   # x=0b11, y=0b01 -> (1,0),(1,1)
+        [1, 0, 1, 1]
+        >>> QTTLayout((64, 64, 64), group=True, features=16).tensor_shape
+        (8, 8, 8, 8, 8, 8, 16)
+    """
+
+    def __init__(self, grid_shape: Sequence[int], features: int | None = None, group: bool = False):
+        super().__init__(grid_shape, features)
+        self.group = bool(group)
+        self.bits = tuple(max(int(n - 1).bit_length(), 0) for n in self.grid_shape)
+        levels = max(self.bits) if max(self.bits) > 0 else 0
+        self.levels = levels
+        # one entry per bit, coarse to fine: (axis, bit position, level counted from the coarsest)
+        bit_axis, bit_pos, bit_level = [], [], []
+        for level, j in enumerate(range(levels - 1, -1, -1)):
+            for axis, la in enumerate(self.bits):
+                if la > j:
+                    bit_axis.append(axis)
+                    bit_pos.append(j)
+                    bit_level.append(level)
+        if not bit_axis:  # a single voxel: keep one mode of size 1 so the tensor has a mode
+            self._spatial_shape: tuple[int, ...] = (1,)
+        elif self.group:
+            counts = torch.bincount(torch.tensor(bit_level), minlength=levels).tolist()
+            self._spatial_shape = tuple(2**c for c in counts)
+        else:
+            self._spatial_shape = (2,) * len(bit_axis)
+        self._bit_axis = torch.tensor(bit_axis, dtype=torch.long)
+        self._bit_pos = torch.tensor(bit_pos, dtype=torch.long)
+        if self.group and bit_axis:
+            # place of each bit inside its level's mode: the level's first axis is the highest bit
+            level_t = torch.tensor(bit_level)
+            within = torch.zeros(len(bit_axis), dtype=torch.long)
+            for level in range(levels):
+                members = (level_t == level).nonzero().flatten()
+                within[members] = torch.arange(len(members) - 1, -1, -1)
+            self._bit_mode = level_t
+            self._bit_shift = within
+        else:
+            self._bit_mode = torch.arange(len(bit_axis))
+            self._bit_shift = torch.zeros(len(bit_axis), dtype=torch.long)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self._spatial_shape
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        return tuple(2**b for b in self.bits)
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return (
+            self._bit_axis.to(device),
+            self._bit_pos.to(device),
+            self._bit_mode.to(device),
+            self._bit_shift.to(device),
+        )
+
+    def _spatial_index(self, coords: Tensor) -> Tensor:
+        out_shape = coords.shape[:-1] + (len(self._spatial_shape),)
+        if not len(self._bit_axis):
+            return coords.new_zeros(out_shape)
+        axis, pos, mode, shift = self._tables(coords.device)
+        bits = (coords[..., axis] >> pos) & 1  # [..., n_bits]
+        if not self.group:
+            return bits
+        return coords.new_zeros(out_shape).index_add_(-1, mode, bits << shift)
+
+    def _spatial_coords(self, idx: Tensor) -> Tensor:
+        out_shape = idx.shape[:-1] + (self.ndim,)
+        if not len(self._bit_axis):
+            return idx.new_zeros(out_shape)
+        axis, pos, mode, shift = self._tables(idx.device)
+        bits = (idx[..., mode] >> shift) & 1
+        return idx.new_zeros(out_shape).index_add_(-1, axis, bits << pos)

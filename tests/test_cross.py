@@ -1,0 +1,206 @@
+"""TT-cross against exact low-rank tensors, TT-SVD, per-item runs, and its own accounting."""
+
+import math
+
+import pytest
+import torch
+
+import cpic
+from cpic import TT
+from cpic.cross import CrossInfo
+from tests.helpers import random_tt
+
+
+def rel_err(tt: TT, ref: torch.Tensor) -> torch.Tensor:
+    approx, ref = tt.full().double(), ref.double()
+    return (approx - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+
+
+def hilbert(idx: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (idx.sum(-1) + 1).double()
+
+
+@pytest.mark.parametrize(("dtype", "limit"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize(("rank", "max_rank"), [(3, None), (5, None), (None, 8)])
+def test_exact_recovery_of_random_low_rank_tt(dtype, limit, rank, max_rank):
+    ref = random_tt(3, (6, 5, 6, 5, 6, 5), 3, dtype=dtype, seed=1)
+    tol = 10 * limit if max_rank else None
+    tt, info = cpic.cross(
+        ref.eval, ref.shape, batch=3, rank=rank, max_rank=max_rank, tol=tol, dtype=dtype, seed=0
+    )
+    assert tt.dtype == dtype
+    assert (rel_err(tt, ref.full()) < limit).all()
+    assert (info.error < limit).all()
+    assert info.unique_evaluations < 0.25 * 3 * math.prod(ref.shape)
+
+
+def test_quasi_optimal_against_tt_svd():
+    shape = (6, 6, 6, 6)
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1)
+    full = hilbert(idx)[None]
+    for r in (2, 3, 4):
+        svd_err = rel_err(TT.from_dense(full, max_rank=r), full).item()
+        tt, _ = cpic.cross(hilbert, shape, rank=r, sweeps=6, dtype=torch.float64, seed=0)
+        assert rel_err(tt, full).item() < 10 * svd_err
+    tt, _ = cpic.cross(hilbert, shape, rank=36, dtype=torch.float64, seed=0)
+    assert rel_err(tt, full).item() < 1e-12  # full rank: exact, like TT-SVD
+
+
+def test_batched_run_equals_per_item_runs():
+    refs = [random_tt(1, (4, 5, 3, 6), 4, seed=s) for s in range(3)]
+    # index sets to start from, one per item; the batch starts from all of them at once
+    starts = [
+        cpic.cross(r.eval, r.shape, rank=3, sweeps=1, dtype=torch.float64, seed=s, n_test=0)[1]
+        for s, r in enumerate(refs)
+    ]
+    init = CrossInfo(shape=refs[0].shape, batch=3)
+    init.right = [torch.cat([info.right[k] for info in starts]) for k in range(5)]
+    stacked = TT([torch.cat(cores) for cores in zip(*[r.cores for r in refs])])
+    tt, _ = cpic.cross(stacked.eval, stacked.shape, batch=3, rank=3, sweeps=2, dtype=torch.float64, init=init)
+    for b, (ref, start) in enumerate(zip(refs, starts)):
+        one, _ = cpic.cross(ref.eval, ref.shape, rank=3, sweeps=2, dtype=torch.float64, init=start)
+        torch.testing.assert_close(tt[b].full(), one.full())
+
+
+def test_cache_never_evaluates_an_entry_twice():
+    seen = []
+
+    def f(idx):
+        seen.append(idx.clone())
+        return hilbert(idx)
+
+    _, info = cpic.cross(f, (5,) * 6, rank=4, sweeps=5, dtype=torch.float64, seed=0)
+    entries = torch.cat([s[0] for s in seen])
+    assert len(entries) == info.evaluations == info.unique_evaluations
+    assert len(torch.unique(entries, dim=0)) == len(entries)
+    assert info.cache_hits > 0
+
+    seen.clear()
+    ref = random_tt(2, (5,) * 6, 2)
+    values = {}
+
+    def g(idx):
+        seen.append(idx.clone())
+        out = ref.eval(idx)
+        for b in range(idx.shape[0]):
+            for key, v in zip(map(tuple, idx[b].tolist()), out[b].tolist()):
+                values.setdefault((b, key), v)
+        return out
+
+    tt, info = cpic.cross(g, ref.shape, batch=2, rank=3, sweeps=4, dtype=torch.float64, seed=0)
+    # batch items missing fewer entries are padded with their own entries; those are counted
+    assert sum(s.shape[0] * s.shape[1] for s in seen) == info.evaluations
+    assert len(values) == info.unique_evaluations
+    torch.testing.assert_close(tt.full(), ref.full())
+    _, nocache = cpic.cross(g, ref.shape, batch=2, rank=3, sweeps=4, dtype=torch.float64, seed=0, cache=False)
+    assert nocache.evaluations > info.evaluations
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_edge_cases_give_finite_exact_results(dtype):
+    for value in (0.0, 3.5):
+        tt, info = cpic.cross(
+            lambda idx, v=value: torch.full(idx.shape[:2], v),
+            (4, 1, 7, 3),
+            batch=2,
+            rank=20,
+            dtype=dtype,
+            seed=0,
+        )
+        assert max(tt.ranks) <= 4  # capped by what the shape allows
+        torch.testing.assert_close(tt.full(), torch.full((2, 4, 1, 7, 3), value, dtype=dtype))
+        assert torch.isfinite(info.error).all()
+    # modes of size 1 everywhere, and a single mode
+    tt, _ = cpic.cross(lambda idx: idx.sum(-1).to(dtype) + 1, (1, 1, 1), rank=3, dtype=dtype)
+    assert tt.full().flatten().tolist() == [1.0]
+    tt, _ = cpic.cross(lambda idx: idx[..., 0].to(dtype), (5,), rank=3, dtype=dtype)
+    assert tt.full().flatten().tolist() == [0, 1, 2, 3, 4]
+    # batch items of very different scale
+    ref = random_tt(3, (4,) * 5, 2, dtype=dtype)
+    scale = torch.tensor([1e-30, 1.0, 1e30], dtype=dtype)
+    tt, info = cpic.cross(
+        lambda idx: ref.eval(idx) * scale[:, None], ref.shape, batch=3, rank=2, dtype=dtype, seed=0
+    )
+    limit = 1e-4 if dtype == torch.float32 else 1e-10
+    assert (rel_err(tt, ref.full() * scale[:, None, None, None, None, None]) < limit).all()
+    assert torch.isfinite(info.error).all() and (info.error < limit).all()
+
+
+def test_rank_deficient_and_overestimated_rank():
+    ref = random_tt(1, (6,) * 5, 1)
+    tt, info = cpic.cross(ref.eval, ref.shape, rank=9, sweeps=3, dtype=torch.float32, seed=0)
+    assert torch.isfinite(torch.stack([c.abs().max() for c in tt.cores])).all()
+    assert rel_err(tt, ref.full()).item() < 1e-5
+
+
+def test_adaptive_rank_stops_at_tolerance():
+    tt, info = cpic.cross(hilbert, (8,) * 6, max_rank=12, tol=1e-6, dtype=torch.float64, seed=0)
+    assert info.stop == "tol"
+    assert (info.error <= 1e-6).all()
+    assert info.errors.shape[0] == info.sweeps
+    assert max(tt.ranks) <= 12 and max(tt.ranks) > 1
+    assert info.errors[0].item() > info.errors[-1].item()
+
+
+def test_budget_is_honoured():
+    _, full_run = cpic.cross(hilbert, (8,) * 6, rank=5, sweeps=4, dtype=torch.float64, seed=0)
+    for budget in (full_run.evaluations // 2, full_run.evaluations - 1):
+        tt, info = cpic.cross(hilbert, (8,) * 6, rank=5, sweeps=4, budget=budget, dtype=torch.float64, seed=0)
+        assert info.stop == "budget" and info.evaluations <= budget
+        assert torch.isfinite(tt.full()).all() and info.error.item() < 0.1
+    assert info.error.item() < 10 * full_run.error.item() + 1e-9
+
+
+def test_same_seed_same_result_and_warm_start():
+    f = hilbert
+    a, ia = cpic.cross(f, (8,) * 5, rank=4, sweeps=2, seed=7)
+    b, ib = cpic.cross(f, (8,) * 5, rank=4, sweeps=2, seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a.cores, b.cores))
+    assert all(torch.equal(x, y) for x, y in zip(ia.right, ib.right))
+    c, ic = cpic.cross(f, (8,) * 5, rank=4, sweeps=1, init=ia, seed=1, dtype=torch.float32)
+    assert ic.error.item() <= 2 * ia.error.item() + 1e-6
+    assert ic.unique_evaluations < ia.unique_evaluations
+
+
+def test_info_reports_what_happened():
+    tt, info = cpic.cross(hilbert, (4,) * 5, rank=3, sweeps=2, seed=0)
+    assert info.sweeps == 2 and info.stop in ("sweeps", "converged")
+    assert info.ranks == tt.ranks and info.time > 0
+    assert info.test_idx.shape == (1, 256, 5)
+    assert 200 < info.test_evaluations <= 256  # repeated random points are evaluated once
+    assert [s.shape[1] for s in info.left] == list(tt.ranks)
+    assert [s.shape[2] for s in info.left[:5]] == list(range(5))
+    assert [s.shape[2] for s in info.right[1:]] == list(range(4, -1, -1))
+    assert "sweeps" in info.summary()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(shape=(4, 0, 3)), "shape"),
+        (dict(shape=(4, -2)), "shape"),
+        (dict(shape=()), "shape"),
+        (dict(rank=0), "rank"),
+        (dict(rank=-3), "rank"),
+        (dict(max_rank=2, rank=4), "max_rank"),
+        (dict(batch=0), "batch"),
+        (dict(budget=10), "budget"),
+        (dict(tol=-1.0), "tol"),
+        (dict(dtype=torch.int64), "dtype"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = dict(shape=(4, 4, 4), rank=2)
+    args.update(kwargs)
+    shape = args.pop("shape")
+    with pytest.raises(ValueError, match=match):
+        cpic.cross(hilbert, shape, **args)
+
+
+def test_bad_function_output():
+    with pytest.raises(ValueError, match="shape"):
+        cpic.cross(lambda idx: torch.zeros(idx.shape[1]), (4, 4), rank=2)
+    with pytest.raises(ValueError, match="non-finite"):
+        cpic.cross(lambda idx: torch.full(idx.shape[:2], float("nan")), (4, 4), rank=2)
+    with pytest.raises(ValueError, match="non-finite"):
+        cpic.cross(lambda idx: 1.0 / idx.sum(-1).double(), (4, 4), rank=2, n_test=0)

@@ -9,8 +9,10 @@ ALLOWED = {
     "tt": {"tt"},
     "layout": {"layout"},
     "cross": {"cross", "tt"},
-    "data": {"data"},
-    "cli": {"cli", "tt", "layout", "cross", "data", "_version"},
+    "sources": {"sources"},
+    "data": {"data", "sources"},
+    "sampling": {"sampling", "layout", "sources"},
+    "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "_version"},
 }
 
 

@@ -3,6 +3,7 @@
 from cpic import layout
 from cpic._version import __version__
 from cpic.cross import CrossInfo, cross
+from cpic.sources import open_volume
 from cpic.tt import TT
 
-__all__ = ["TT", "CrossInfo", "__version__", "cross", "layout"]
+__all__ = ["TT", "CrossInfo", "__version__", "cross", "layout", "open_volume"]

@@ -25,7 +25,7 @@ class EvaluationCache:
     Keys pack ``(batch item, multi-index)`` into one int64: the exact linear index when the
     batched tensor has fewer than ``2**62`` entries, otherwise a 64-bit mix of the indices
     (collisions then have probability about ``M**2 / 2**(62 - log2 B)`` for ``M`` entries).
-    Keys are kept sorted so a lookup is one ``searchsorted``.
+    Keys live in a few sorted segments, so a lookup is one ``searchsorted`` per segment.
 
     ``evaluate`` calls ``f`` once per request on the missing entries only; batch items
     missing fewer entries than others are padded with repeats of their own entries, and
@@ -67,14 +67,14 @@ class EvaluationCache:
         self.exact = total <= 2**self._item_bits
         strides = [math.prod(self.shape[k + 1 :]) for k in range(len(self.shape))] if self.exact else [0]
         self._strides = torch.tensor(strides, dtype=torch.long, device=self.device)
-        self._keys = torch.empty(0, dtype=torch.long, device=self.device)
-        self._values = torch.empty(0, dtype=dtype, device=self.device)
+        # sorted, disjoint (keys, values) segments, largest first: a small log-structured store
+        self._segments: list[tuple[Tensor, Tensor]] = []
         self.evaluations = 0
         self.unique_evaluations = 0
         self.hits = 0
 
     def __len__(self) -> int:
-        return self._keys.numel()
+        return sum(len(k) for k, _ in self._segments)
 
     def keys(self, idx: Tensor) -> Tensor:
         """Packed keys ``[B, P]`` of multi-indices ``[B, P, d]``."""
@@ -90,26 +90,28 @@ class EvaluationCache:
         return (batch << self._item_bits) | item
 
     def _lookup(self, keys: Tensor) -> tuple[Tensor, Tensor]:
-        if not len(self):
-            return torch.zeros_like(keys, dtype=torch.bool), torch.zeros(
-                keys.shape, dtype=self.dtype, device=keys.device
-            )
-        pos = torch.searchsorted(self._keys, keys).clamp(max=len(self) - 1)
-        return self._keys[pos] == keys, self._values[pos]
+        """``keys: [K]`` -> (found ``[K]`` bool, cached values ``[K]``, 0 where not found)."""
+        hit = torch.zeros_like(keys, dtype=torch.bool)
+        values = torch.zeros(keys.shape, dtype=self.dtype, device=keys.device)
+        for seg_keys, seg_values in self._segments:
+            pos = torch.searchsorted(seg_keys, keys).clamp_(max=len(seg_keys) - 1)
+            found = seg_keys.index_select(0, pos) == keys
+            hit |= found
+            values = torch.where(found, seg_values.index_select(0, pos), values)
+        return hit, values
+
+    #: segments whose merged size is below this are always merged (one segment is fastest
+    #: to search); larger ones only when of similar size, so each entry is copied O(log M) times
+    _SMALL = 65536
 
     def _insert(self, keys: Tensor, values: Tensor) -> None:
-        """Merge sorted, new ``keys`` into the sorted store (linear time, no re-sort)."""
-        if not len(self):
-            self._keys, self._values = keys, values
-            return
-        at = torch.searchsorted(self._keys, keys) + torch.arange(len(keys), device=keys.device)
-        is_new = torch.zeros(len(self) + len(keys), dtype=torch.bool, device=keys.device)
-        is_new[at] = True
-        merged_keys = torch.empty(len(is_new), dtype=torch.long, device=keys.device)
-        merged_values = torch.empty(len(is_new), dtype=self.dtype, device=keys.device)
-        merged_keys[at], merged_values[at] = keys, values
-        merged_keys[~is_new], merged_values[~is_new] = self._keys, self._values
-        self._keys, self._values = merged_keys, merged_values
+        """Add sorted, new ``keys`` as a segment; merge segments of similar size."""
+        self._segments.append((keys, values))
+        while len(self._segments) > 1:
+            (k1, v1), (k2, v2) = self._segments[-2:]
+            if len(k1) > 2 * len(k2) and len(k1) + len(k2) >= self._SMALL:
+                break
+            self._segments[-2:] = [_merge(k1, v1, k2, v2)]
 
     def evaluate(self, f: BatchedFunction, idx: Tensor) -> Tensor:
         """Values ``[B, P]`` of the tensor at ``idx: [B, P, d]``, calling ``f`` on new entries only."""
@@ -120,36 +122,48 @@ class EvaluationCache:
             self.evaluations += B * P
             self.unique_evaluations += B * P
             return values
-        keys = self.keys(idx)
+        keys = self.keys(idx).flatten()
         hit, values = self._lookup(keys)
-        miss_pos = (~hit).flatten().nonzero().flatten()
-        miss_keys, inverse = torch.unique(keys.flatten()[miss_pos], return_inverse=True)
-        counts = torch.bincount(miss_keys >> self._item_bits, minlength=B)
+        miss_pos = (~hit).nonzero().flatten()
+        miss_keys, inverse = torch.unique(keys.index_select(0, miss_pos), return_inverse=True)
+        owner = miss_keys >> self._item_bits
+        counts = torch.bincount(owner, minlength=B)
         width = int(counts.max().item()) if len(miss_keys) else 0
         self.hits += B * P - len(miss_pos)
         if width == 0:
-            return values
+            return values.reshape(B, P)
         self._charge(B * width)
         # first request position of each distinct missing key, to read its multi-index
         first = torch.full((len(miss_keys),), B * P, dtype=torch.long, device=idx.device)
         first = first.scatter_reduce(0, inverse, miss_pos, reduce="amin")
-        owner = miss_keys >> self._item_bits
-        slot = torch.arange(len(miss_keys), device=idx.device) - (counts.cumsum(0) - counts)[owner]
+        # item b's misses go to slots b * width + 0, 1, ...; padding repeats its first request
+        start = counts.cumsum(0) - counts
+        slot = owner * width + torch.arange(len(miss_keys), device=idx.device) - start.index_select(0, owner)
         flat_idx = idx.reshape(B * P, -1)
-        # pad each item with its own first requested entry
-        request = idx[:, :1, :].expand(B, width, idx.shape[2]).clone()
-        request[owner, slot] = flat_idx[first]
-        fresh = call_checked(f, request, self.dtype, self.device)[owner, slot]
+        request = idx[:, :1, :].expand(B, width, idx.shape[2]).reshape(B * width, -1).clone()
+        request.index_copy_(0, slot, flat_idx.index_select(0, first))
+        out = call_checked(f, request.reshape(B, width, -1), self.dtype, self.device)
+        fresh = out.flatten().index_select(0, slot)
         self.evaluations += B * width
         self.unique_evaluations += len(miss_keys)
         self._insert(miss_keys, fresh)
-        values = values.flatten().clone()
-        values[miss_pos] = fresh[inverse]
+        values.index_copy_(0, miss_pos, fresh.index_select(0, inverse))
         return values.reshape(B, P)
 
     def _charge(self, count: int) -> None:
         if self.budget is not None and self.evaluations + count > self.budget:
             raise BudgetExhausted
+
+
+def _merge(k1: Tensor, v1: Tensor, k2: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge two sorted, disjoint key arrays (and their values) in linear time."""
+    at1 = torch.arange(len(k1), device=k1.device) + torch.searchsorted(k2, k1)
+    at2 = torch.arange(len(k2), device=k2.device) + torch.searchsorted(k1, k2)
+    keys = torch.empty(len(k1) + len(k2), dtype=k1.dtype, device=k1.device)
+    values = torch.empty(len(keys), dtype=v1.dtype, device=k1.device)
+    keys.index_copy_(0, at1, k1).index_copy_(0, at2, k2)
+    values.index_copy_(0, at1, v1).index_copy_(0, at2, v2)
+    return keys, values
 
 
 def call_checked(f: BatchedFunction, idx: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -140,6 +140,7 @@ class _Sweeper:
         self.right = list(right)
         self.cores: list[Tensor | None] = [None] * d
         self.grow = plan.adaptive
+        self.min_extra = 1  # grow every bond by at least one row, by up to ``kick`` where needed
 
     def fiber(self, k: int) -> Tensor:
         left, right = self.left[k], self.right[k + 1]
@@ -163,7 +164,7 @@ class _Sweeper:
             r0, r1 = fiber.shape[1], fiber.shape[3]
             q = torch.linalg.qr(fiber.reshape(B, r0 * n[k], r1)).Q
             target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
-            rows, coef = maxvol_rect(q, target - r1, self.tau)
+            rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=self.min_extra)
             self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
             self.left[k + 1] = extend_left(self.left[k], n[k], rows)
             self.ranks[k + 1] = rows.shape[1]
@@ -181,7 +182,7 @@ class _Sweeper:
             r0, r1 = fiber.shape[1], fiber.shape[3]
             q = torch.linalg.qr(fiber.reshape(B, r0, n[k] * r1).mT).Q
             target = self._target(k, n[k - 1] * self.ranks[k - 1])
-            rows, coef = maxvol_rect(q, target - r0, self.tau)
+            rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=self.min_extra)
             self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
             self.right[k] = extend_right(self.right[k + 1], n[k], rows)
             self.ranks[k] = rows.shape[1]
@@ -193,8 +194,8 @@ class _Sweeper:
         return all(r >= lim for r, lim in zip(self.ranks, self.plan.limits))
 
 
-def _stalled(history: list[Tensor], sweeper: _Sweeper, patience: int = 3) -> bool:
-    """True when the ranks cannot grow and the error has not halved in ``patience`` sweeps."""
+def _stalled(history: list[Tensor], sweeper: _Sweeper, patience: int = 6) -> bool:
+    """True when the ranks cannot grow and the error has not halved in ``patience`` passes."""
     if (sweeper.grow and not sweeper.at_limits()) or len(history) <= patience:
         return False
     best_before = torch.stack(history[:-patience]).min(dim=0).values
@@ -247,13 +248,16 @@ def cross(
     ``f(idx: LongTensor[batch, P, d]) -> Tensor[batch, P]`` gives the entries; it is called
     once per fiber block, on entries not evaluated before. With ``rank`` alone the bond ranks
     are fixed (default 10, capped by what the shape allows); with ``max_rank`` they grow by
-    ``kick`` every step until the held-out relative error is below ``tol``. The run stops at
-    ``tol``, after ``sweeps`` (default 4, or 100 when ``tol`` or ``budget`` is given), when
-    the next call would exceed ``budget`` evaluations, when a whole sweep needs no new
-    entries, or (with ``tol``) when the ranks are at their limit and the error has not halved
-    in three sweeps, whichever comes first; ``info.stop`` says which. ``n_test`` random
-    entries per item estimate the error (``n_test=0``: the relative change between sweeps is
-    used instead). ``init`` warm-starts from the index sets of an earlier run's info.
+    one to ``kick`` rows per step (rectangular maxvol) until the held-out relative error is
+    below ``tol``.
+
+    The run stops at ``tol`` (checked after every pass, i.e. half sweep), after ``sweeps``
+    (default 4, or 100 when ``tol`` or ``budget`` is given), when the next call would exceed
+    ``budget`` evaluations, when a whole sweep needs no new entries, or (with ``tol``) when
+    the ranks are at their limit and the error has not halved in three sweeps, whichever
+    comes first; ``info.stop`` says which. ``n_test`` random entries per item estimate the
+    error (``n_test=0``: the relative change between passes is used instead). ``init``
+    warm-starts from the index sets of an earlier run's info.
 
     Example:
         >>> import torch, cpic
@@ -292,29 +296,42 @@ def cross(
         info.test_evaluations = store.evaluations
 
     snapshot: tuple | None = None
-    errors, changes = [], []
-    previous: TT | None = None
+    errors: list[Tensor] = []
+    changes: list[Tensor] = []
+    previous: list[TT] = []
+
+    def finish_pass(end_of_sweep: bool) -> bool:
+        """Keep the TT of the pass just done; measure it (every pass with ``tol``, else every
+        sweep); True when it meets ``tol``."""
+        nonlocal snapshot
+        snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+        if plan.tol is None and not end_of_sweep:
+            return False
+        current = TT(sweeper.cores)
+        if test_idx is not None:
+            errors.append(_relative_error(current.eval(test_idx), test_values))
+        else:  # without a held-out set, the change between passes measures convergence
+            if previous:
+                changes.append(_change(current, previous[0]))
+            previous[:] = [current]
+        measure = errors[-1] if errors else (changes[-1] if changes else None)
+        return plan.tol is not None and measure is not None and bool((measure <= plan.tol).all())
+
     stop = "sweeps"
     try:
         fiber = sweeper.fiber(0)
         if sweeper.d == 1:
             sweeper.cores[0] = fiber
-            snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+            finish_pass(end_of_sweep=True)
         while sweeper.d > 1:
             unique_before = store.unique_evaluations
             fiber = sweeper.left_to_right(fiber)
-            snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+            if finish_pass(end_of_sweep=False):
+                stop = "tol"
+                break
             fiber = sweeper.right_to_left(fiber)
-            snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
             info.sweeps += 1
-            current = TT(sweeper.cores)
-            if test_idx is not None:
-                errors.append(_relative_error(current.eval(test_idx), test_values))
-            if previous is not None:
-                changes.append(_change(current, previous))
-            previous = current
-            measure = errors[-1] if errors else (changes[-1] if changes else None)
-            if plan.tol is not None and measure is not None and bool((measure <= plan.tol).all()):
+            if finish_pass(end_of_sweep=True):
                 stop = "tol"
                 break
             if plan.tol is not None and _stalled(errors or changes, sweeper):
@@ -328,12 +345,12 @@ def cross(
                 break
     except BudgetExhausted:
         stop = "budget"
-        if snapshot is None:  # cannot happen: the budget was checked against one sweep
+        if snapshot is None:  # cannot happen: the budget was checked against the first pass
             raise ValueError(f"budget={plan.budget} is too small for one sweep.") from None
 
     cores, info.left, info.right, info.ranks = snapshot
     tt = TT(cores)
-    if test_idx is not None and (not errors or stop == "budget"):
+    if stop == "budget" and test_idx is not None:  # measure the TT actually returned
         errors.append(_relative_error(tt.eval(test_idx), test_values))
     B = plan.batch
     info.errors = torch.stack(errors).cpu() if errors else torch.empty(0, B)

@@ -35,9 +35,10 @@ class CrossInfo:
     #: wall time in seconds
     time: float = 0.0
     ranks: tuple[int, ...] = ()
-    #: held-out relative error after each sweep, ``[sweeps, B]``
+    #: held-out relative error ``[measurements, B]``: after every pass (half sweep) when
+    #: ``tol`` is set, else after every sweep; the last row is the returned TT's
     errors: Tensor = field(default_factory=lambda: torch.empty(0, 0), repr=False)
-    #: relative change of the TT over each sweep, ``[sweeps, B]``
+    #: with ``n_test=0``: relative change of the TT between measurements, ``[measurements - 1, B]``
     changes: Tensor = field(default_factory=lambda: torch.empty(0, 0), repr=False)
     left: list[Tensor] = field(default_factory=list, repr=False)
     right: list[Tensor] = field(default_factory=list, repr=False)

@@ -38,10 +38,13 @@ def maxvol(a: Tensor, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, 
     idx = P[:, :, :r].argmax(dim=1)  # rows moved to the top by partial pivoting
     coef = torch.linalg.solve(_rows(a, idx), a, left=False)
     eye_rows = torch.eye(r, dtype=a.dtype, device=a.device)
-    for _ in range(max_iters):
+    # converged items take no-op steps, so the loop may test for convergence only now and
+    # then: on an accelerator each test is a host synchronisation
+    check_every = 1 if a.device.type == "cpu" else 8
+    for step in range(max_iters):
         val, pos = coef.abs().flatten(1).max(dim=1)
         active = val > tau
-        if not bool(active.any()):
+        if step % check_every == 0 and not bool(active.any()):
             break
         i, j = pos // r, pos % r
         pivot = coef.flatten(1).gather(1, pos[:, None])  # [B, 1]
@@ -54,10 +57,20 @@ def maxvol(a: Tensor, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, 
     return idx, coef
 
 
-def maxvol_rect(a: Tensor, extra: int, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, Tensor]:
-    """``r + extra`` rows of each ``a[b]: [N, r]``: maxvol, then greedy rows of largest norm.
+def maxvol_rect(
+    a: Tensor,
+    extra: int,
+    tau: float = 1.05,
+    max_iters: int = 100,
+    min_extra: int | None = None,
+    tau_rect: float = 1.1,
+) -> tuple[Tensor, Tensor]:
+    """``r + k`` rows of each ``a[b]: [N, r]``: maxvol, then greedy rows of largest norm.
 
-    Every batch item gets the same number of rows, so ranks stay shared by the batch.
+    ``k`` lies between ``min_extra`` (default ``extra``) and ``extra``: rows beyond
+    ``min_extra`` are added only while some item has a row whose coefficients have norm above
+    ``tau_rect`` (a row the current ones represent poorly). Every batch item gets the same
+    number of rows, so ranks stay shared by the batch.
     Returns ``idx: [B, r + extra]`` and ``coef: [B, N, r + extra]`` with ``a = coef @ a[idx]``
     (least-squares coefficients, ``coef[idx]`` the identity).
 
@@ -79,8 +92,11 @@ def maxvol_rect(a: Tensor, extra: int, tau: float = 1.05, max_iters: int = 100) 
     free = torch.ones(B, N, dtype=a.dtype, device=a.device).scatter(1, idx, 0.0)
     score = free * coef.square().sum(2)
     chosen = [idx]
-    for _ in range(extra):
-        i = score.argmax(dim=1)  # [B]
+    min_extra = extra if min_extra is None else min(min_extra, extra)
+    for k in range(extra):
+        top, i = score.max(dim=1)  # [B]
+        if k >= min_extra and not bool((top > tau_rect**2).any()):
+            break
         chosen.append(i[:, None])
         free = free.scatter(1, i[:, None], 0.0)
         row = coef[batch, i]  # [B, k]

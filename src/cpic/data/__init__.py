@@ -1,5 +1,20 @@
-"""Data layer: built-in volumes (procedural fields now; real volumes and cohorts to come)."""
+"""Data layer: real volumes from installed packages and procedural phantoms of any size.
 
+Imports the sources layer only.
+"""
+
+from cpic.data.phantoms import band_limited_noise, blobs, shepp_logan
 from cpic.data.procedural import blob_field
+from cpic.data.real import DataUnavailable, colin27, head_ct, mean_head, mni152
 
-__all__ = ["blob_field"]
+__all__ = [
+    "DataUnavailable",
+    "band_limited_noise",
+    "blob_field",
+    "blobs",
+    "colin27",
+    "head_ct",
+    "mean_head",
+    "mni152",
+    "shepp_logan",
+]

@@ -68,6 +68,23 @@ class QTTLayout(Layout):
         else:
             self._bit_mode = torch.arange(len(bit_axis))
             self._bit_shift = torch.zeros(len(bit_axis), dtype=torch.long)
+        self._decode_table = self._single_mode_coords()
+        self._table_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def _single_mode_coords(self) -> Tensor | None:
+        """``[sum(spatial_shape), D]``: the coordinates each value of each mode contributes.
+
+        Coordinates are the sum of these rows over the modes, which one ``embedding_bag``
+        computes fast; float32 holds them exactly below 2**24 voxels per side.
+        """
+        if max(self.bits) > 24 or not len(self._bit_axis):
+            return None
+        rows = []
+        for m, n in enumerate(self._spatial_shape):
+            idx = torch.zeros(n, len(self._spatial_shape), dtype=torch.long)
+            idx[:, m] = torch.arange(n)
+            rows.append(self._decode_bits(idx))
+        return torch.cat(rows).to(torch.float32)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -96,9 +113,20 @@ class QTTLayout(Layout):
         return coords.new_zeros(out_shape).index_add_(-1, mode, bits << shift)
 
     def _spatial_coords(self, idx: Tensor) -> Tensor:
-        out_shape = idx.shape[:-1] + (self.ndim,)
         if not len(self._bit_axis):
-            return idx.new_zeros(out_shape)
+            return idx.new_zeros(idx.shape[:-1] + (self.ndim,))
+        if self._decode_table is None:
+            return self._decode_bits(idx)
+        if idx.device not in self._table_cache:
+            offsets = torch.tensor((0,) + self._spatial_shape[:-1]).cumsum(0)
+            self._table_cache[idx.device] = (self._decode_table.to(idx.device), offsets.to(idx.device))
+        table, offsets = self._table_cache[idx.device]
+        flat = idx.reshape(-1, idx.shape[-1]) + offsets
+        coords = torch.nn.functional.embedding_bag(flat, table, mode="sum")
+        return coords.long().reshape(idx.shape[:-1] + (self.ndim,))
+
+    def _decode_bits(self, idx: Tensor) -> Tensor:
+        out_shape = idx.shape[:-1] + (self.ndim,)
         axis, pos, mode, shift = self._tables(idx.device)
         bits = (idx[..., mode] >> shift) & 1
         return idx.new_zeros(out_shape).index_add_(-1, axis, bits << pos)

@@ -108,13 +108,17 @@ class TT:
         if idx.dim() != 3 or idx.shape[0] != self.batch or idx.shape[2] != self.d:
             raise ValueError(f"idx must have shape [B={self.batch}, P, d={self.d}], got {tuple(idx.shape)}.")
         idx = idx.to(self.device)
-        rows = torch.arange(self.batch, device=self.device)[:, None]
-        out = None
+        B, P = idx.shape[:2]
+        row_start = torch.arange(B, device=self.device)[:, None]
+        out = None  # [B * P, r]: the row vector of the product so far
         for k, core in enumerate(self.cores):
-            # [B, n, r0, r1] gathered at [B, P] -> [B, P, r0, r1]
-            slices = core.permute(0, 2, 1, 3)[rows, idx[:, :, k]]
-            out = slices if out is None else out @ slices
-        return out[:, :, 0, 0]
+            _, r0, n, r1 = core.shape
+            # slices [B * n, r0, r1] gathered at item b, index i -> row b * n + i
+            slices = core.permute(0, 2, 1, 3).reshape(B * n, r0, r1)
+            slices = slices.index_select(0, (idx[:, :, k] + row_start * n).flatten())
+            # many tiny vector-matrix products: broadcasting beats batched matmul here
+            out = slices[:, 0] if out is None else (out[..., None] * slices).sum(-2)
+        return out[:, 0].reshape(B, P)
 
     def full(self) -> Tensor:
         """The dense tensor ``[B, n_1, ..., n_d]`` (only for small tensors)."""

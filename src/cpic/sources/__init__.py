@@ -1,0 +1,25 @@
+"""Sources layer: reading voxels of volumes on demand, with one batched ``gather`` per request.
+
+Imports nothing else of cpic: sources know volumes, not tensors trains.
+"""
+
+from cpic.sources.array import ArraySource
+from cpic.sources.base import Normalization, ReadStats, SourceError, VolumeSource
+from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource
+from cpic.sources.open import FORMATS, detect_format, open_volume
+from cpic.sources.procedural import ProceduralSource
+
+__all__ = [
+    "FORMATS",
+    "ArraySource",
+    "HDF5Source",
+    "Normalization",
+    "ProceduralSource",
+    "ReadStats",
+    "SourceError",
+    "TiffSource",
+    "VolumeSource",
+    "ZarrSource",
+    "detect_format",
+    "open_volume",
+]

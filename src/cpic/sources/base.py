@@ -1,0 +1,341 @@
+"""What every volume source provides: shape, normalisation, one batched ``gather``, accounting."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BORDERS = ("reflect", "edge", "zero")
+NONFINITE_POLICIES = ("raise", "zero")
+
+
+class SourceError(ValueError):
+    """A volume cannot be opened or read as asked; the message names the input."""
+
+
+@dataclass
+class ReadStats:
+    """What a source has read since it was opened or last ``reset()``."""
+
+    #: ``gather`` calls
+    requests: int = 0
+    #: voxels delivered, counting repeats (``K * patch**D`` per call)
+    voxels_read: int = 0
+    #: distinct voxels delivered over all calls
+    unique_voxels: int = 0
+    #: distinct storage units touched: chunks (Zarr, HDF5), 4 KiB pages (memory-mapped files),
+    #: slices (TIFF); 0 for in-memory and procedural sources
+    chunks_touched: int = 0
+    #: bytes fetched from storage (whole chunks or pages where the format reads those)
+    bytes_read: int = 0
+    #: non-finite voxels met (replaced by 0 under ``nonfinite="zero"``)
+    nonfinite: int = 0
+    #: seconds spent in ``gather``
+    seconds: float = 0.0
+    _voxels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+    _chunks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        self.__init__()
+
+    def fraction(self, total_voxels: int) -> float:
+        """Fraction of the grid's voxels read so far."""
+        return self.unique_voxels / max(total_voxels, 1)
+
+    def add_voxels(self, linear: np.ndarray) -> None:
+        self._voxels = np.union1d(self._voxels, linear)
+        self.unique_voxels = len(self._voxels)
+
+    def add_chunks(self, chunk_ids: np.ndarray, chunk_bytes: int) -> None:
+        new = np.setdiff1d(np.unique(chunk_ids), self._chunks, assume_unique=True)
+        self.bytes_read += len(new) * chunk_bytes
+        self._chunks = np.union1d(self._chunks, new)
+        self.chunks_touched = len(self._chunks)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Intensities are mapped by ``(v - low) / (high - low)``; ``method`` says where they came from."""
+
+    low: float = 0.0
+    high: float = 1.0
+    method: str = "none"
+
+    def apply(self, values: Tensor) -> Tensor:
+        scale = self.high - self.low
+        return (values - self.low) / (scale if scale != 0 else 1.0)
+
+
+def reflect(coords: Tensor, size: Tensor) -> Tensor:
+    """Mirror out-of-range coordinates without repeating the edge (numpy's ``reflect``).
+
+    Example:
+        >>> import torch
+        >>> reflect(torch.tensor([-2, -1, 0, 3, 4, 5]), torch.tensor(4)).tolist()
+        [2, 1, 0, 3, 2, 1]
+    """
+    period = (2 * (size - 1)).clamp_min(1)
+    c = coords.abs() % period
+    c = torch.where(c >= size, period - c, c)
+    return torch.where(size > 1, c, torch.zeros_like(c))
+
+
+def patch_offsets(patch: int, ndim: int) -> Tensor:
+    """Offsets ``[patch**ndim, ndim]`` of a centred patch, C order."""
+    half = patch // 2
+    axes = [torch.arange(-half, half + 1)] * ndim
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, ndim)
+
+
+class VolumeSource(ABC):
+    """A D-dimensional grid of voxels (optionally with channels) read on demand.
+
+    Subclasses implement ``_read(coords)`` for in-range, distinct, C-order-sorted voxel
+    coordinates; this class handles patches, borders, normalisation, non-finite voxels,
+    devices and accounting.
+    """
+
+    #: storage unit size in bytes for ``stats.bytes_read`` (0: count voxel bytes)
+    chunk_bytes: int = 0
+
+    def __init__(
+        self,
+        name: str,
+        shape: Sequence[int],
+        dtype: np.dtype | torch.dtype | str,
+        channels: int | None = None,
+        spacing: Sequence[float] | None = None,
+        nonfinite: str = "raise",
+    ):
+        self.name = name
+        self.shape = tuple(int(n) for n in shape)
+        if not self.shape or any(n < 1 for n in self.shape):
+            raise SourceError(f"{name}: the grid shape {self.shape} must have at least one axis, each >= 1.")
+        self.dtype = dtype
+        self.channels = channels
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        if nonfinite not in NONFINITE_POLICIES:
+            raise SourceError(f"{name}: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}.")
+        self.nonfinite = nonfinite
+        self.normalization = Normalization()
+        self.stats = ReadStats()
+        self._strides = torch.tensor([int(np.prod(self.shape[k + 1 :])) for k in range(len(self.shape))])
+
+    # ------------------------------------------------------------------ description
+    @property
+    def ndim(self) -> int:
+        """Number of grid axes ``D`` (channels excluded)."""
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of voxels in the grid."""
+        return int(np.prod(self.shape))
+
+    def __repr__(self) -> str:
+        chan = f", channels={self.channels}" if self.channels else ""
+        return f"{type(self).__name__}({self.name!r}, shape={self.shape}{chan}, dtype={self.dtype})"
+
+    def describe(self) -> dict:
+        """A JSON-ready summary of the source."""
+        return {
+            "name": self.name,
+            "kind": type(self).__name__,
+            "shape": list(self.shape),
+            "channels": self.channels,
+            "dtype": str(self.dtype),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "normalization": {
+                "method": self.normalization.method,
+                "low": self.normalization.low,
+                "high": self.normalization.high,
+            },
+        }
+
+    # ------------------------------------------------------------------ reading
+    @abstractmethod
+    def _read(self, coords: Tensor) -> Tensor:
+        """Raw values at distinct in-range coordinates ``[U, D]`` (C-order sorted, CPU)
+        -> ``[U]`` or ``[U, C]``."""
+
+    def _chunk_ids(self, coords: Tensor) -> np.ndarray | None:
+        """Storage units holding ``coords`` (for accounting), or None."""
+        return None
+
+    def gather(
+        self,
+        centres: Tensor,
+        patch: int = 1,
+        border: str = "reflect",
+        device: torch.device | str | None = None,
+        normalize: bool = True,
+    ) -> Tensor:
+        """Patches around ``centres: LongTensor[K, D]`` -> ``[K, patch**D]`` (``[K, C, patch**D]``
+        with channels), float32 on ``device``, in one batched read.
+
+        ``border`` decides what lies outside the grid: ``reflect`` (mirror), ``edge`` (repeat
+        the edge voxel) or ``zero`` (zeros in the output).
+
+        Example:
+            >>> import numpy as np, torch
+            >>> from cpic import open_volume
+            >>> src = open_volume(np.arange(27, dtype=np.uint8).reshape(3, 3, 3))
+            >>> src.gather(torch.tensor([[1, 1, 1]]), patch=3).shape
+            torch.Size([1, 27])
+            >>> src.gather(torch.tensor([[0, 0, 0]]), patch=1).tolist(), src.stats.unique_voxels
+            ([[0.0]], 27)
+        """
+        started = time.perf_counter()
+        centres = self._check_centres(centres)
+        if not isinstance(patch, int) or patch < 1 or patch % 2 == 0:
+            raise SourceError(f"{self.name}: patch must be an odd positive integer, got {patch!r}.")
+        if border not in BORDERS:
+            raise SourceError(f"{self.name}: border must be one of {BORDERS}, got {border!r}.")
+        K, D = centres.shape
+        size = torch.tensor(self.shape)
+        coords = (centres[:, None, :] + patch_offsets(patch, D)).reshape(-1, D)
+        inside = None
+        if patch > 1:
+            if border == "reflect":
+                coords = reflect(coords, size)
+            elif border == "edge":
+                coords = torch.minimum(coords.clamp_min(0), size - 1)
+            else:
+                inside = ((coords >= 0) & (coords < size)).all(1)
+                coords = torch.minimum(coords.clamp_min(0), size - 1)
+        linear = (coords * self._strides).sum(1)
+        unique, inverse = torch.unique(linear, return_inverse=True)
+        unique_coords = self._unravel(unique)
+        values = self._read(unique_coords)
+        values = torch.as_tensor(values).to(torch.float32)
+        values = self._handle_nonfinite(values)
+        self._account(unique, unique_coords, K * patch**D)
+        out = values.index_select(0, inverse)  # [K * p^D] or [K * p^D, C]
+        if normalize:
+            out = self.normalization.apply(out)
+        if inside is not None:
+            out = out * (inside[:, None] if out.dim() == 2 else inside)
+        if out.dim() == 2:
+            out = out.reshape(K, patch**D, -1).permute(0, 2, 1)
+        else:
+            out = out.reshape(K, patch**D)
+        self.stats.seconds += time.perf_counter() - started
+        return out.to(device) if device is not None else out
+
+    def read(
+        self, coords: Tensor, device: torch.device | str | None = None, normalize: bool = True
+    ) -> Tensor:
+        """Voxel values at ``coords: LongTensor[K, D]`` -> ``[K]`` (``[K, C]``): ``gather``, patch 1."""
+        out = self.gather(coords, patch=1, device=device, normalize=normalize)
+        return out[:, 0] if out.dim() == 2 else out[:, :, 0]
+
+    def _check_centres(self, centres) -> Tensor:
+        centres = torch.as_tensor(centres)
+        if centres.dim() != 2 or centres.shape[1] != self.ndim:
+            raise SourceError(
+                f"{self.name}: centres must have shape [K, {self.ndim}] for a {self.ndim}-D volume, "
+                f"got {tuple(centres.shape)}."
+            )
+        if centres.is_floating_point():
+            raise SourceError(f"{self.name}: centres must be integer voxel coordinates, got {centres.dtype}.")
+        centres = centres.long().cpu()
+        outside = ((centres < 0) | (centres >= torch.tensor(self.shape))).any(1)
+        if bool(outside.any()):
+            first = centres[outside.nonzero()[0, 0]].tolist()
+            raise SourceError(
+                f"{self.name}: {int(outside.sum())} centres lie outside the grid {self.shape}, e.g. {first}."
+            )
+        return centres
+
+    def _unravel(self, linear: Tensor) -> Tensor:
+        out = []
+        for stride, n in zip(self._strides.tolist(), self.shape):
+            out.append((linear // stride) % n)
+        return torch.stack(out, 1)
+
+    def _handle_nonfinite(self, values: Tensor) -> Tensor:
+        bad = ~torch.isfinite(values)
+        count = int(bad.sum())
+        if not count:
+            return values
+        self.stats.nonfinite += count
+        if self.nonfinite == "raise":
+            raise SourceError(
+                f"{self.name}: {count} of the voxels read are NaN or Inf; open the volume with "
+                f"nonfinite='zero' to read them as 0."
+            )
+        return torch.where(bad, torch.zeros_like(values), values)
+
+    def _account(self, unique: Tensor, unique_coords: Tensor, delivered: int) -> None:
+        stats = self.stats
+        stats.requests += 1
+        stats.voxels_read += delivered
+        before = stats.unique_voxels
+        stats.add_voxels(unique.numpy())
+        chunks = self._chunk_ids(unique_coords)
+        if chunks is not None:
+            stats.add_chunks(chunks, self.chunk_bytes)
+        elif not self.chunk_bytes:
+            stats.bytes_read += (stats.unique_voxels - before) * self.itemsize
+
+    @property
+    def itemsize(self) -> int:
+        try:
+            return np.dtype(self.dtype).itemsize * (self.channels or 1)
+        except TypeError:
+            return torch.empty(0, dtype=self.dtype).element_size() * (self.channels or 1)
+
+    # ------------------------------------------------------------------ normalisation
+    def set_normalization(self, method=None, sample: int = 65536, seed: int = 0) -> VolumeSource:
+        """Choose the intensity normalisation; returns ``self``.
+
+        ``None``: identity. ``"range"``: the dtype's range for integers (e.g. 0..255), the
+        sampled min..max for floats. ``"percentile"``: the 0.5th..99.5th percentiles of
+        ``sample`` random voxels. ``(low, high)``: fixed values.
+        """
+        if method is None or method == "none":
+            self.normalization = Normalization()
+        elif isinstance(method, (tuple, list)) and len(method) == 2:
+            self.normalization = Normalization(float(method[0]), float(method[1]), "fixed")
+        elif method == "range" and _is_integer(self.dtype):
+            info = np.iinfo(np.dtype(str(self.dtype).replace("torch.", "")))
+            self.normalization = Normalization(float(info.min), float(info.max), "range")
+        elif method in ("range", "percentile"):
+            values = self._sample(sample, seed)
+            if method == "range":
+                low, high = float(values.min()), float(values.max())
+            else:
+                low, high = (
+                    float(v) for v in torch.quantile(values, torch.tensor([0.005, 0.995], dtype=values.dtype))
+                )
+            self.normalization = Normalization(low, high, method)
+        else:
+            raise SourceError(
+                f"{self.name}: normalize must be None, 'range', 'percentile' or (low, high), got {method!r}."
+            )
+        return self
+
+    def _sample(self, count: int, seed: int) -> Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        count = min(count, self.size)
+        coords = torch.stack([torch.randint(0, n, (count,), generator=gen) for n in self.shape], 1)
+        saved = self.stats
+        self.stats = ReadStats()  # sampling for the normalisation is not the caller's reading
+        try:
+            values = self.read(coords, normalize=False)
+        finally:
+            self.stats = saved
+        return values.flatten().double()
+
+
+def _is_integer(dtype) -> bool:
+    if isinstance(dtype, torch.dtype):
+        return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+    return np.issubdtype(np.dtype(dtype), np.integer)

@@ -1,0 +1,279 @@
+"""Every reader against NumPy indexing on the same data; accounting; bad input."""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cpic.sources import SourceError, open_volume
+
+SHAPE = (13, 17, 11)  # non-cubic, odd sizes
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(0)
+    return rng.integers(-500, 3000, SHAPE).astype(np.int16)
+
+
+def reference(array, centres, patch, border, channel_last=False):
+    half = patch // 2
+    mode = {"reflect": "reflect", "edge": "edge", "zero": "constant"}[border]
+    pad = [(half, half)] * 3 + ([(0, 0)] if channel_last else [])
+    padded = np.pad(array.astype(np.float32), pad, mode=mode)
+    out = []
+    for x, y, z in centres:
+        block = padded[x : x + patch, y : y + patch, z : z + patch]
+        out.append(np.moveaxis(block, -1, 0).reshape(block.shape[-1], -1) if channel_last else block.ravel())
+    return np.stack(out)
+
+
+def centres_with_borders():
+    rng = np.random.default_rng(1)
+    corners = [[0, 0, 0], [12, 16, 10], [0, 16, 5], [6, 8, 5]]
+    return np.concatenate([corners, np.stack([rng.integers(0, n, 40) for n in SHAPE], 1)])
+
+
+def write_all(tmp_path, array):
+    """The same volume in every format; returns {format: location}."""
+    import h5py
+    import nibabel as nib
+    import tensorstore as ts
+    import tifffile
+
+    out = {}
+    np.save(tmp_path / "v.npy", array)
+    out["npy"] = (str(tmp_path / "v.npy"), {})
+    array.tofile(tmp_path / "c.raw")
+    out["raw C"] = (str(tmp_path / "c.raw"), dict(shape=SHAPE, dtype="int16"))
+    np.asfortranarray(array).T.tofile(tmp_path / "f.raw")  # column-major bytes
+    out["raw F"] = (str(tmp_path / "f.raw"), dict(shape=SHAPE, dtype="int16", order="F"))
+    img = nib.Nifti1Image(array, np.eye(4))
+    nib.save(img, tmp_path / "v.nii")
+    nib.save(img, tmp_path / "v.nii.gz")
+    out["nii"] = (str(tmp_path / "v.nii"), {})
+    out["nii.gz"] = (str(tmp_path / "v.nii.gz"), {})
+    for driver in ("zarr", "zarr3"):
+        path = tmp_path / f"{driver}.zarr"
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": str(path)}}
+        chunks = [5, 6, 4]
+        if driver == "zarr":
+            spec["metadata"] = {"shape": list(SHAPE), "chunks": chunks, "dtype": "<i2"}
+        else:
+            spec["metadata"] = {
+                "shape": list(SHAPE),
+                "data_type": "int16",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
+            }
+        store = ts.open(spec, create=True, delete_existing=True).result()
+        store.write(array).result()
+        out[driver] = (str(path), {})
+    with h5py.File(tmp_path / "v.h5", "w") as h5:
+        h5.create_dataset("group/data", data=array, chunks=(5, 6, 4), compression="gzip")
+    out["hdf5"] = (str(tmp_path / "v.h5") + ":/group/data", {})
+    tifffile.imwrite(tmp_path / "v.tif", array)
+    tifffile.imwrite(tmp_path / "z.tif", array, compression="zlib")
+    out["tiff"] = (str(tmp_path / "v.tif"), {})
+    out["tiff zlib"] = (str(tmp_path / "z.tif"), {})
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, volume):
+    pytest.importorskip("nibabel")
+    pytest.importorskip("tensorstore")
+    pytest.importorskip("h5py")
+    pytest.importorskip("tifffile")
+    return write_all(tmp_path_factory.mktemp("formats"), volume)
+
+
+FORMATS = [
+    "array",
+    "tensor",
+    "npy",
+    "raw C",
+    "raw F",
+    "nii",
+    "nii.gz",
+    "zarr",
+    "zarr3",
+    "hdf5",
+    "tiff",
+    "tiff zlib",
+]
+
+
+def open_format(name, volume, files):
+    if name == "array":
+        return open_volume(volume)
+    if name == "tensor":
+        return open_volume(torch.from_numpy(volume))
+    location, options = files[name]
+    return open_volume(location, **options)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize(("patch", "border"), [(1, "reflect"), (3, "reflect"), (5, "edge"), (3, "zero")])
+def test_every_reader_matches_numpy(name, patch, border, volume, files):
+    src = open_format(name, volume, files)
+    assert src.shape == SHAPE
+    centres = centres_with_borders()
+    got = src.gather(torch.from_numpy(centres), patch=patch, border=border)
+    assert got.dtype == torch.float32 and got.shape == (len(centres), patch**3)
+    np.testing.assert_array_equal(got.numpy(), reference(volume, centres, patch, border))
+
+
+@pytest.mark.parametrize("name", ["npy", "zarr3", "hdf5"])
+def test_accounting_is_exact(name, volume, files):
+    src = open_format(name, volume, files)
+    centres = centres_with_borders()
+    src.gather(torch.from_numpy(centres), patch=3, border="edge")
+    src.gather(torch.from_numpy(centres[:5]), patch=3, border="edge")
+    expected = set()
+    for x, y, z in centres:
+        for dx, dy, dz in np.ndindex(3, 3, 3):
+            c = np.minimum(np.maximum([x + dx - 1, y + dy - 1, z + dz - 1], 0), np.array(SHAPE) - 1)
+            expected.add(tuple(c))
+    stats = src.stats
+    assert stats.requests == 2
+    assert stats.voxels_read == (len(centres) + 5) * 27
+    assert stats.unique_voxels == len(expected)
+    if name != "npy":  # chunks of 5 x 6 x 4
+        chunks = {(x // 5, y // 6, z // 4) for x, y, z in expected}
+        assert stats.chunks_touched == len(chunks)
+        assert stats.bytes_read == len(chunks) * 5 * 6 * 4 * 2
+    else:  # 4 KiB pages of the memory map, header included
+        assert 0 < stats.chunks_touched <= len(expected)
+    assert stats.seconds > 0
+    stats.reset()
+    assert stats.unique_voxels == 0 and stats.voxels_read == 0 and stats.chunks_touched == 0
+
+
+def test_multichannel_and_two_dimensional(tmp_path):
+    rng = np.random.default_rng(3)
+    four = rng.random((4, 9, 10, 7)).astype(np.float32)  # four MRI sequences, channel first
+    src = open_volume(four, channel_axis=0)
+    assert src.shape == (9, 10, 7) and src.channels == 4
+    centres = np.array([[0, 0, 0], [4, 5, 3], [8, 9, 6]])
+    got = src.gather(torch.from_numpy(centres), patch=3, border="edge")
+    assert got.shape == (3, 4, 27)
+    expected = reference(np.moveaxis(four, 0, -1), centres, 3, "edge", channel_last=True)
+    np.testing.assert_allclose(got.numpy(), expected)
+    last = open_volume(np.moveaxis(four, 0, -1).copy(), channel_axis=-1)
+    np.testing.assert_allclose(last.gather(torch.from_numpy(centres), 3, "edge").numpy(), expected)
+    image = rng.random((30, 20)).astype(np.float32)
+    np.save(tmp_path / "img.npy", image)
+    src2 = open_volume(tmp_path / "img.npy")
+    assert src2.ndim == 2
+    got = src2.gather(torch.tensor([[0, 0], [29, 19]]), patch=3, border="reflect")
+    padded = np.pad(image, 1, mode="reflect")
+    np.testing.assert_allclose(
+        got.numpy(), np.stack([padded[0:3, 0:3].ravel(), padded[29:32, 19:22].ravel()])
+    )
+
+
+def test_nifti_scaling_spacing_and_procedural(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.7, 2.0, 1.0])), tmp_path / "s.nii")
+    raw = bytearray((tmp_path / "s.nii").read_bytes())
+    raw[112:120] = np.array([2.0, -1.0], "<f4").tobytes()  # scl_slope, scl_inter of the NIfTI-1 header
+    (tmp_path / "s.nii").write_bytes(bytes(raw))
+    src = open_volume(tmp_path / "s.nii")
+    assert src.spacing == pytest.approx((0.5, 0.7, 2.0))
+    assert src.read(torch.tensor([[1, 2, 3]])).item() == 2.0 * 23 - 1.0
+    huge = open_volume(lambda c: c.sum(1).float(), shape=(2**15,) * 3)
+    assert huge.read(torch.tensor([[2**15 - 1, 0, 1]])).item() == 2**15
+    assert huge.stats.unique_voxels == 1
+
+
+def test_normalization(volume):
+    src = open_volume(volume.astype(np.uint16) % 1000, normalize="range")
+    assert (src.normalization.low, src.normalization.high) == (0.0, 65535.0)
+    src = open_volume(volume.astype(np.float32), normalize="percentile")
+    values = src.read(torch.from_numpy(np.argwhere(np.ones(SHAPE, bool))))
+    assert -0.1 < float(values.min()) < 0.05 and 0.95 < float(values.max()) < 1.1
+    src = open_volume(volume, normalize=(-500, 1500))
+    assert src.read(torch.tensor([[0, 0, 0]])).item() == pytest.approx((volume[0, 0, 0] + 500) / 2000)
+    assert src.stats.unique_voxels == 1  # sampling for the normalisation is not counted
+
+
+def test_nonfinite_voxels():
+    a = np.ones((4, 4, 4), np.float32)
+    a[1, 1, 1] = np.nan
+    a[2, 2, 2] = np.inf
+    src = open_volume(a)
+    with pytest.raises(SourceError, match="2 of the voxels read are NaN or Inf"):
+        src.gather(torch.tensor([[1, 1, 1], [2, 2, 2]]))
+    zero = open_volume(a, nonfinite="zero")
+    assert zero.gather(torch.tensor([[1, 1, 1], [0, 0, 0]])).flatten().tolist() == [0.0, 1.0]
+    assert zero.stats.nonfinite == 1
+
+
+def test_bad_input(tmp_path, volume, files):
+    with pytest.raises(SourceError, match="no such file"):
+        open_volume(tmp_path / "missing.npy")
+    (tmp_path / "notes.xyz").write_text("hello")
+    with pytest.raises(SourceError, match="unknown volume format"):
+        open_volume(tmp_path / "notes.xyz")
+    with pytest.raises(SourceError, match="is a directory"):
+        open_volume(tmp_path, format="npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(SourceError, match="empty"):
+        open_volume(tmp_path / "empty.npy")
+    good = tmp_path / "t.npy"
+    np.save(good, volume)
+    (tmp_path / "trunc.npy").write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(SourceError, match="not a readable .npy"):
+        open_volume(tmp_path / "trunc.npy")
+    (tmp_path / "magic.npy").write_bytes(b"NOTNUMPY" + good.read_bytes()[8:])
+    with pytest.raises(SourceError, match="not a readable .npy"):
+        open_volume(tmp_path / "magic.npy")
+    raw, options = files["raw C"]
+    with pytest.raises(SourceError, match="needs"):
+        open_volume(raw, shape=(13, 17, 12), dtype="int16")
+    with pytest.raises(SourceError, match="needs"):
+        open_volume(raw, shape=SHAPE, dtype="float32")
+    with pytest.raises(SourceError, match="shape= and dtype="):
+        open_volume(raw, format="raw")
+    nii = tmp_path / "v.nii"
+    nii_bytes = Path(files["nii"][0]).read_bytes()
+    nii.write_bytes(nii_bytes[:-500])
+    with pytest.raises(SourceError, match="only"):
+        open_volume(nii)
+    gz = tmp_path / "bad.nii.gz"
+    gz.write_bytes(gzip.compress(nii_bytes)[:-2000])
+    with pytest.raises(SourceError, match="truncated|not a readable"):
+        open_volume(gz).read(torch.tensor([[0, 0, 0]]))
+    with pytest.raises(SourceError, match="expected 3"):
+        open_volume(np.zeros((5, 6), np.float32), ndim=3)
+    with pytest.raises(SourceError, match="expected 2"):
+        open_volume(volume, ndim=2)
+    src = open_volume(volume)
+    with pytest.raises(SourceError, match="outside the grid"):
+        src.gather(torch.tensor([[13, 0, 0]]))
+    with pytest.raises(SourceError, match="shape \\[K, 3\\]"):
+        src.gather(torch.tensor([[1, 2]]))
+    with pytest.raises(SourceError, match="odd positive"):
+        src.gather(torch.tensor([[1, 2, 3]]), patch=4)
+    with pytest.raises(SourceError, match="border"):
+        src.gather(torch.tensor([[1, 2, 3]]), patch=3, border="wrap")
+    with pytest.raises(SourceError, match="no voxels"):
+        open_volume(np.zeros((0, 4)))
+    with pytest.raises(SourceError, match="numeric"):
+        open_volume(np.array([["a"]], dtype=object))
+    with pytest.raises(SourceError, match="has no dataset"):
+        open_volume(files["hdf5"][0].split(":")[0] + ":/nothing")
+
+
+def test_no_read_permission(tmp_path, volume):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    path = tmp_path / "locked.npy"
+    np.save(path, volume)
+    path.chmod(0)
+    with pytest.raises(SourceError, match="not readable"):
+        open_volume(path)

@@ -1,17 +1,18 @@
 """Voxels read by TT-cross grow with log(volume size): the evidence, and an out-of-core proof.
 
-Part 1: Morton QTT (modes of 8) at a fixed rank of procedural volumes of side 2^6 ... 2^12
-(2^15 with --huge; nothing is stored) — of raw intensities and of a fixed random encoder's
-features (an MLP on 3x3x3 patches, 8 features) — and of real volumes (Colin27 0.5 mm, MNI152;
-padded to the next power of two). Per size: unique voxels read, fraction of the grid,
-held-out relative error (1,000 random entries), peak RSS (each size runs in a fresh process).
-Fits unique voxels against log2(voxels) and saves the plot.
+Part 1: Morton QTT (modes of 8) at a fixed rank of a procedural volume (a smooth random field
+of five plane waves, QTT rank <= 10) of side 2^6 ... 2^12 (up to 2^15 with --huge; nothing is
+stored), of its raw intensities and of a fixed random encoder's features (an MLP on 3x3x3
+patches, 8 features), and of real volumes (Colin27 0.5 mm, MNI152; padded to the next power
+of two). Per size: unique voxels read, fraction of the grid, held-out relative error (1,000
+random entries), peak RSS (each size runs in a fresh process). Fits unique voxels against
+log2(voxels) and saves the plot.
 
 Part 2 (--ooc): writes a 1024^3 uint8 .npy (1 GiB) and a 1024^3 Zarr v3 array (tensorstore,
 64^3 chunks, zstd) into a temporary folder, then runs cross over each in a fresh process and
 reports peak RSS and the fraction of voxels read (targets: < 0.5 GiB, < 0.1%).
 
-Run: python benchmarks/sampling_scale.py [--huge] [--ooc] [--plot docs/sampling_scale.png]
+Run: python benchmarks/sampling_scale.py [--huge] [--ooc | --ooc-only] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -33,15 +34,22 @@ RANK = 10
 SWEEPS = 3
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's resident-memory high-water mark (``VmHWM``; ``ru_maxrss`` would carry
+    the parent's peak across ``fork``/``exec``)."""
+    hwm = _status_mib("VmHWM")
+    return hwm if hwm == hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def anon_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return _status_mib("RssAnon")
 
 
 class EncoderFunction:
@@ -63,11 +71,11 @@ class EncoderFunction:
 
 
 def make_source(kind: str, side: int):
-    from cpic.data import blobs, colin27, mni152
+    from cpic.data import band_limited_noise, colin27, mni152
     from cpic.sources import open_volume
 
     if kind in ("intensity", "features"):
-        return blobs((side,) * 3, count=4, seed=0)
+        return band_limited_noise((side,) * 3, cutoff=4.0, waves=5, seed=0)
     if kind == "colin27":
         return colin27("t1")
     if kind == "mni152":
@@ -213,6 +221,8 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=4096, help="largest procedural side (default 4096)")
     parser.add_argument("--huge", action="store_true", help="also sides 2^13 ... 2^15")
     parser.add_argument("--ooc", action="store_true", help="the 1 GiB out-of-core proof (.npy and Zarr v3)")
+    parser.add_argument("--ooc-only", action="store_true", help="only the out-of-core proof")
+    parser.add_argument("--write", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--plot", type=Path, default=Path("docs/sampling_scale.png"), help="where to save the plot"
     )
@@ -221,7 +231,16 @@ def main() -> None:
         kind, side, *path = args.one
         print(json.dumps(run_one(kind, int(side), path[0] if path else None)))
         return
+    if args.write:
+        write_big(args.write)
+        return
+    if not args.ooc_only:
+        scaling(args)
+    if args.ooc or args.ooc_only:
+        out_of_core()
 
+
+def scaling(args: argparse.Namespace) -> None:
     sides = [2**k for k in range(6, int(math.log2(args.max_side)) + 1)]
     if args.huge:
         sides += [2**13, 2**14, 2**15]
@@ -229,7 +248,7 @@ def main() -> None:
     for kind in ("intensity", "features"):
         rows = [in_fresh_process(kind, side) for side in sides]
         slope, r2 = fit_log(rows)
-        print_rows(f"{kind}: procedural blobs, QTT rank {RANK}, {SWEEPS} sweeps", rows)
+        print_rows(f"{kind}: band-limited field, QTT rank {RANK}, {SWEEPS} sweeps", rows)
         print(f"\nunique voxels = {slope:,.0f} * log2(voxels) + c,  R^2 = {r2:.4f}")
         series[kind] = rows
     real = []
@@ -243,23 +262,22 @@ def main() -> None:
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(series, args.plot)
 
-    if args.ooc:
-        with tempfile.TemporaryDirectory() as tmp:
-            started = time.perf_counter()
-            npy_path, zarr_path = write_big(Path(tmp))
-            print(f"\nwrote 1024^3 uint8 .npy and Zarr v3 in {time.perf_counter() - started:.0f} s")
-            rows = [
-                in_fresh_process("npy", 1024, str(npy_path)),
-                in_fresh_process("zarr", 1024, str(zarr_path)),
-            ]
-        print_rows("out of core: 1024^3 uint8 (1 GiB) on disk", rows)
-        for r in rows:
-            print(
-                f"{r['kind']}: peak RSS {r['peak_rss_mib']:.0f} MiB "
-                f"(after imports {r['rss_before_mib']:.0f} MiB, "
-                f"anonymous {r['anon_rss_mib']:.0f} MiB); {100 * r['fraction']:.4f}% of voxels read; "
-                f"{r['chunks_touched']:,} chunks/pages touched, {r['bytes_read'] / 2**20:.1f} MiB fetched"
-            )
+
+def out_of_core() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--write", tmp], check=True)  # keeps this process small
+        print(f"\nwrote 1024^3 uint8 .npy and Zarr v3 in {time.perf_counter() - started:.0f} s")
+        npy_path, zarr_path = Path(tmp) / "big.npy", Path(tmp) / "big.zarr"
+        rows = [in_fresh_process("npy", 1024, str(npy_path)), in_fresh_process("zarr", 1024, str(zarr_path))]
+    print_rows("out of core: 1024^3 uint8 (1 GiB) on disk", rows)
+    for r in rows:
+        print(
+            f"{r['kind']}: peak RSS {r['peak_rss_mib']:.0f} MiB "
+            f"(after imports {r['rss_before_mib']:.0f} MiB, "
+            f"anonymous {r['anon_rss_mib']:.0f} MiB); {100 * r['fraction']:.4f}% of voxels read; "
+            f"{r['chunks_touched']:,} chunks/pages touched, {r['bytes_read'] / 2**20:.1f} MiB fetched"
+        )
 
 
 if __name__ == "__main__":

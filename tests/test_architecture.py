@@ -6,13 +6,14 @@ from pathlib import Path
 import cpic
 
 ALLOWED = {
+    "util": {"util"},
     "tt": {"tt"},
     "layout": {"layout"},
-    "cross": {"cross", "tt"},
-    "sources": {"sources"},
+    "cross": {"cross", "tt", "util"},
+    "sources": {"sources", "util"},
     "data": {"data", "sources"},
     "sampling": {"sampling", "layout", "sources"},
-    "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "_version"},
+    "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "util", "_version"},
 }
 
 

@@ -164,6 +164,10 @@ def test_multichannel_and_two_dimensional(tmp_path):
     np.testing.assert_allclose(got.numpy(), expected)
     last = open_volume(np.moveaxis(four, 0, -1).copy(), channel_axis=-1)
     np.testing.assert_allclose(last.gather(torch.from_numpy(centres), 3, "edge").numpy(), expected)
+    np.save(tmp_path / "four.npy", four)  # memory-mapped, read in slices smaller than a request
+    mapped = open_volume(tmp_path / "four.npy", channel_axis=0)
+    mapped.MAP_BATCH = 7
+    np.testing.assert_allclose(mapped.gather(torch.from_numpy(centres), 3, "edge").numpy(), expected)
     image = rng.random((30, 20)).astype(np.float32)
     np.save(tmp_path / "img.npy", image)
     src2 = open_volume(tmp_path / "img.npy")
@@ -277,3 +281,18 @@ def test_no_read_permission(tmp_path, volume):
     path.chmod(0)
     with pytest.raises(SourceError, match="not readable"):
         open_volume(path)
+
+
+def test_voxel_cache_serves_repeated_patches(volume, files):
+    src = open_volume(files["zarr3"][0], cache_bytes=1 << 20)
+    centres = torch.from_numpy(centres_with_borders())
+    first = src.gather(centres, patch=3, border="edge")
+    chunks, fetched = src.stats.chunks_touched, src.stats.bytes_read
+    again = src.gather(centres, patch=3, border="edge")
+    assert torch.equal(first, again)
+    assert src.stats.cache_hits == src.stats.unique_voxels  # the second read hit the cache only
+    assert (src.stats.chunks_touched, src.stats.bytes_read) == (chunks, fetched)
+    np.testing.assert_array_equal(again.numpy(), reference(volume, centres.numpy(), 3, "edge"))
+    tiny = open_volume(volume, cache_bytes=64)  # over budget: the oldest entries are dropped
+    tiny.gather(centres, patch=3)
+    assert tiny.cache.nbytes <= 64 or len(tiny.cache) == 0

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from cpic.util import KeyStore
+
 #: ``f(idx: LongTensor[B, P, d]) -> Tensor[B, P]``
 BatchedFunction = Callable[[Tensor], Tensor]
 
@@ -67,14 +69,13 @@ class EvaluationCache:
         self.exact = total <= 2**self._item_bits
         strides = [math.prod(self.shape[k + 1 :]) for k in range(len(self.shape))] if self.exact else [0]
         self._strides = torch.tensor(strides, dtype=torch.long, device=self.device)
-        # sorted, disjoint (keys, values) segments, largest first: a small log-structured store
-        self._segments: list[tuple[Tensor, Tensor]] = []
+        self._store = KeyStore(dtype, self.device)
         self.evaluations = 0
         self.unique_evaluations = 0
         self.hits = 0
 
     def __len__(self) -> int:
-        return sum(len(k) for k, _ in self._segments)
+        return len(self._store)
 
     def keys(self, idx: Tensor) -> Tensor:
         """Packed keys ``[B, P]`` of multi-indices ``[B, P, d]``."""
@@ -89,30 +90,6 @@ class EvaluationCache:
         batch = torch.arange(idx.shape[0], device=idx.device)[:, None]
         return (batch << self._item_bits) | item
 
-    def _lookup(self, keys: Tensor) -> tuple[Tensor, Tensor]:
-        """``keys: [K]`` -> (found ``[K]`` bool, cached values ``[K]``, 0 where not found)."""
-        hit = torch.zeros_like(keys, dtype=torch.bool)
-        values = torch.zeros(keys.shape, dtype=self.dtype, device=keys.device)
-        for seg_keys, seg_values in self._segments:
-            pos = torch.searchsorted(seg_keys, keys).clamp_(max=len(seg_keys) - 1)
-            found = seg_keys.index_select(0, pos) == keys
-            hit |= found
-            values = torch.where(found, seg_values.index_select(0, pos), values)
-        return hit, values
-
-    #: segments whose merged size is below this are always merged (one segment is fastest
-    #: to search); larger ones only when of similar size, so each entry is copied O(log M) times
-    _SMALL = 65536
-
-    def _insert(self, keys: Tensor, values: Tensor) -> None:
-        """Add sorted, new ``keys`` as a segment; merge segments of similar size."""
-        self._segments.append((keys, values))
-        while len(self._segments) > 1:
-            (k1, v1), (k2, v2) = self._segments[-2:]
-            if len(k1) > 2 * len(k2) and len(k1) + len(k2) >= self._SMALL:
-                break
-            self._segments[-2:] = [_merge(k1, v1, k2, v2)]
-
     def evaluate(self, f: BatchedFunction, idx: Tensor) -> Tensor:
         """Values ``[B, P]`` of the tensor at ``idx: [B, P, d]``, calling ``f`` on new entries only."""
         B, P, _ = idx.shape
@@ -123,7 +100,7 @@ class EvaluationCache:
             self.unique_evaluations += B * P
             return values
         keys = self.keys(idx).flatten()
-        hit, values = self._lookup(keys)
+        hit, values = self._store.lookup(keys)
         miss_pos = (~hit).nonzero().flatten()
         miss_keys, inverse = torch.unique(keys.index_select(0, miss_pos), return_inverse=True)
         owner = miss_keys >> self._item_bits
@@ -146,24 +123,13 @@ class EvaluationCache:
         fresh = out.flatten().index_select(0, slot)
         self.evaluations += B * width
         self.unique_evaluations += len(miss_keys)
-        self._insert(miss_keys, fresh)
+        self._store.insert(miss_keys, fresh)
         values.index_copy_(0, miss_pos, fresh.index_select(0, inverse))
         return values.reshape(B, P)
 
     def _charge(self, count: int) -> None:
         if self.budget is not None and self.evaluations + count > self.budget:
             raise BudgetExhausted
-
-
-def _merge(k1: Tensor, v1: Tensor, k2: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
-    """Merge two sorted, disjoint key arrays (and their values) in linear time."""
-    at1 = torch.arange(len(k1), device=k1.device) + torch.searchsorted(k2, k1)
-    at2 = torch.arange(len(k2), device=k2.device) + torch.searchsorted(k1, k2)
-    keys = torch.empty(len(k1) + len(k2), dtype=k1.dtype, device=k1.device)
-    values = torch.empty(len(keys), dtype=v1.dtype, device=k1.device)
-    keys.index_copy_(0, at1, k1).index_copy_(0, at2, k2)
-    values.index_copy_(0, at1, v1).index_copy_(0, at2, v2)
-    return keys, values
 
 
 def call_checked(f: BatchedFunction, idx: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -1,6 +1,6 @@
 """Sources layer: reading voxels of volumes on demand, with one batched ``gather`` per request.
 
-Imports nothing else of cpic: sources know volumes, not tensors trains.
+Imports only cpic.util: sources know volumes, not tensor trains.
 """
 
 from cpic.sources.array import ArraySource

@@ -36,6 +36,9 @@ class ArraySource(VolumeSource):
     volume's size.
     """
 
+    #: voxels per slice of a memory-mapped read (bounds the pages mapped at once)
+    MAP_BATCH = 128
+
     def __init__(
         self,
         array: np.ndarray | Tensor,
@@ -68,19 +71,33 @@ class ArraySource(VolumeSource):
     def _read(self, coords: Tensor) -> Tensor:
         if isinstance(self.array, Tensor):  # a tensor on an accelerator
             values = self.array[self._index(coords.to(self.array.device))].cpu()
+        elif self._map is None:
+            values = torch.from_numpy(np.ascontiguousarray(self.array[self._index(coords.numpy())]))
         else:
-            try:
-                values = torch.from_numpy(np.ascontiguousarray(self.array[self._index(coords.numpy())]))
-            except OSError as err:
-                raise SourceError(f"{self.name}: reading failed ({err}); is the file truncated?") from None
-            if self._map is not None:
-                self._map.madvise(mmap.MADV_DONTNEED)
+            values = torch.from_numpy(self._read_mapped(coords.numpy()))
         if self.channel_axis == 0:
             values = values.T  # indices right after a leading slice give [C, U]
         if self.scale is not None:
             slope, intercept = self.scale
             values = values.double() * slope + intercept
         return values
+
+    def _read_mapped(self, coords: np.ndarray) -> np.ndarray:
+        """Fancy-index the memory map in slices of ``MAP_BATCH`` voxels, releasing its pages after
+        each: the page cache may hold a file in large folios, and touching one voxel then maps
+        up to 2 MiB, so one unbounded read of scattered voxels would map much of the file."""
+        parts = []
+        try:
+            for start in range(0, len(coords), self.MAP_BATCH):
+                parts.append(
+                    np.ascontiguousarray(self.array[self._index(coords[start : start + self.MAP_BATCH])])
+                )
+                self._map.madvise(mmap.MADV_DONTNEED)
+        except OSError as err:
+            raise SourceError(f"{self.name}: reading failed ({err}); is the file truncated?") from None
+        if not parts:
+            return np.empty((0,), self.array.dtype)
+        return np.concatenate(parts, axis=1 if self.channel_axis == 0 else 0)  # [C, U] when channels lead
 
     def _chunk_ids(self, coords: Tensor) -> np.ndarray | None:
         if self._map is None:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cpic.util import KeyStore
+
 BORDERS = ("reflect", "edge", "zero")
 NONFINITE_POLICIES = ("raise", "zero")
 
@@ -36,6 +38,8 @@ class ReadStats:
     bytes_read: int = 0
     #: non-finite voxels met (replaced by 0 under ``nonfinite="zero"``)
     nonfinite: int = 0
+    #: distinct voxels of a request served by the voxel cache (not read from storage)
+    cache_hits: int = 0
     #: seconds spent in ``gather``
     seconds: float = 0.0
     _voxels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
@@ -126,6 +130,7 @@ class VolumeSource(ABC):
         self.nonfinite = nonfinite
         self.normalization = Normalization()
         self.stats = ReadStats()
+        self.cache: KeyStore | None = None
         self._strides = torch.tensor([int(np.prod(self.shape[k + 1 :])) for k in range(len(self.shape))])
 
     # ------------------------------------------------------------------ description
@@ -212,11 +217,7 @@ class VolumeSource(ABC):
                 coords = torch.minimum(coords.clamp_min(0), size - 1)
         linear = (coords * self._strides).sum(1)
         unique, inverse = torch.unique(linear, return_inverse=True)
-        unique_coords = self._unravel(unique)
-        values = self._read(unique_coords)
-        values = torch.as_tensor(values).to(torch.float32)
-        values = self._handle_nonfinite(values)
-        self._account(unique, unique_coords, K * patch**D)
+        values = self._read_cached(unique, K * patch**D)
         out = values.index_select(0, inverse)  # [K * p^D] or [K * p^D, C]
         if normalize:
             out = self.normalization.apply(out)
@@ -228,6 +229,29 @@ class VolumeSource(ABC):
             out = out.reshape(K, patch**D)
         self.stats.seconds += time.perf_counter() - started
         return out.to(device) if device is not None else out
+
+    def _read_cached(self, unique: Tensor, delivered: int) -> Tensor:
+        """Raw values (float32) of distinct sorted linear voxel ids, through the voxel cache."""
+        if self.cache is None:
+            missing, hit = unique, None
+        else:
+            hit, cached = self.cache.lookup(unique)
+            missing = unique[~hit]
+            self.stats.cache_hits += int(hit.sum())
+        coords = self._unravel(missing)
+        fresh = self._handle_nonfinite(torch.as_tensor(self._read(coords)).to(torch.float32))
+        self._account(unique, coords, delivered)
+        if self.cache is None:
+            return fresh
+        self.cache.insert(missing, fresh)
+        values = cached.clone()
+        values[~hit] = fresh
+        return values
+
+    def enable_cache(self, max_bytes: int) -> VolumeSource:
+        """Keep voxels read, up to ``max_bytes``, so repeated patches are not read again."""
+        self.cache = KeyStore(torch.float32, max_bytes=int(max_bytes)) if max_bytes > 0 else None
+        return self
 
     def read(
         self, coords: Tensor, device: torch.device | str | None = None, normalize: bool = True
@@ -273,17 +297,17 @@ class VolumeSource(ABC):
             )
         return torch.where(bad, torch.zeros_like(values), values)
 
-    def _account(self, unique: Tensor, unique_coords: Tensor, delivered: int) -> None:
+    def _account(self, unique: Tensor, read_coords: Tensor, delivered: int) -> None:
+        """Count a request: ``unique`` voxels delivered, ``read_coords`` fetched from storage."""
         stats = self.stats
         stats.requests += 1
         stats.voxels_read += delivered
-        before = stats.unique_voxels
         stats.add_voxels(unique.numpy())
-        chunks = self._chunk_ids(unique_coords)
+        chunks = self._chunk_ids(read_coords) if len(read_coords) else None
         if chunks is not None:
             stats.add_chunks(chunks, self.chunk_bytes)
         elif not self.chunk_bytes:
-            stats.bytes_read += (stats.unique_voxels - before) * self.itemsize
+            stats.bytes_read += len(read_coords) * self.itemsize
 
     @property
     def itemsize(self) -> int:

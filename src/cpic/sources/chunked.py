@@ -23,12 +23,10 @@ class ZarrSource(VolumeSource):
     """A Zarr v2 or v3 array read through tensorstore: one batched ``vindex`` read per gather.
 
     ``location`` is a local path or any URL tensorstore understands (``file://``, ``gs://``,
-    ``s3://``, ``http(s)://``). ``cache_bytes`` sizes tensorstore's chunk cache.
+    ``s3://``, ``http(s)://``).
     """
 
-    def __init__(
-        self, location: str, channel_axis: int | None = None, nonfinite: str = "raise", cache_bytes: int = 0
-    ):
+    def __init__(self, location: str, channel_axis: int | None = None, nonfinite: str = "raise"):
         try:
             import tensorstore as ts
         except ImportError:
@@ -38,13 +36,10 @@ class ZarrSource(VolumeSource):
         kvstore = location if "://" in location else {"driver": "file", "path": str(Path(location).resolve())}
         if isinstance(kvstore, dict) and not Path(location).exists():
             raise SourceError(f"{location}: no such Zarr array.")
-        context = {"cache_pool": {"total_bytes_limit": int(cache_bytes)}}
         last = None
         for driver in ("zarr3", "zarr"):
             try:
-                store = ts.open(
-                    {"driver": driver, "kvstore": kvstore, "context": context}, read=True
-                ).result()
+                store = ts.open({"driver": driver, "kvstore": kvstore}, read=True).result()
                 break
             except (ValueError, RuntimeError) as err:  # tensorstore raises ValueError on a wrong driver
                 last = err
@@ -77,7 +72,7 @@ class HDF5Source(VolumeSource):
     """A dataset of an HDF5 file (``file.h5:/group/dataset``) read with h5py.
 
     Requested voxels are grouped by chunk and each touched chunk is read once (a hyperslab),
-    in storage order; ``cache_bytes`` sizes HDF5's own chunk cache.
+    in storage order.
     """
 
     def __init__(
@@ -86,14 +81,13 @@ class HDF5Source(VolumeSource):
         dataset: str | None,
         channel_axis: int | None = None,
         nonfinite: str = "raise",
-        cache_bytes: int = 0,
     ):
         try:
             import h5py
         except ImportError:
             raise SourceError(f"{path}: reading HDF5 needs h5py: pip install 'cpic[io]'.") from None
         try:
-            self.file = h5py.File(path, "r", rdcc_nbytes=max(int(cache_bytes), 1 << 20))
+            self.file = h5py.File(path, "r")
         except OSError as err:
             raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
         if dataset is None:

@@ -75,7 +75,8 @@ def open_volume(
     ``shape`` (a procedural volume). ``channel_axis`` marks a channel axis (four MRI
     sequences in one source). ``normalize``: None, ``"range"``, ``"percentile"`` or
     ``(low, high)``. ``nonfinite``: ``"raise"`` or ``"zero"`` for NaN/Inf voxels. ``ndim``
-    requires that many grid axes. ``cache_bytes`` sizes the chunk cache of chunked formats.
+    requires that many grid axes. ``cache_bytes > 0`` keeps voxels read (up to that many
+    bytes) so that repeated patches are served without reading storage again.
 
     Example:
         >>> import numpy as np, torch
@@ -84,7 +85,7 @@ def open_volume(
         >>> src.shape, src.gather(torch.tensor([[5, 6, 7]]), patch=5).shape
         ((32, 40, 24), torch.Size([1, 125]))
     """
-    source = _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite, cache_bytes)
+    source = _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite)
     if ndim is not None and source.ndim != ndim:
         raise SourceError(
             f"{source.name}: has {source.ndim} grid axes {source.shape}, expected {ndim}"
@@ -94,12 +95,10 @@ def open_volume(
         raise SourceError(f"{source.name}: spacing {tuple(spacing)} must have {source.ndim} values.")
     if spacing is not None:
         source.spacing = tuple(float(s) for s in spacing)
-    return source.set_normalization(normalize)
+    return source.set_normalization(normalize).enable_cache(cache_bytes)
 
 
-def _open(
-    x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite, cache_bytes
-) -> VolumeSource:
+def _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite) -> VolumeSource:
     if format is not None and format not in FORMATS:
         raise SourceError(f"format must be one of {FORMATS}, got {format!r}.")
     if isinstance(x, VolumeSource):
@@ -128,12 +127,12 @@ def _open(
     if fmt == "nifti":
         return open_nifti(path, channel_axis, nonfinite)
     if fmt == "zarr":
-        return ZarrSource(location, channel_axis, nonfinite, cache_bytes)
+        return ZarrSource(location, channel_axis, nonfinite)
     if fmt == "hdf5":
         file, dataset = split_dataset(location)
         if not Path(file).exists():
             raise SourceError(f"{file}: no such file.")
-        return HDF5Source(Path(file), dataset, channel_axis, nonfinite, cache_bytes)
+        return HDF5Source(Path(file), dataset, channel_axis, nonfinite)
     if fmt == "tiff":
         if not path.exists():
             raise SourceError(f"{path}: no such file.")

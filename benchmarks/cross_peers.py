@@ -355,7 +355,7 @@ def section_b(repeats: int) -> None:
 # ----------------------------------------------------------------------------- batching
 def section_c(repeats: int) -> None:
     volumes = EncodedVolumes(smooth_volumes(16))
-    t_t, _, _ = run_tntorch_case(EncodedVolumes(smooth_volumes(1)), 0, max(1, repeats // 2))
+    t_t, _, _ = run_tntorch_case(EncodedVolumes(smooth_volumes(1)), 0, max(3, repeats // 2))
     rows = []
     base = None
     for B in (1, 4, 16):

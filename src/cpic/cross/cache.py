@@ -90,8 +90,12 @@ class EvaluationCache:
         batch = torch.arange(idx.shape[0], device=idx.device)[:, None]
         return (batch << self._item_bits) | item
 
-    def evaluate(self, f: BatchedFunction, idx: Tensor) -> Tensor:
-        """Values ``[B, P]`` of the tensor at ``idx: [B, P, d]``, calling ``f`` on new entries only."""
+    def evaluate(self, f: BatchedFunction, idx: Tensor, distinct: bool = False) -> Tensor:
+        """Values ``[B, P]`` of the tensor at ``idx: [B, P, d]``, calling ``f`` on new entries only.
+
+        ``distinct=True`` promises that no multi-index repeats within an item (true of fibers),
+        which saves deduplicating the request.
+        """
         B, P, _ = idx.shape
         if not self.enabled:
             self._charge(B * P)
@@ -102,7 +106,11 @@ class EvaluationCache:
         keys = self.keys(idx).flatten()
         hit, values = self._store.lookup(keys)
         miss_pos = (~hit).nonzero().flatten()
-        miss_keys, inverse = torch.unique(keys.index_select(0, miss_pos), return_inverse=True)
+        if distinct:
+            miss_keys, order = torch.sort(keys.index_select(0, miss_pos))
+            first = miss_pos.index_select(0, order)  # request position of each sorted missing key
+        else:
+            miss_keys, inverse = torch.unique(keys.index_select(0, miss_pos), return_inverse=True)
         owner = miss_keys >> self._item_bits
         counts = torch.bincount(owner, minlength=B)
         width = int(counts.max().item()) if len(miss_keys) else 0
@@ -110,9 +118,9 @@ class EvaluationCache:
         if width == 0:
             return values.reshape(B, P)
         self._charge(B * width)
-        # first request position of each distinct missing key, to read its multi-index
-        first = torch.full((len(miss_keys),), B * P, dtype=torch.long, device=idx.device)
-        first = first.scatter_reduce(0, inverse, miss_pos, reduce="amin")
+        if not distinct:  # first request position of each distinct missing key
+            first = torch.full((len(miss_keys),), B * P, dtype=torch.long, device=idx.device)
+            first = first.scatter_reduce(0, inverse, miss_pos, reduce="amin")
         # item b's misses go to slots b * width + 0, 1, ...; padding repeats its first request
         start = counts.cumsum(0) - counts
         slot = owner * width + torch.arange(len(miss_keys), device=idx.device) - start.index_select(0, owner)
@@ -124,7 +132,10 @@ class EvaluationCache:
         self.evaluations += B * width
         self.unique_evaluations += len(miss_keys)
         self._store.insert(miss_keys, fresh)
-        values.index_copy_(0, miss_pos, fresh.index_select(0, inverse))
+        if distinct:
+            values.index_copy_(0, first, fresh)
+        else:
+            values.index_copy_(0, miss_pos, fresh.index_select(0, inverse))
         return values.reshape(B, P)
 
     def _charge(self, count: int) -> None:

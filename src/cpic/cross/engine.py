@@ -145,7 +145,7 @@ class _Sweeper:
     def fiber(self, k: int) -> Tensor:
         left, right = self.left[k], self.right[k + 1]
         idx = fiber_indices(left, self.plan.shape[k], right)
-        values = self.cache.evaluate(self.f, idx)
+        values = self.cache.evaluate(self.f, idx, distinct=True)  # nested sets: no repeats
         return values.reshape(self.plan.batch, left.shape[1], self.plan.shape[k], right.shape[1])
 
     def _target(self, k: int, neighbour: int) -> int:

@@ -16,13 +16,22 @@ def merge_sorted(k1: Tensor, v1: Tensor, k2: Tensor, v2: Tensor) -> tuple[Tensor
         >>> k.tolist(), v.tolist()
         ([1, 3, 5], [1.0, 3.0, 5.0])
     """
-    at1 = torch.arange(len(k1), device=k1.device) + torch.searchsorted(k2, k1)
+    if len(k1) < len(k2):
+        k1, v1, k2, v2 = k2, v2, k1, v1
+    # places of the smaller array by binary search; the larger one fills the remaining places
     at2 = torch.arange(len(k2), device=k2.device) + torch.searchsorted(k1, k2)
+    taken = torch.zeros(len(k1) + len(k2), dtype=torch.bool, device=k1.device)
+    taken[at2] = True
+    at1 = (~taken).nonzero().flatten()
     keys = torch.empty(len(k1) + len(k2), dtype=k1.dtype, device=k1.device)
     values = v1.new_empty((len(keys),) + tuple(v1.shape[1:]))
     keys.index_copy_(0, at1, k1).index_copy_(0, at2, k2)
     values.index_copy_(0, at1, v1).index_copy_(0, at2, v2)
     return keys, values
+
+
+def _nbytes(keys: Tensor, values: Tensor) -> int:
+    return keys.element_size() * keys.numel() + values.element_size() * values.numel()
 
 
 class KeyStore:
@@ -54,7 +63,7 @@ class KeyStore:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.element_size() * k.numel() + v.element_size() * v.numel() for k, v in self._segments)
+        return sum(_nbytes(k, v) for k, v in self._segments)
 
     def lookup(self, keys: Tensor) -> tuple[Tensor, Tensor]:
         """``keys: [K]`` -> (found ``[K]`` bool, values ``[K, ...]``, zero where not found)."""
@@ -80,12 +89,12 @@ class KeyStore:
             (k1, v1), (k2, v2) = self._segments[-2:]
             if len(k1) > 2 * len(k2) and len(k1) + len(k2) >= self.SMALL:
                 break
+            if self.max_bytes is not None and _nbytes(k1, v1) + _nbytes(k2, v2) > self.max_bytes // 2:
+                break  # keep segments small enough to evict the oldest ones alone
             self._segments[-2:] = [merge_sorted(k1, v1, k2, v2)]
         if self.max_bytes is not None:
-            while len(self._segments) > 1 and self.nbytes > self.max_bytes:
+            while self._segments and self.nbytes > self.max_bytes:
                 self._segments.pop(0)
-            if self.nbytes > self.max_bytes:
-                self._segments.clear()
 
     def clear(self) -> None:
         self._segments.clear()

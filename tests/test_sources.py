@@ -296,3 +296,12 @@ def test_voxel_cache_serves_repeated_patches(volume, files):
     tiny = open_volume(volume, cache_bytes=64)  # over budget: the oldest entries are dropped
     tiny.gather(centres, patch=3)
     assert tiny.cache.nbytes <= 64 or len(tiny.cache) == 0
+
+
+def test_zarr_by_url(volume, files):
+    location = "file://" + files["zarr3"][0]  # the same code path as gs://, s3:// and http(s)://
+    src = open_volume(location)
+    centres = torch.from_numpy(centres_with_borders())
+    np.testing.assert_array_equal(
+        src.gather(centres, patch=3).numpy(), reference(volume, centres.numpy(), 3, "reflect")
+    )

@@ -6,6 +6,8 @@ Sections (``--sections a,b,c``):
   b  Ackley, Hilbert and Schaffer (d=10, n=32) and the Morton QTT of a 256^3 smooth field:
      each library stops at the same held-out tolerance; cpic vs teneva (with and without its
      cache) and tntorch.
+  b2 the same targets, median unique evaluations over four random starts, for each growth
+     setting of cpic (kick 1, 2) and teneva (+1, +2 rows per pass); counts only.
   c  batch scaling: B = 1, 4, 16 volumes in one cpic call, against B runs of tntorch.
 
 Every error is measured afterwards on the same 10,000 random entries, outside the timings.
@@ -352,6 +354,64 @@ def section_b(repeats: int) -> None:
     )
 
 
+def evaluation_medians(name: str, f, shape, target: float, seeds: int, max_steps: int = 12) -> list[list]:
+    """Median over random starts of the unique evaluations each growth setting needs to reach
+    ``target`` (the fewest whole sweeps that do); counts only, so no timing noise."""
+    import teneva
+
+    idx = held_out(shape)
+    exact = torch.from_numpy(f(idx[0].numpy()))[None]
+
+    def score(tt: TT) -> float:
+        return rel_error(tt, idx, exact)
+
+    def f_torch(i):
+        return torch.from_numpy(f(i[0].numpy()))[None]
+
+    def cpic_run(sweeps, kick, seed):
+        tt, info = cpic.cross(
+            f_torch, shape, max_rank=80, kick=kick, sweeps=sweeps, n_test=0, dtype=torch.float64, seed=seed
+        )
+        return tt, info.unique_evaluations
+
+    def teneva_run(sweeps, grow, seed):
+        info: dict = {}
+        cores = teneva.cross(
+            f, teneva.rand(list(shape), 1, seed=seed), nswp=sweeps, dr_max=grow, info=info, cache={}
+        )
+        return teneva_tt(cores), int(info["m"])
+
+    rows = []
+    for label, run in (("cpic, kick", cpic_run), ("teneva (cache), +", teneva_run)):
+        for grow in (1, 2):
+            counts = []
+            for seed in range(seeds):
+                found = _first_reaching(
+                    target, lambda s, g=grow, r=seed, fn=run: fn(s, g, r), range(1, max_steps + 1), score
+                )
+                counts.append(found[2] if found[3] <= target else float("inf"))
+            rows.append([name, f"{label}{grow}", int(statistics.median(counts)), min(counts), max(counts)])
+    return rows
+
+
+def section_b2(repeats: int, seeds: int = 4) -> None:
+    field, field_shape = smooth_field_qtt()
+    cases = [
+        ("Ackley d=10 n=32 (target 1e-05)", ackley, (32,) * 10, 1e-5),
+        ("Hilbert d=10 n=32 (target 1e-05)", hilbert, (32,) * 10, 1e-5),
+        ("Schaffer d=10 n=32 (target 0.001)", schaffer, (32,) * 10, 1e-3),
+        ("256^3 field, QTT 8^8 (target 0.01)", field, field_shape, 1e-2),
+    ]
+    rows = []
+    for case in cases:
+        rows += evaluation_medians(*case, seeds=seeds)
+    table(
+        f"(b2) unique evaluations to reach the target, over {seeds} random starts (no timing)",
+        ["function", "library, rows added per pass", "median", "min", "max"],
+        rows,
+    )
+
+
 # ----------------------------------------------------------------------------- batching
 def section_c(repeats: int) -> None:
     volumes = EncodedVolumes(smooth_volumes(16))
@@ -391,12 +451,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sections", default="a,b,c", help="which sections to run (default a,b,c)")
+    parser.add_argument("--sections", default="a,b,b2,c", help="which sections to run (default a,b,b2,c)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per timing, median reported (default 5)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpic {cpic.__version__}")
-    sections = {"a": section_a, "b": section_b, "c": section_c}
+    sections = {"a": section_a, "b": section_b, "b2": section_b2, "c": section_c}
     for name in args.sections.split(","):
         sections[name.strip()](args.repeats)
 

@@ -5,6 +5,7 @@ Imports the tensor layer (``cpic.tt``) only; knows nothing of volumes or files.
 
 from cpic.cross.engine import cross
 from cpic.cross.info import CrossInfo
+from cpic.cross.interpolate import interpolate
 from cpic.cross.maxvol import maxvol, maxvol_rect
 
-__all__ = ["CrossInfo", "cross", "maxvol", "maxvol_rect"]
+__all__ = ["CrossInfo", "cross", "interpolate", "maxvol", "maxvol_rect"]

@@ -304,7 +304,14 @@ def cross(
         """Keep the TT of the pass just done; measure it (every pass with ``tol``, else every
         sweep); True when it meets ``tol``."""
         nonlocal snapshot
-        snapshot = (list(sweeper.cores), list(sweeper.left), list(sweeper.right), tuple(sweeper.ranks))
+        direction = "rtl" if end_of_sweep else "ltr"
+        snapshot = (
+            list(sweeper.cores),
+            list(sweeper.left),
+            list(sweeper.right),
+            tuple(sweeper.ranks),
+            direction,
+        )
         if plan.tol is None and not end_of_sweep:
             return False
         current = TT(sweeper.cores)
@@ -348,7 +355,7 @@ def cross(
         if snapshot is None:  # cannot happen: the budget was checked against the first pass
             raise ValueError(f"budget={plan.budget} is too small for one sweep.") from None
 
-    cores, info.left, info.right, info.ranks = snapshot
+    cores, info.left, info.right, info.ranks, info.direction = snapshot
     tt = TT(cores)
     if stop == "budget" and test_idx is not None:  # measure the TT actually returned
         errors.append(_relative_error(tt.eval(test_idx), test_values))

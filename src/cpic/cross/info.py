@@ -35,6 +35,8 @@ class CrossInfo:
     #: wall time in seconds
     time: float = 0.0
     ranks: tuple[int, ...] = ()
+    #: direction of the last pass, whose index sets built the TT: "ltr" (left sets) or "rtl"
+    direction: str = "rtl"
     #: held-out relative error ``[measurements, B]``: after every pass (half sweep) when
     #: ``tol`` is set, else after every sweep; the last row is the returned TT's
     errors: Tensor = field(default_factory=lambda: torch.empty(0, 0), repr=False)

@@ -233,6 +233,38 @@ def smooth_field_qtt(side: int = 256) -> tuple[Callable[[np.ndarray], np.ndarray
     return f, layout.tensor_shape
 
 
+def _scorer(f, shape) -> Callable[[TT], float]:
+    """Relative error of a TT on 10,000 held-out entries of ``f``."""
+    idx = held_out(shape)
+    exact = torch.from_numpy(f(idx[0].numpy()))[None]
+    return lambda tt: rel_error(tt, idx, exact)
+
+
+def _cpic_sweeps(f, shape, sweeps: int, kick: int = 2, seed: int = 0) -> tuple[TT, int]:
+    """cpic with ranks grown from 1 for ``sweeps`` sweeps, no held-out set."""
+    tt, info = cpic.cross(
+        lambda i: torch.from_numpy(f(i[0].numpy()))[None],
+        shape,
+        max_rank=80,
+        kick=kick,
+        sweeps=sweeps,
+        n_test=0,
+        dtype=torch.float64,
+        seed=seed,
+    )
+    return tt, info.unique_evaluations
+
+
+def _teneva_sweeps(f, shape, sweeps: int, grow: int, seed: int = 0, cached: bool = True) -> tuple[TT, int]:
+    """teneva.cross from a random rank-1 TT, adding up to ``grow`` rows per pass."""
+    import teneva
+
+    info: dict = {}
+    y0 = teneva.rand(list(shape), 1, seed=seed)
+    cores = teneva.cross(f, y0, nswp=sweeps, dr_max=grow, info=info, cache={} if cached else None)
+    return teneva_tt(cores), int(info["m"])
+
+
 def _first_reaching(target: float, runs: Callable[[int], tuple], steps: range, score: Callable[[TT], float]):
     """The cheapest run (``runs(step) -> (tt, unique evaluations)``) whose error reaches ``target``."""
     result = None
@@ -251,35 +283,15 @@ def run_function(name: str, f, shape, target: float, repeats: int, max_steps: in
     needs fewer evaluations; tntorch by its default kick of 3 per sweep); none uses a
     validation set, so the held-out set of 10,000 entries is only used to score them.
     """
-    import teneva
     import tntorch as tn
 
-    idx = held_out(shape)
-    exact = torch.from_numpy(f(idx[0].numpy()))[None]
-
-    def score(tt: TT) -> float:
-        return rel_error(tt, idx, exact)
-
-    def f_torch(i):
-        return torch.from_numpy(f(i[0].numpy()))[None]
+    score = _scorer(f, shape)
 
     def cpic_run(sweeps):
-        tt, info = cpic.cross(
-            f_torch, shape, max_rank=80, kick=2, sweeps=sweeps, n_test=0, dtype=torch.float64, seed=0
-        )
-        return tt, info.unique_evaluations
+        return _cpic_sweeps(f, shape, sweeps)
 
     def teneva_run(sweeps, grow, cached):
-        info: dict = {}
-        cores = teneva.cross(
-            f,
-            teneva.rand(list(shape), 1, seed=0),
-            nswp=sweeps,
-            dr_max=grow,
-            info=info,
-            cache={} if cached else None,
-        )
-        return teneva_tt(cores), int(info["m"])
+        return _teneva_sweeps(f, shape, sweeps, grow, cached=cached)
 
     domain = [torch.arange(n) for n in shape]
 
@@ -357,29 +369,13 @@ def section_b(repeats: int) -> None:
 def evaluation_medians(name: str, f, shape, target: float, seeds: int, max_steps: int = 12) -> list[list]:
     """Median over random starts of the unique evaluations each growth setting needs to reach
     ``target`` (the fewest whole sweeps that do); counts only, so no timing noise."""
-    import teneva
-
-    idx = held_out(shape)
-    exact = torch.from_numpy(f(idx[0].numpy()))[None]
-
-    def score(tt: TT) -> float:
-        return rel_error(tt, idx, exact)
-
-    def f_torch(i):
-        return torch.from_numpy(f(i[0].numpy()))[None]
+    score = _scorer(f, shape)
 
     def cpic_run(sweeps, kick, seed):
-        tt, info = cpic.cross(
-            f_torch, shape, max_rank=80, kick=kick, sweeps=sweeps, n_test=0, dtype=torch.float64, seed=seed
-        )
-        return tt, info.unique_evaluations
+        return _cpic_sweeps(f, shape, sweeps, kick, seed)
 
     def teneva_run(sweeps, grow, seed):
-        info: dict = {}
-        cores = teneva.cross(
-            f, teneva.rand(list(shape), 1, seed=seed), nswp=sweeps, dr_max=grow, info=info, cache={}
-        )
-        return teneva_tt(cores), int(info["m"])
+        return _teneva_sweeps(f, shape, sweeps, grow, seed)
 
     rows = []
     for label, run in (("cpic, kick", cpic_run), ("teneva (cache), +", teneva_run)):

@@ -188,6 +188,7 @@ def test_info_reports_what_happened():
         (dict(budget=10), "budget"),
         (dict(tol=-1.0), "tol"),
         (dict(dtype=torch.int64), "dtype"),
+        (dict(device="tpu:7"), "device"),
     ],
 )
 def test_bad_arguments(kwargs, match):

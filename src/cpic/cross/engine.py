@@ -73,6 +73,8 @@ def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick
         device = torch.device(device or "cpu")
     except RuntimeError as err:
         raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but this torch build sees no CUDA device.")
     d = len(shape)
     caps = [1] + [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, d)] + [1]
     adaptive = max_rank is not None and (rank is None or max_rank > rank)

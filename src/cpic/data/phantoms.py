@@ -101,7 +101,13 @@ def band_limited_noise(
 
 
 def blobs(shape: Sequence[int] = (256, 256, 256), count: int = 6, seed: int = 0) -> ProceduralSource:
-    """Gaussian blobs on a gentle gradient (``blob_field``) as a source of any ``shape``."""
+    """Gaussian blobs on a gentle gradient (``blob_field``) as a source of any ``shape``.
+
+    Example:
+        >>> import torch
+        >>> blobs((512, 512, 512), count=3).read(torch.tensor([[256, 256, 256]])).shape
+        torch.Size([1])
+    """
     shape = tuple(int(n) for n in shape)
     return ProceduralSource(
         lambda c: blob_field(c, shape, blobs=count, seed=seed),

@@ -54,7 +54,13 @@ def colin27(kind: str = "t1", normalize="range") -> VolumeSource:
 
 
 def mni152(kind: str = "t1", normalize="range") -> VolumeSource:
-    """The MNI152 2009a template from the ``nilearn`` wheel: ``kind`` t1, gm or wm (197 x 233 x 189)."""
+    """The MNI152 2009a template from the ``nilearn`` wheel: ``kind`` t1, gm or wm (197 x 233 x 189).
+
+    Example:
+        >>> from cpic.data import mni152
+        >>> mni152("gm").shape   # doctest: +SKIP
+        (197, 233, 189)
+    """
     if kind not in _MNI:
         raise ValueError(f"kind must be one of {sorted(_MNI)}, got {kind!r}.")
     spec = importlib.util.find_spec("nilearn")
@@ -72,7 +78,13 @@ def mni152(kind: str = "t1", normalize="range") -> VolumeSource:
 
 
 def mean_head(normalize="percentile") -> VolumeSource:
-    """The mean T1 head of the ``pydeface`` wheel (176 x 256 x 256 int16)."""
+    """The mean T1 head of the ``pydeface`` wheel (176 x 256 x 256 int16).
+
+    Example:
+        >>> from cpic.data import mean_head
+        >>> mean_head().normalization.method   # doctest: +SKIP
+        'percentile'
+    """
     spec = importlib.util.find_spec("pydeface")
     if spec is None or spec.origin is None:
         raise DataUnavailable(
@@ -89,6 +101,13 @@ def head_ct(normalize=(-1024.0, 2048.0)) -> VolumeSource:
 
     The ``.inv3`` archive's ``matrix.dat`` is extracted once into ``$CPIC_CACHE`` (default
     ``~/.cache/cpic``) and memory-mapped from there.
+
+    Example:
+        >>> import torch
+        >>> from cpic.data import head_ct
+        >>> ct = head_ct()                                         # doctest: +SKIP
+        >>> ct.read(torch.tensor([[54, 128, 128]]), normalize=False)   # doctest: +SKIP
+        tensor([...])
     """
     if not INVESALIUS.exists():
         raise DataUnavailable(

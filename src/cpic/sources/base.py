@@ -249,14 +249,31 @@ class VolumeSource(ABC):
         return values
 
     def enable_cache(self, max_bytes: int) -> VolumeSource:
-        """Keep voxels read, up to ``max_bytes``, so repeated patches are not read again."""
+        """Keep voxels read, up to ``max_bytes``, so repeated patches are not read again.
+
+        Example:
+            >>> import numpy as np, torch
+            >>> from cpic import open_volume
+            >>> src = open_volume(np.ones((8, 8, 8), np.float32)).enable_cache(1 << 20)
+            >>> _ = src.gather(torch.tensor([[4, 4, 4]]), patch=3)
+            >>> _ = src.gather(torch.tensor([[4, 4, 4]]), patch=3)
+            >>> src.stats.cache_hits
+            27
+        """
         self.cache = KeyStore(torch.float32, max_bytes=int(max_bytes)) if max_bytes > 0 else None
         return self
 
     def read(
         self, coords: Tensor, device: torch.device | str | None = None, normalize: bool = True
     ) -> Tensor:
-        """Voxel values at ``coords: LongTensor[K, D]`` -> ``[K]`` (``[K, C]``): ``gather``, patch 1."""
+        """Voxel values at ``coords: LongTensor[K, D]`` -> ``[K]`` (``[K, C]``): ``gather``, patch 1.
+
+        Example:
+            >>> import numpy as np, torch
+            >>> from cpic import open_volume
+            >>> open_volume(np.arange(8.0).reshape(2, 2, 2)).read(torch.tensor([[1, 1, 1]])).tolist()
+            [7.0]
+        """
         out = self.gather(coords, patch=1, device=device, normalize=normalize)
         return out[:, 0] if out.dim() == 2 else out[:, :, 0]
 
@@ -323,6 +340,12 @@ class VolumeSource(ABC):
         ``None``: identity. ``"range"``: the dtype's range for integers (e.g. 0..255), the
         sampled min..max for floats. ``"percentile"``: the 0.5th..99.5th percentiles of
         ``sample`` random voxels. ``(low, high)``: fixed values.
+
+        Example:
+            >>> import numpy as np
+            >>> from cpic import open_volume
+            >>> open_volume(np.zeros((4, 4), np.uint8)).set_normalization("range").normalization
+            Normalization(low=0.0, high=255.0, method='range')
         """
         if method is None or method == "none":
             self.normalization = Normalization()

@@ -33,7 +33,12 @@ _SUFFIXES = {
 
 
 def detect_format(location: str) -> str:
-    """The format of a path or URL from its suffix (or its ``zarr.json``/``.zarray``)."""
+    """The format of a path or URL from its suffix (or its ``zarr.json``/``.zarray``).
+
+    Example:
+        >>> detect_format("scan.nii.gz"), detect_format("gs://bucket/vol.zarr"), detect_format("a.h5:/x")
+        ('nifti', 'zarr', 'hdf5')
+    """
     if "://" in location and not location.startswith("file://"):
         return "zarr"
     path = Path(location.removeprefix("file://"))

@@ -8,6 +8,7 @@ import torch
 import cpic
 from cpic import TT
 from cpic.cross import CrossInfo
+from cpic.cross.cache import EvaluationCache
 from tests.helpers import random_tt
 
 
@@ -235,3 +236,16 @@ def test_as_accurate_as_teneva_cross_at_equal_sweeps():
     ours = tt.eval(torch.from_numpy(test)[None])[0].numpy()
     err = np.linalg.norm(ours - exact) / np.linalg.norm(exact)
     assert err <= 3 * ref_err + 1e-12
+
+
+def test_tensors_beyond_int64_use_hashed_cache_keys():
+    shape = (2,) * 70  # 2**70 entries: linear indices do not fit in int64
+
+    def f(idx):
+        weights = torch.linspace(0.01, 0.7, idx.shape[-1], dtype=torch.float64)
+        return torch.cos((idx.double() * weights).sum(-1))  # TT rank 2
+
+    tt, info = cpic.cross(f, shape, rank=2, sweeps=3, dtype=torch.float64, seed=0)
+    assert not EvaluationCache(shape, 1, torch.float64).exact
+    assert info.error.item() < 1e-10
+    assert info.cache_hits > 0 and info.unique_evaluations == info.evaluations

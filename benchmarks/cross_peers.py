@@ -114,12 +114,18 @@ class EncodedVolumes:
         rows = inverse * features.shape[1] + idx[..., -1].flatten()
         return features.flatten().index_select(0, rows).reshape(B, P)
 
+    def items(self, selection: slice) -> EncodedVolumes:
+        """The same encoder over a slice of the volumes."""
+        part = EncodedVolumes.__new__(EncodedVolumes)
+        part.__dict__.update(self.__dict__)
+        part.padded = self.padded[selection]
+        part.flat = part.padded.reshape(-1)
+        part.B = part.padded.shape[0]
+        return part
+
     def one(self, b: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """tntorch's view of volume ``b``: ``[P, d]`` float matrix -> ``[P]``."""
-        single = EncodedVolumes.__new__(EncodedVolumes)
-        single.__dict__.update(self.__dict__)
-        single.flat = self.padded[b].reshape(-1)
-        single.B = 1
+        single = self.items(slice(b, b + 1))
         return lambda x: single(x.long()[None])[0].double()
 
 
@@ -333,16 +339,20 @@ def run_function(name: str, f, shape, target: float, repeats: int, max_steps: in
     return rows
 
 
-def section_b(repeats: int) -> None:
+def function_cases() -> list[tuple]:
+    """(name, f, shape, target held-out error) of section b's test tensors."""
     field, field_shape = smooth_field_qtt()
-    cases = [
+    return [
         ("Ackley d=10 n=32", ackley, (32,) * 10, 1e-5),
         ("Hilbert d=10 n=32", hilbert, (32,) * 10, 1e-5),
         ("Schaffer d=10 n=32", schaffer, (32,) * 10, 1e-3),
         ("256^3 field, QTT 8^8", field, field_shape, 1e-2),
     ]
+
+
+def section_b(repeats: int) -> None:
     rows = []
-    for name, f, shape, target in cases:
+    for name, f, shape, target in function_cases():
         part = run_function(name, f, shape, target, repeats)
         ours = part[0]
         ours.append("1, 1")
@@ -402,16 +412,9 @@ def evaluation_medians(name: str, f, shape, target: float, seeds: int, max_steps
 
 
 def section_b2(repeats: int, seeds: int = 4) -> None:
-    field, field_shape = smooth_field_qtt()
-    cases = [
-        ("Ackley d=10 n=32 (target 1e-05)", ackley, (32,) * 10, 1e-5),
-        ("Hilbert d=10 n=32 (target 1e-05)", hilbert, (32,) * 10, 1e-5),
-        ("Schaffer d=10 n=32 (target 0.001)", schaffer, (32,) * 10, 1e-3),
-        ("256^3 field, QTT 8^8 (target 0.01)", field, field_shape, 1e-2),
-    ]
     rows = []
-    for case in cases:
-        rows += evaluation_medians(*case, seeds=seeds)
+    for name, f, shape, target in function_cases():
+        rows += evaluation_medians(f"{name} (target {target:g})", f, shape, target, seeds=seeds)
     table(
         f"(b2) unique evaluations to reach the target, over {seeds} random starts (no timing)",
         ["function", "library, rows added per pass", "median", "starts reaching it", "min", "max"],
@@ -427,10 +430,7 @@ def section_c(repeats: int) -> None:
     rows = []
     base = None
     for B in (1, 4, 16):
-        sub = EncodedVolumes.__new__(EncodedVolumes)
-        sub.__dict__.update(volumes.__dict__)
-        sub.B = B
-        sub.flat = volumes.padded[:B].reshape(-1)
+        sub = volumes.items(slice(0, B))
         idx = held_out(sub.shape, batch=B, count=2000)
         exact = sub(idx)
         t, tt, info = run_cpic_case(sub, repeats)

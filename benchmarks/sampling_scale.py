@@ -70,7 +70,7 @@ class EncoderFunction:
         return features[inverse, idx[0, :, -1]][None]
 
 
-def make_source(kind: str, side: int):
+def make_source(kind: str, side: int, path: str | None = None):
     from cpic.data import band_limited_noise, colin27, mni152
     from cpic.sources import open_volume
 
@@ -81,15 +81,8 @@ def make_source(kind: str, side: int):
     if kind == "mni152":
         return mni152("t1")
     if kind in ("npy", "zarr"):
-        return open_volume(side_path(kind), normalize="range")
+        return open_volume(path, normalize="range")
     raise ValueError(kind)
-
-
-_PATHS: dict[str, str] = {}
-
-
-def side_path(kind: str) -> str:
-    return _PATHS[kind]
 
 
 def run_one(kind: str, side: int, path: str | None = None) -> dict:
@@ -98,10 +91,8 @@ def run_one(kind: str, side: int, path: str | None = None) -> dict:
     from cpic.layout import QTTLayout
     from cpic.sampling import IntensityFunction
 
-    if path:
-        _PATHS[kind] = path
     rss_before = peak_rss_mib()
-    source = make_source(kind, side)
+    source = make_source(kind, side, path)
     features = 8 if kind == "features" else None
     layout = QTTLayout(source.shape, group=True, features=features)
     f = EncoderFunction(source, layout) if kind == "features" else IntensityFunction([source], layout)

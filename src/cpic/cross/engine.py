@@ -19,6 +19,8 @@ from cpic.tt import TT
 _DEFAULT_RANK = 10
 _DEFAULT_SWEEPS = 4
 _SAFETY_SWEEPS = 100
+#: adaptive ranks grow every bond by at least this many rows per step, by up to ``kick`` where needed
+_MIN_ROWS_ADDED = 1
 
 
 @dataclass
@@ -142,7 +144,6 @@ class _Sweeper:
         self.right = list(right)
         self.cores: list[Tensor | None] = [None] * d
         self.grow = plan.adaptive
-        self.min_extra = 1  # grow every bond by at least one row, by up to ``kick`` where needed
 
     def fiber(self, k: int) -> Tensor:
         left, right = self.left[k], self.right[k + 1]
@@ -166,7 +167,7 @@ class _Sweeper:
             r0, r1 = fiber.shape[1], fiber.shape[3]
             q = torch.linalg.qr(fiber.reshape(B, r0 * n[k], r1)).Q
             target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
-            rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=self.min_extra)
+            rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=_MIN_ROWS_ADDED)
             self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
             self.left[k + 1] = extend_left(self.left[k], n[k], rows)
             self.ranks[k + 1] = rows.shape[1]
@@ -184,7 +185,7 @@ class _Sweeper:
             r0, r1 = fiber.shape[1], fiber.shape[3]
             q = torch.linalg.qr(fiber.reshape(B, r0, n[k] * r1).mT).Q
             target = self._target(k, n[k - 1] * self.ranks[k - 1])
-            rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=self.min_extra)
+            rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=_MIN_ROWS_ADDED)
             self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
             self.right[k] = extend_right(self.right[k + 1], n[k], rows)
             self.ranks[k] = rows.shape[1]

@@ -37,6 +37,19 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("CPIC_CACHE", Path.home() / ".cache" / "cpic"))
 
 
+def _wheel_file(package: str, relative: str, what: str) -> Path:
+    """A data file inside an installed package, or a DataUnavailable naming the install."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DataUnavailable(
+            f"{what} ships with {package}: install it with `pip install --no-deps {package}`."
+        )
+    path = Path(spec.origin).parent / relative
+    if not path.exists():
+        raise DataUnavailable(f"{path} is missing from the installed {package}.")
+    return path
+
+
 def colin27(kind: str = "t1", normalize="range") -> VolumeSource:
     """The Colin27 brain (Debian ``mricron-data``): ``kind`` one of t1, t1_1mm, brain, aal, brodmann.
 
@@ -63,17 +76,8 @@ def mni152(kind: str = "t1", normalize="range") -> VolumeSource:
     """
     if kind not in _MNI:
         raise ValueError(f"kind must be one of {sorted(_MNI)}, got {kind!r}.")
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise DataUnavailable("MNI152 ships with nilearn: install it with `pip install --no-deps nilearn`.")
-    path = (
-        Path(spec.origin).parent
-        / "datasets"
-        / "data"
-        / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
-    )
-    if not path.exists():
-        raise DataUnavailable(f"{path} is missing from the installed nilearn.")
+    name = f"datasets/data/mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+    path = _wheel_file("nilearn", name, "MNI152")
     return open_volume(path, normalize=normalize)
 
 
@@ -85,14 +89,7 @@ def mean_head(normalize="percentile") -> VolumeSource:
         >>> mean_head().normalization.method   # doctest: +SKIP
         'percentile'
     """
-    spec = importlib.util.find_spec("pydeface")
-    if spec is None or spec.origin is None:
-        raise DataUnavailable(
-            "the mean head ships with pydeface: install it with `pip install --no-deps pydeface`."
-        )
-    path = Path(spec.origin).parent / "data" / "mean_reg2mean.nii.gz"
-    if not path.exists():
-        raise DataUnavailable(f"{path} is missing from the installed pydeface.")
+    path = _wheel_file("pydeface", "data/mean_reg2mean.nii.gz", "the mean head")
     return open_volume(path, normalize=normalize)
 
 

@@ -58,6 +58,7 @@ class ArraySource(VolumeSource):
         self.channel_axis = None if channel_axis is None else channel_axis % array.ndim
         self.scale = scale  # (slope, intercept) stored in a file header, applied to values read
         self._map = _underlying_mmap(array)
+        self._map_offset = _offset_in_map(array) if self._map is not None else 0
         if self._map is not None:
             self.chunk_bytes = PAGE
             self._map.madvise(mmap.MADV_RANDOM)
@@ -104,7 +105,7 @@ class ArraySource(VolumeSource):
             return None
         strides = np.array(self.array.strides)
         axes = [a for a in range(self.array.ndim) if a != self.channel_axis]
-        offsets = (coords.numpy() * strides[axes]).sum(1) + _offset_in_map(self.array)
+        offsets = (coords.numpy() * strides[axes]).sum(1) + self._map_offset
         return offsets // PAGE
 
 

@@ -13,7 +13,9 @@ ALLOWED = {
     "sources": {"sources", "util"},
     "data": {"data", "sources"},
     "sampling": {"sampling", "layout", "sources"},
-    "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "util", "_version"},
+    "nn": {"nn", "tt", "layout", "cross", "sources"},
+    "train": {"train", "nn", "tt", "layout", "cross", "sources", "data"},
+    "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "nn", "train", "util", "_version"},
 }
 
 

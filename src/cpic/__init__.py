@@ -3,7 +3,8 @@
 from cpic import layout
 from cpic._version import __version__
 from cpic.cross import CrossInfo, cross, interpolate
+from cpic.nn import CPIC
 from cpic.sources import open_volume
 from cpic.tt import TT
 
-__all__ = ["TT", "CrossInfo", "__version__", "cross", "interpolate", "layout", "open_volume"]
+__all__ = ["CPIC", "TT", "CrossInfo", "__version__", "cross", "interpolate", "layout", "open_volume"]

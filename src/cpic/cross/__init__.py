@@ -7,5 +7,6 @@ from cpic.cross.engine import cross
 from cpic.cross.info import CrossInfo
 from cpic.cross.interpolate import interpolate
 from cpic.cross.maxvol import maxvol, maxvol_rect
+from cpic.cross.pivots import PivotCounts, PivotStore
 
-__all__ = ["CrossInfo", "cross", "interpolate", "maxvol", "maxvol_rect"]
+__all__ = ["CrossInfo", "PivotCounts", "PivotStore", "cross", "interpolate", "maxvol", "maxvol_rect"]

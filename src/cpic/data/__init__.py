@@ -6,8 +6,10 @@ Imports the sources layer only.
 from cpic.data.phantoms import band_limited_noise, blobs, shepp_logan
 from cpic.data.procedural import blob_field
 from cpic.data.real import DataUnavailable, colin27, head_ct, mean_head, mni152
+from cpic.data.shapes import SHAPE_CLASSES, shape_cohort, shape_source
 
 __all__ = [
+    "SHAPE_CLASSES",
     "DataUnavailable",
     "band_limited_noise",
     "blob_field",
@@ -16,5 +18,7 @@ __all__ = [
     "head_ct",
     "mean_head",
     "mni152",
+    "shape_cohort",
+    "shape_source",
     "shepp_logan",
 ]

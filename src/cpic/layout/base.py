@@ -99,6 +99,21 @@ class Layout(ABC):
         limits = torch.tensor(self.grid_shape, device=coords.device)
         return (coords < limits).all(-1)
 
+    def validity_cores(self) -> list[Tensor]:
+        """Cores ``[r, n, r']`` (float64, spatial modes only) of the exact TT of :meth:`valid`.
+
+        The mask weighs sums over the grid so that padding never counts. Without padding it is
+        the all-ones tensor of rank 1.
+
+        Example:
+            >>> from cpic.layout import PlainLayout
+            >>> [tuple(c.shape) for c in PlainLayout((3, 4)).validity_cores()]
+            [(1, 3, 1), (1, 4, 1)]
+        """
+        if self.padded_shape != self.grid_shape:
+            raise NotImplementedError(f"{type(self).__name__} does not provide its validity mask as a TT.")
+        return [torch.ones(1, n, 1, dtype=torch.float64) for n in self.spatial_shape]
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(grid_shape={self.grid_shape}, features={self.features}, "

@@ -56,6 +56,7 @@ class QTTLayout(Layout):
             self._spatial_shape = (2,) * len(bit_axis)
         self._bit_axis = torch.tensor(bit_axis, dtype=torch.long)
         self._bit_pos = torch.tensor(bit_pos, dtype=torch.long)
+        self._bit_level = torch.tensor(bit_level, dtype=torch.long)
         if self.group and bit_axis:
             # place of each bit inside its level's mode: the level's first axis is the highest bit
             level_t = torch.tensor(bit_level)
@@ -93,6 +94,67 @@ class QTTLayout(Layout):
     @property
     def padded_shape(self) -> tuple[int, ...]:
         return tuple(2**b for b in self.bits)
+
+    def coarse_modes(self, level: int) -> int:
+        """How many leading spatial modes hold the ``level`` coarsest levels of the bits.
+
+        Fixing those modes picks one block of ``2**(levels - level)`` voxels along every axis
+        of the finest levels' extent.
+
+        Example:
+            >>> QTTLayout((64, 64, 64), group=True).coarse_modes(2), QTTLayout((64, 64, 64)).coarse_modes(2)
+            (2, 6)
+        """
+        if not 0 <= level <= self.levels:
+            raise ValueError(f"level must be in [0, {self.levels}] for grid {self.grid_shape}, got {level}.")
+        if self.group:
+            return level
+        return int((self._bit_level < level).sum())
+
+    def validity_cores(self) -> list[Tensor]:
+        """Cores of the exact TT of :meth:`valid`: a comparison automaton per padded axis.
+
+        Reading the bits coarse to fine, each padded axis is either still equal to the largest
+        valid coordinate or already below it; a bit above the limit's bit while equal is
+        padding. The rank is ``2**(number of padded axes)`` at most.
+
+        Example:
+            >>> import torch
+            >>> layout = QTTLayout((3, 5))
+            >>> cores = layout.validity_cores()
+            >>> mask = cores[0]
+            >>> for core in cores[1:]:
+            ...     mask = torch.einsum("...r,rns->...ns", mask, core)
+            >>> int(mask.sum()), max(c.shape[2] for c in cores)
+            (15, 4)
+        """
+        if not len(self._bit_axis):
+            return [torch.ones(1, n, 1, dtype=torch.float64) for n in self.spatial_shape]
+        padded = [a for a, n in enumerate(self.grid_shape) if n != 2 ** self.bits[a]]
+        states = 2 ** len(padded)
+        state_in = torch.arange(states)[:, None]
+        cores = []
+        for m, n in enumerate(self.spatial_shape):
+            value = torch.arange(n)[None, :]
+            state_out = state_in.expand(states, n).clone()
+            alive = torch.ones(states, n, dtype=torch.bool)
+            for i in (self._bit_mode == m).nonzero().flatten().tolist():
+                axis, pos, shift = int(self._bit_axis[i]), int(self._bit_pos[i]), int(self._bit_shift[i])
+                if axis not in padded:
+                    continue
+                flag = 1 << padded.index(axis)
+                equal = (state_in & flag) == 0
+                bit = (value >> shift) & 1
+                limit = ((self.grid_shape[axis] - 1) >> pos) & 1
+                alive &= ~(equal & (bit > limit))
+                state_out = torch.where(equal & (bit < limit), state_out | flag, state_out)
+            core = torch.zeros(states, n, states, dtype=torch.float64)
+            rows, cols = alive.nonzero(as_tuple=True)
+            core[rows, cols, state_out[rows, cols]] = 1.0
+            cores.append(core)
+        cores[0] = cores[0][:1]  # start equal to the limit on every axis
+        cores[-1] = cores[-1].sum(-1, keepdim=True)  # accept every live state
+        return cores
 
     def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (

@@ -107,18 +107,44 @@ class TT:
         """
         if idx.dim() != 3 or idx.shape[0] != self.batch or idx.shape[2] != self.d:
             raise ValueError(f"idx must have shape [B={self.batch}, P, d={self.d}], got {tuple(idx.shape)}.")
-        idx = idx.to(self.device)
+        return self._rows(idx.to(self.device), self.cores)[:, 0].reshape(idx.shape[:2])
+
+    def fibers(self, idx: Tensor) -> Tensor:
+        """Whole last-mode fibers at the leading indices ``idx: LongTensor[B, P, d - 1]`` ->
+        ``Tensor[B, P, n_d]``: with features in the last mode, the feature vector of each voxel.
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x = torch.rand(1, 4, 5, 3, dtype=torch.float64)
+            >>> t = TT.from_dense(x)
+            >>> torch.allclose(t.fibers(torch.tensor([[[2, 1]]]))[0, 0], x[0, 2, 1])
+            True
+        """
+        if idx.dim() != 3 or idx.shape[0] != self.batch or idx.shape[2] != self.d - 1:
+            raise ValueError(
+                f"idx must have shape [B={self.batch}, P, d - 1={self.d - 1}], got {tuple(idx.shape)}."
+            )
         B, P = idx.shape[:2]
+        last = self.cores[-1][..., 0]  # [B, r, n_d]
+        if self.d == 1:
+            return last.expand(B, P, -1)
+        rows = self._rows(idx.to(self.device), self.cores[:-1]).reshape(B, P, -1)
+        return rows @ last
+
+    def _rows(self, idx: Tensor, cores: Sequence[Tensor]) -> Tensor:
+        """Row vectors ``[B * P, r]`` of the products of ``cores`` at ``idx`` ``[B, P, len(cores)]``."""
+        B = idx.shape[0]
         row_start = torch.arange(B, device=self.device)[:, None]
         out = None  # [B * P, r]: the row vector of the product so far
-        for k, core in enumerate(self.cores):
+        for k, core in enumerate(cores):
             _, r0, n, r1 = core.shape
             # slices [B * n, r0, r1] gathered at item b, index i -> row b * n + i
             slices = core.permute(0, 2, 1, 3).reshape(B * n, r0, r1)
             slices = slices.index_select(0, (idx[:, :, k] + row_start * n).flatten())
             # many tiny vector-matrix products: broadcasting beats batched matmul here
             out = slices[:, 0] if out is None else (out[..., None] * slices).sum(-2)
-        return out[:, 0].reshape(B, P)
+        return out
 
     def full(self) -> Tensor:
         """The dense tensor ``[B, n_1, ..., n_d]`` (only for small tensors)."""

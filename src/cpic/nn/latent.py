@@ -1,0 +1,121 @@
+"""The latent tensor: encoder features of the patch around every voxel, as a batched function."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cpic.layout import Layout
+from cpic.sources import VolumeSource
+
+
+class PatchFeatures:
+    """``f(idx: LongTensor[B, P, d]) -> Tensor[B, P]``: feature ``idx[..., -1]`` of the encoded
+    patch around the voxel that the layout maps ``idx`` to, for ``B`` sources at once.
+
+    Each call reads every distinct voxel's patch once (one ``gather`` per source) and encodes
+    all of them in one encoder call: the feature mode and repeated pivots share patches.
+    Padding of non-power-of-two grids reads the nearest edge voxel. ``encoded`` counts the
+    patches encoded so far. Gradients flow into the encoder's parameters.
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.layout import QTTLayout
+        >>> from cpic.nn import PatchMLP
+        >>> src = cpic.open_volume(torch.rand(16, 16, 16))
+        >>> f = PatchFeatures([src], QTTLayout(src.shape, features=4, group=True), PatchMLP(3, 4), patch=3)
+        >>> f(torch.zeros(1, 5, 5, dtype=torch.long)).shape, f.encoded
+        (torch.Size([1, 5]), 1)
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[VolumeSource],
+        layout: Layout,
+        encoder: nn.Module,
+        patch: int,
+        border: str = "reflect",
+        device: torch.device | str | None = None,
+    ):
+        self.sources = list(sources)
+        if not self.sources:
+            raise ValueError("PatchFeatures needs at least one source.")
+        if layout.features is None:
+            raise ValueError("the layout needs a feature mode (features=F) for encoder features.")
+        for src in self.sources:
+            if src.shape != layout.grid_shape:
+                raise ValueError(
+                    f"{src.name}: grid {src.shape} differs from the model's {layout.grid_shape}."
+                )
+        self.layout, self.encoder, self.patch, self.border = layout, encoder, patch, border
+        self.device = torch.device(device) if device is not None else _module_device(encoder)
+        self.dtype = _module_dtype(encoder)
+        self.encoded = 0
+        self._grid = torch.tensor(layout.grid_shape)
+        self._strides = _strides(layout.grid_shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.layout.tensor_shape
+
+    @property
+    def batch(self) -> int:
+        return len(self.sources)
+
+    def subset(self, items: Sequence[int]) -> PatchFeatures:
+        """The same function over the sources at positions ``items``."""
+        part = PatchFeatures.__new__(PatchFeatures)
+        part.__dict__.update(self.__dict__)
+        part.sources = [self.sources[i] for i in items]
+        return part
+
+    def voxels(self, idx: Tensor) -> Tensor:
+        """Linear voxel ids ``[B, P]`` (item ``b``'s ids offset by ``b * voxels``) of ``idx``."""
+        coords = torch.minimum(self.layout.to_coords(idx.cpu()), self._grid - 1)
+        offsets = torch.arange(idx.shape[0])[:, None] * int(self._grid.prod())
+        return (coords * self._strides).sum(-1) + offsets
+
+    def encode(self, voxel_ids: Tensor) -> Tensor:
+        """Features ``[U, F]`` of the patches around sorted, distinct ``voxel_ids``."""
+        n = int(self._grid.prod())
+        counts = torch.bincount(voxel_ids // n, minlength=self.batch).tolist()
+        parts = []
+        for src, ids in zip(self.sources, (voxel_ids % n).split(counts)):  # one read per volume
+            centres = (ids[:, None] // self._strides) % self._grid
+            parts.append(src.gather(centres, self.patch, self.border, device=self.device))
+        patches = torch.cat(parts).to(self.dtype)
+        shape = (len(patches), -1) + (self.patch,) * self.layout.ndim
+        features = self.encoder(patches.reshape(shape))
+        self.encoded += len(patches)
+        if features.dim() != 2 or features.shape[1] != self.layout.features:
+            raise ValueError(
+                f"the encoder must map patches to [K, {self.layout.features}] features, "
+                f"got {tuple(features.shape)}."
+            )
+        return features
+
+    def __call__(self, idx: Tensor) -> Tensor:
+        B, P, _ = idx.shape
+        unique, inverse = torch.unique(self.voxels(idx).flatten(), return_inverse=True)
+        features = self.encode(unique)
+        rows = inverse.to(self.device) * features.shape[1] + idx[..., -1].flatten().to(self.device)
+        return features.flatten().index_select(0, rows).reshape(B, P)
+
+
+def _strides(shape: Sequence[int]) -> Tensor:
+    strides = [1]
+    for n in reversed(shape[1:]):
+        strides.insert(0, strides[0] * n)
+    return torch.tensor(strides)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype:
+    param = next(module.parameters(), None)
+    return param.dtype if param is not None else torch.float32

@@ -1,0 +1,359 @@
+"""The C-PIC module: sources -> patch features -> TT by cross -> projection -> head."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Hashable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cpic.cross import PivotStore, cross, interpolate
+from cpic.cross.info import CrossInfo
+from cpic.layout import Layout, QTTLayout
+from cpic.nn.encoders import make_encoder
+from cpic.nn.heads import Head, Reconstruction
+from cpic.nn.latent import PatchFeatures
+from cpic.nn.projections import make_projection
+from cpic.sources import VolumeSource
+from cpic.tt import TT
+
+#: what a singular block or a non-finite core raises
+_NUMERICAL = (torch.linalg.LinAlgError, FloatingPointError)
+#: bytes per sampled entry besides its patch: encoder activations, cache and fiber storage
+_BYTES_PER_ENTRY = 4 * 64 * 4
+
+
+class CPIC(nn.Module):
+    """Predictions for a batch of volumes from a TT of patch features built by cross.
+
+    Each step reads and encodes only the patches at the cross pivots of every volume (one
+    batched cross and one differentiable :func:`cpic.interpolate` for all ``B`` volumes),
+    projects the latent TT to a vector without expanding it, and applies the head.
+
+    With ``keys`` (one hashable per volume, e.g. its index in a dataset) the pivots of each
+    volume are kept and reused: re-selected every ``refresh_every`` uses, on
+    :meth:`refresh_pivots` (e.g. every epoch), or when the held-out error of the current TT
+    exceeds ``refresh_tol``; refreshes are warm-started (one sweep). Without keys, each call
+    selects afresh.
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.nn import Classification
+        >>> model = cpic.CPIC((16, 16, 16), Classification(classes=2), features=4, patch=3, rank=3)
+        >>> volumes = [cpic.open_volume(torch.rand(16, 16, 16)) for _ in range(2)]
+        >>> logits = model(volumes, keys=[0, 1])
+        >>> logits.shape
+        torch.Size([2, 2])
+        >>> logits.sum().backward()       # gradients reach the encoder through the sampled patches
+        >>> model.encoder.net[1].weight.grad.abs().sum() > 0
+        tensor(True)
+    """
+
+    def __init__(
+        self,
+        grid_shape: Sequence[int],
+        head: Head,
+        *,
+        features: int = 16,
+        patch: int = 5,
+        channels: int = 1,
+        encoder: str | nn.Module = "mlp",
+        projection: str | nn.Module = "mean",
+        rank: int = 10,
+        sweeps: int = 3,
+        refresh_every: int | None = None,
+        refresh_tol: float | None = None,
+        extra_features: int = 0,
+        border: str = "reflect",
+        layout: Layout | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        grid_shape = tuple(int(n) for n in grid_shape)
+        _check_sizes(grid_shape, features, patch, rank, extra_features)
+        if not isinstance(head, Head):
+            raise ValueError(f"head must be a cpic.nn head (Classification, Regression, ...), got {head!r}.")
+        self.layout = layout or QTTLayout(grid_shape, features=features, group=True)
+        if self.layout.grid_shape != grid_shape or self.layout.features != features:
+            raise ValueError(
+                f"layout {self.layout} does not match grid {grid_shape} with {features} features."
+            )
+        ndim = len(grid_shape)
+        self.grid_shape, self.features, self.patch, self.channels = grid_shape, features, patch, channels
+        self.border, self.extra_features, self.refresh_tol = border, extra_features, refresh_tol
+        self.encoder = make_encoder(encoder, patch, features, channels, ndim)
+        self.projection = make_projection(projection, features, ndim)
+        self.head = head
+        in_features = features if isinstance(head, Reconstruction) else self.projection.out_features(features)
+        head.build(in_features + extra_features)
+        self.pivots = PivotStore(rank, sweeps=sweeps, refresh_every=refresh_every, seed=seed)
+        #: numerical failures met and how they were handled ("refreshed", "lowered_rank"), and
+        #: drift-triggered refreshes ("drift")
+        self.numerics: Counter[str] = Counter()
+        self.seed = seed
+        self._memory_checked: set[int] = set()
+        self._generator = torch.Generator().manual_seed(seed)
+        self.config = {
+            "grid_shape": list(grid_shape),
+            "features": features,
+            "patch": patch,
+            "channels": channels,
+            "encoder": encoder if isinstance(encoder, str) else type(encoder).__name__,
+            "projection": projection if isinstance(projection, str) else type(projection).__name__,
+            "rank": rank,
+            "sweeps": sweeps,
+            "refresh_every": refresh_every,
+            "refresh_tol": refresh_tol,
+            "extra_features": extra_features,
+            "border": border,
+            "seed": seed,
+            "task": head.task,
+        }
+
+    @property
+    def rank(self) -> int:
+        return self.pivots.rank
+
+    # ------------------------------------------------------------------ the latent TT
+    def feature_function(self, sources: Sequence[VolumeSource]) -> PatchFeatures:
+        """The batched function of the latent tensor of ``sources`` (what cross samples)."""
+        return PatchFeatures(sources, self.layout, self.encoder, self.patch, self.border)
+
+    def latent(
+        self, sources: VolumeSource | Sequence[VolumeSource], keys: Sequence[Hashable] | None = None
+    ) -> TT:
+        """The TT ``[B, *layout.tensor_shape]`` of the encoder features of ``sources``.
+
+        Differentiable with respect to the encoder when gradients are enabled.
+        """
+        sources = _as_list(sources)
+        if keys is not None and len(keys) != len(sources):
+            raise ValueError(
+                f"keys must have one entry per source: {len(keys)} keys for {len(sources)} sources."
+            )
+        self._check_memory(len(sources))
+        f = self.feature_function(sources)
+        dtype = f.dtype
+        if keys is None:
+            with torch.no_grad():
+                tt, info = cross(
+                    f,
+                    f.shape,
+                    batch=f.batch,
+                    rank=self.rank,
+                    sweeps=self.pivots.sweeps,
+                    dtype=dtype,
+                    device=f.device,
+                    seed=self._next_seed(),
+                    n_test=0,
+                )
+            if not torch.is_grad_enabled():
+                return tt
+            return self._interpolate(f, info, keys)
+        info = self.pivots.pivots(f.subset, f.shape, list(keys), dtype=dtype, device=f.device)
+        tt = self._interpolate(f, info, keys)
+        if self.refresh_tol is not None:
+            self._check_drift(f, tt, keys)
+        return tt
+
+    def _interpolate(self, f: PatchFeatures, info: CrossInfo, keys) -> TT:
+        """:func:`interpolate`, recovering from a singular block or non-finite cores by
+        re-selecting the pivots, then by halving the rank for this step; each counted."""
+        try:
+            return _finite(interpolate(f, info))
+        except _NUMERICAL as err:
+            first_error = err
+        self.numerics["refreshed"] += 1
+        with torch.no_grad():
+            _, info = cross(
+                f,
+                f.shape,
+                batch=f.batch,
+                rank=self.rank,
+                sweeps=self.pivots.sweeps,
+                dtype=f.dtype,
+                device=f.device,
+                seed=self._next_seed(),
+                n_test=0,
+            )
+        if keys is not None:
+            self.pivots.forget(list(keys))
+        try:
+            return _finite(interpolate(f, info))
+        except _NUMERICAL:
+            pass
+        self.numerics["lowered_rank"] += 1
+        with torch.no_grad():
+            _, info = cross(
+                f,
+                f.shape,
+                batch=f.batch,
+                rank=max(1, self.rank // 2),
+                sweeps=self.pivots.sweeps,
+                dtype=f.dtype,
+                device=f.device,
+                seed=self._next_seed(),
+                n_test=0,
+            )
+        try:
+            return _finite(interpolate(f, info))
+        except _NUMERICAL as err:
+            raise FloatingPointError(
+                f"the latent TT stayed singular or non-finite after re-selecting pivots and halving the rank "
+                f"(first error: {first_error}); check the volumes for constant or non-finite values."
+            ) from err
+
+    @torch.no_grad()
+    def _check_drift(self, f: PatchFeatures, tt: TT, keys, n_check: int = 64) -> None:
+        """Mark for refresh the items whose TT misses held-out entries by more than ``refresh_tol``."""
+        high = torch.tensor(f.shape)
+        idx = (torch.rand(f.batch, n_check, len(high), generator=self._generator) * high).long()
+        exact = f(idx.to(f.device))
+        approx = tt.detach().eval(idx)
+        error = (approx - exact).norm(dim=1) / exact.norm(dim=1).clamp_min(1e-12)
+        drifted = [keys[b] for b in (error > self.refresh_tol).nonzero().flatten().tolist()]
+        self.numerics["drift"] += len(drifted)
+        self.pivots.mark_stale(drifted)
+
+    def refresh_pivots(self, keys: Sequence[Hashable] | None = None) -> None:
+        """Re-select these volumes' pivots (all when ``None``) at their next use, warm-started."""
+        self.pivots.mark_stale(keys)
+
+    # ------------------------------------------------------------------ predictions
+    def embed(self, sources, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None) -> Tensor:
+        """The head's input ``[B, in_features]``: the projection plus any extra features."""
+        sources = _as_list(sources)
+        z = self.projection(self.latent(sources, keys), self.layout)
+        if self.extra_features:
+            if extra is None:
+                raise ValueError(
+                    f"this model takes {self.extra_features} extra features per volume: pass extra=."
+                )
+            extra = torch.as_tensor(extra, dtype=z.dtype, device=z.device)
+            if tuple(extra.shape) != (len(sources), self.extra_features):
+                raise ValueError(
+                    f"extra must be [{len(sources)}, {self.extra_features}], got {tuple(extra.shape)}."
+                )
+            z = torch.cat([z, extra], 1)
+        elif extra is not None:
+            raise ValueError("this model takes no extra features (extra_features=0), but extra= was given.")
+        return z
+
+    def forward(self, sources, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None) -> Tensor:
+        if isinstance(self.head, Reconstruction):
+            raise ValueError("a reconstruction model predicts voxels: use model.query(latent, coords).")
+        return self.head(self.embed(sources, keys, extra))
+
+    def loss(
+        self, sources, targets=None, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss, predictions)`` for one batch; reconstruction models sample voxels themselves."""
+        sources = _as_list(sources)
+        if isinstance(self.head, Reconstruction):
+            return self.reconstruction_loss(sources, keys)
+        if targets is None:
+            raise ValueError(f"a {self.head.task} model needs targets for its loss.")
+        pred = self(sources, keys, extra)
+        target = self.head.check_targets(targets).to(pred.device)
+        return self.head.loss(pred, target), pred
+
+    # ------------------------------------------------------------------ reconstruction
+    def query(self, latent: TT, coords: Tensor) -> Tensor:
+        """Decoded intensities ``[B, K]`` at voxel ``coords [B, K, D]`` (or ``[K, D]`` for all)
+        from a latent TT: an implicit representation, no voxel is read."""
+        if not isinstance(self.head, Reconstruction):
+            raise ValueError("query() needs a model built with the Reconstruction head.")
+        coords = torch.as_tensor(coords).long()
+        if coords.dim() == 2:
+            coords = coords.expand(latent.batch, -1, -1)
+        idx = self.layout.to_index(coords.cpu(), feature=0)[..., :-1]
+        return self.head(latent.fibers(idx))
+
+    def reconstruction_loss(
+        self, sources, keys: Sequence[Hashable] | None = None, voxels: int = 4096
+    ) -> tuple[Tensor, Tensor]:
+        """Mean squared error of :meth:`query` at ``voxels`` random voxels per volume."""
+        sources = _as_list(sources)
+        latent = self.latent(sources, keys)
+        high = torch.tensor(self.grid_shape)
+        coords = (torch.rand(len(sources), voxels, len(high), generator=self._generator) * high).long()
+        target = torch.stack([src.read(c) for src, c in zip(sources, coords)]).to(latent.device, latent.dtype)
+        pred = self.query(latent, coords)
+        return self.head.loss(pred, target), pred
+
+    # ------------------------------------------------------------------ checks
+    def memory_estimate(self, batch: int) -> int:
+        """Bytes one training step over ``batch`` volumes needs for its samples (an upper estimate)."""
+        shape = self.layout.tensor_shape
+        ranks = (
+            [1]
+            + [min(self.rank, math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))]
+            + [1]
+        )
+        entries = sum(ranks[k] * n * ranks[k + 1] for k, n in enumerate(shape))
+        per_entry = 4 * self.channels * self.patch ** len(self.grid_shape) + _BYTES_PER_ENTRY
+        return batch * entries * per_entry
+
+    def _check_memory(self, batch: int) -> None:
+        if batch in self._memory_checked:
+            return
+        need, have = self.memory_estimate(batch), _available_memory(next(self.parameters()).device)
+        if have is not None and need > have:
+            raise MemoryError(
+                f"rank={self.rank}, features={self.features}, patch={self.patch}, {batch} volumes per step "
+                f"needs about {need / 2**30:.1f} GiB for its samples, but only {have / 2**30:.1f} GiB is "
+                "available: lower the rank, the features, the patch or the batch size."
+            )
+        self._memory_checked.add(batch)
+
+    def _next_seed(self) -> int:
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))
+
+
+def _as_list(sources) -> list[VolumeSource]:
+    if isinstance(sources, VolumeSource):
+        return [sources]
+    sources = list(sources)
+    if not sources or not all(isinstance(s, VolumeSource) for s in sources):
+        raise ValueError("sources must be a VolumeSource or a non-empty list of them (see cpic.open_volume).")
+    return sources
+
+
+def _finite(tt: TT) -> TT:
+    if not all(bool(torch.isfinite(c).all()) for c in tt.cores):
+        raise FloatingPointError("the latent TT has non-finite entries.")
+    return tt
+
+
+def _check_sizes(grid_shape, features, patch, rank, extra_features) -> None:
+    if not grid_shape or any(n < 1 for n in grid_shape):
+        raise ValueError(f"grid_shape must be positive sizes, got {grid_shape}.")
+    for name, value, low in (
+        ("features", features, 1),
+        ("rank", rank, 1),
+        ("extra_features", extra_features, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1 or patch % 2 == 0:
+        raise ValueError(
+            f"patch must be an odd positive integer (the patch is centred on a voxel), got {patch!r}."
+        )
+    if patch > min(grid_shape):
+        raise ValueError(f"patch={patch} is larger than the volume's smallest side ({min(grid_shape)}).")
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, else the system's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,312 @@
+"""Checkpoints as a safetensors file of tensors plus a JSON file of metadata; nothing is pickled.
+
+A checkpoint named ``run/ckpt`` is the pair ``run/ckpt.safetensors`` and ``run/ckpt.json``. The JSON
+records the sha256 of the safetensors file and is replaced last, so an interrupted save leaves either
+the previous pair or a pair whose hash does not match, which :func:`load_checkpoint` refuses.
+
+Nested states such as ``optimizer.state_dict()`` go through :func:`flatten_state`: the tensors go to
+the safetensors file and a JSON skeleton of everything else goes into the metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor
+
+FORMAT = "cpic-checkpoint"
+VERSION = 1
+_SUFFIXES = (".safetensors", ".json")
+# one-key JSON objects with these keys stand for values JSON cannot hold directly
+_TENSOR, _TUPLE, _DICT, _FLOAT = "__tensor__", "__tuple__", "__dict__", "__float__"
+_MARKERS = {_TENSOR, _TUPLE, _DICT, _FLOAT}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or inconsistent; the message names the file."""
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The ``(safetensors, json)`` file pair of a checkpoint; a ``.safetensors``/``.json`` suffix is dropped.
+
+    Example:
+        >>> [p.as_posix() for p in checkpoint_paths("run/ckpt.json")]
+        ['run/ckpt.safetensors', 'run/ckpt.json']
+    """
+    base = Path(path)
+    if base.suffix in _SUFFIXES:
+        base = base.with_suffix("")
+    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _for_saving(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors, no two on the same storage (safetensors refuses shared storage)."""
+    out, storages = {}, set()
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, Tensor):
+            kinds = f"{type(name).__name__} -> {type(tensor).__name__}"
+            raise TypeError(f"tensors must map str to Tensor, got {kinds}")
+        tensor = tensor.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in storages:
+            tensor = tensor.clone()
+        storages.add(storage)
+        out[name] = tensor
+    return out
+
+
+def _temp_path(final: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open directories
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: dict) -> Path:
+    """Write ``tensors`` and the JSON-serialisable ``meta`` as a checkpoint; returns the safetensors path.
+
+    Both files are written to temporary files in the target directory and moved into place with
+    ``os.replace``, the JSON last. Tensors are saved from the CPU; shared storage is cloned.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     saved = save_checkpoint(f"{d}/ckpt", {"w": torch.ones(2)}, {"epoch": 3})
+        ...     tensors, meta = load_checkpoint(f"{d}/ckpt.json")
+        >>> saved.name, tensors["w"].tolist(), meta
+        ('ckpt.safetensors', [1.0, 1.0], {'epoch': 3})
+    """
+    st_path, json_path = checkpoint_paths(path)
+    prepared = _for_saving(tensors)
+    json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    temps = []
+    try:
+        temps.append(st_tmp := _temp_path(st_path))
+        safetensors.torch.save_file(prepared, st_tmp, metadata={"format": "pt"})
+        _fsync(st_tmp)
+        record = {"format": FORMAT, "version": VERSION, "sha256": _sha256(st_tmp), "meta": meta}
+        temps.append(json_tmp := _temp_path(json_path))
+        _write_text(json_tmp, json.dumps(record, indent=1))
+        os.replace(st_tmp, st_path)
+        os.replace(json_tmp, json_path)
+        _fsync_dir(st_path.parent)
+    finally:
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+    return st_path
+
+
+def _read_record(json_path: Path) -> dict:
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint metadata {json_path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "sha256" not in record:
+        raise CheckpointError(f"{json_path} is not a {FORMAT} metadata file")
+    if record.get("version") != VERSION:
+        raise CheckpointError(f"{json_path} has version {record.get('version')}; this code reads {VERSION}")
+    return record
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`, tensors placed on ``device``.
+
+    Raises :class:`CheckpointError` naming the file when either file is missing, the JSON is
+    invalid, the safetensors file does not match the recorded hash, or it is not safetensors.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_checkpoint(f"{d}/ckpt", {"w": torch.zeros(1)}, {})
+        ...     tensors, meta = load_checkpoint(f"{d}/ckpt.safetensors", device="cpu")
+        >>> tensors
+        {'w': tensor([0.])}
+        >>> load_checkpoint("no/such/ckpt")
+        Traceback (most recent call last):
+        ...
+        cpic.train.checkpoint.CheckpointError: checkpoint metadata no/such/ckpt.json does not exist
+    """
+    st_path, json_path = checkpoint_paths(path)
+    record = _read_record(json_path)
+    try:
+        digest = _sha256(st_path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint tensors {st_path} do not exist") from None
+    if digest != record["sha256"]:
+        raise CheckpointError(
+            f"{st_path} does not match the sha256 recorded in {json_path} (truncated or replaced?)"
+        )
+    try:
+        tensors = safetensors.torch.load_file(st_path, device=str(torch.device(device)))
+    except (safetensors.SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{st_path} is not a readable safetensors file: {e}") from None
+    return tensors, record["meta"]
+
+
+def _flatten(value: Any, path: tuple[str, ...], tensors: dict[str, Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        key = "/".join(path)
+        while key in tensors:  # distinct paths may join to the same key, e.g. {"a/b": x} and {"a": {"b": y}}
+            key += "#"
+        tensors[key] = value
+        return {_TENSOR: key}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not _MARKERS & value.keys():
+            return {k: _flatten(v, (*path, k), tensors) for k, v in value.items()}
+        pairs = [[_flatten_key(k, path), _flatten(v, (*path, str(k)), tensors)] for k, v in value.items()]
+        return {_DICT: pairs}
+    if isinstance(value, (list, tuple)):
+        items = [_flatten(v, (*path, str(i)), tensors) for i, v in enumerate(value)]
+        return items if isinstance(value, list) else {_TUPLE: items}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT: repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    where = "/".join(path) or "the top level"
+    raise TypeError(f"cannot store {type(value).__name__} at {where} in a checkpoint")
+
+
+def _flatten_key(key: Any, path: tuple[str, ...]) -> Any:
+    found: dict[str, Tensor] = {}
+    encoded = _flatten(key, path, found)
+    if found:
+        where = "/".join(path) or "the top level"
+        raise TypeError(f"cannot store a dict key holding tensors at {where}")
+    return encoded
+
+
+def flatten_state(state: dict) -> tuple[dict[str, Tensor], Any]:
+    """Split a nested state (e.g. ``optimizer.state_dict()``) into flat tensors and a JSON skeleton.
+
+    Tensor keys are the ``/``-joined paths to the tensors. The skeleton keeps every other value
+    (ints, floats, bools, None, strings, lists, tuples, dicts with any such keys) with placeholders
+    for the tensors; :func:`unflatten_state` rebuilds the state exactly.
+
+    Example:
+        >>> import torch
+        >>> state = {"state": {0: {"step": torch.tensor(2.0)}}, "betas": (0.9, 0.99)}
+        >>> tensors, skeleton = flatten_state(state)
+        >>> tensors
+        {'state/0/step': tensor(2.)}
+        >>> skeleton["betas"]
+        {'__tuple__': [0.9, 0.99]}
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, got {type(state).__name__}")
+    tensors: dict[str, Tensor] = {}
+    skeleton = _flatten(state, (), tensors)
+    return tensors, skeleton
+
+
+def _unflatten(node: Any, tensors: dict[str, Tensor]) -> Any:
+    if isinstance(node, list):
+        return [_unflatten(v, tensors) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1 and _MARKERS & node.keys():
+        ((marker, payload),) = node.items()
+        if marker == _TENSOR:
+            if payload not in tensors:
+                raise CheckpointError(f"the skeleton names a tensor {payload!r} missing from the tensors")
+            return tensors[payload]
+        if marker == _TUPLE:
+            return tuple(_unflatten(v, tensors) for v in payload)
+        if marker == _FLOAT:
+            return float(payload)
+        return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in payload}
+    return {k: _unflatten(v, tensors) for k, v in node.items()}
+
+
+def unflatten_state(tensors: dict[str, Tensor], skeleton: Any) -> dict:
+    """Rebuild the nested state that :func:`flatten_state` split into ``tensors`` and ``skeleton``.
+
+    Example:
+        >>> import torch
+        >>> state = {"state": {0: {"step": torch.tensor(2.0)}}, "betas": (0.9, 0.99), "best": float("inf")}
+        >>> unflatten_state(*flatten_state(state))
+        {'state': {0: {'step': tensor(2.)}}, 'betas': (0.9, 0.99), 'best': inf}
+    """
+    state = _unflatten(skeleton, tensors)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the skeleton does not describe a dict but a {type(state).__name__}")
+    return state
+
+
+def rng_state(generator: torch.Generator | None = None) -> Tensor:
+    """The state of ``generator`` (default: torch's global CPU generator) as a uint8 tensor.
+
+    Example:
+        >>> import torch
+        >>> saved = rng_state()
+        >>> first = torch.rand(2)
+        >>> set_rng_state(saved)
+        >>> torch.equal(torch.rand(2), first), saved.dtype
+        (True, torch.uint8)
+    """
+    return (generator.get_state() if generator is not None else torch.get_rng_state()).clone()
+
+
+def set_rng_state(state: Tensor, generator: torch.Generator | None = None) -> None:
+    """Restore a state from :func:`rng_state` into ``generator`` (default: torch's global CPU generator).
+
+    Example:
+        >>> import torch
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> saved = rng_state(gen)
+        >>> first = torch.rand(3, generator=gen)
+        >>> set_rng_state(saved, gen)
+        >>> torch.equal(torch.rand(3, generator=gen), first)
+        True
+    """
+    if not isinstance(state, Tensor) or state.dtype != torch.uint8 or state.ndim != 1:
+        raise ValueError("state must be a 1-D uint8 tensor from rng_state()")
+    state = state.to("cpu").contiguous()
+    if generator is not None:
+        generator.set_state(state)
+    else:
+        torch.set_rng_state(state)

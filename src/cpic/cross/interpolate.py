@@ -8,6 +8,7 @@ from torch import Tensor
 from cpic.cross.cache import BatchedFunction
 from cpic.cross.fibers import fiber_indices
 from cpic.cross.info import CrossInfo
+from cpic.cross.safe_qr import safe_qr
 from cpic.tt import TT
 
 
@@ -33,8 +34,12 @@ def _match(rows: Tensor, wanted: Tensor) -> Tensor:
 
 def _coefficients(fibers: Tensor, rows: Tensor) -> Tensor:
     """``Q @ inv(Q[rows])`` for the QR factor ``Q`` of each ``fibers[b]: [N, c]`` (least squares
-    when ``rows`` is not ``c`` long) -> ``[B, N, len(rows)]``."""
-    q = torch.linalg.qr(fibers).Q
+    when ``rows`` is not ``c`` long) -> ``[B, N, len(rows)]``.
+
+    A rank-deficient fiber (a blank or constant volume) has a QR factor whose extra columns are
+    arbitrary; :func:`safe_qr` keeps their gradient finite.
+    """
+    q = safe_qr(fibers)[0]
     sub = q.gather(1, rows[:, :, None].expand(-1, -1, q.shape[2]))
     if sub.shape[1] == sub.shape[2]:
         return torch.linalg.solve(sub, q, left=False)

@@ -10,10 +10,16 @@ from cpic.train.checkpoint import (
     set_rng_state,
     unflatten_state,
 )
+from cpic.train.dataset import VolumeDataset
+from cpic.train.fit import History, evaluate, fit
 from cpic.train.metrics import accuracy, mean_absolute_error, pinball_loss, roc_auc
 
 __all__ = [
     "CheckpointError",
+    "History",
+    "VolumeDataset",
+    "evaluate",
+    "fit",
     "accuracy",
     "checkpoint_paths",
     "flatten_state",

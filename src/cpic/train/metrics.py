@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from cpic.nn import heads
+
 
 def _check_labels(labels: Tensor, n: int, num_classes: int) -> None:
     if labels.dtype.is_floating_point or labels.dtype.is_complex:
@@ -147,5 +149,4 @@ def pinball_loss(pred: Tensor, target: Tensor, quantiles: Sequence[float] | Tens
         raise ValueError(f"quantiles must have {pred.shape[1]} entries like pred, got shape {tuple(q.shape)}")
     if not ((q > 0) & (q < 1)).all():
         raise ValueError(f"quantiles must lie strictly between 0 and 1, got {q.tolist()}")
-    residual = target[:, None].to(pred.dtype) - pred
-    return (residual * (q - (residual < 0).to(pred.dtype))).mean()
+    return heads.pinball_loss(pred, target.to(pred.dtype), q)

@@ -1,0 +1,173 @@
+"""Labelled volume collections: in-memory lists or a CSV manifest of paths, labels and extras."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cpic.sources import VolumeSource, open_volume
+
+
+class VolumeDataset:
+    """Volumes (sources, or paths opened on first use) with targets and optional extra features.
+
+    ``targets`` are class ids, real values, or ``None`` (reconstruction). ``classes`` names the
+    class ids when the labels were strings. ``extra`` is ``[N, E]`` per-volume features (age...).
+
+    Example:
+        >>> import torch, cpic
+        >>> vols = [cpic.open_volume(torch.rand(8, 8, 8)) for _ in range(4)]
+        >>> data = VolumeDataset(vols, targets=[0, 1, 0, 1])
+        >>> train, val = data.split(0.5, seed=0)
+        >>> len(train), len(val), sorted(val.targets.tolist())
+        (2, 2, [0, 1])
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[VolumeSource | str | Path],
+        targets=None,
+        extra=None,
+        names: Sequence[str] | None = None,
+        classes: Sequence[str] | None = None,
+        open_kwargs: dict | None = None,
+    ):
+        self._items = list(sources)
+        n = len(self._items)
+        if n == 0:
+            raise ValueError("a dataset needs at least one volume.")
+        self.targets = None if targets is None else torch.as_tensor(targets)
+        if self.targets is not None and len(self.targets) != n:
+            raise ValueError(f"targets has {len(self.targets)} entries for {n} volumes.")
+        self.extra = None if extra is None else torch.as_tensor(extra, dtype=torch.float32)
+        if self.extra is not None and (self.extra.dim() != 2 or len(self.extra) != n):
+            raise ValueError(f"extra must be [{n}, E] (one row per volume), got {tuple(self.extra.shape)}.")
+        self.names = list(names) if names is not None else [_name_of(s, i) for i, s in enumerate(self._items)]
+        self.classes = list(classes) if classes is not None else None
+        self.open_kwargs = dict(open_kwargs or {})
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def source(self, i: int) -> VolumeSource:
+        """Volume ``i``, opened (and kept) on first use."""
+        item = self._items[i]
+        if not isinstance(item, VolumeSource):
+            item = open_volume(item, **self.open_kwargs)
+            self._items[i] = item
+        return item
+
+    def subset(self, indices: Sequence[int]) -> VolumeDataset:
+        """The volumes at ``indices``, sharing opened sources."""
+        indices = list(indices)
+        part = VolumeDataset.__new__(VolumeDataset)
+        part._items = [self._items[i] for i in indices]
+        part.targets = None if self.targets is None else self.targets[indices]
+        part.extra = None if self.extra is None else self.extra[indices]
+        part.names = [self.names[i] for i in indices]
+        part.classes, part.open_kwargs = self.classes, self.open_kwargs
+        return part
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[VolumeDataset, VolumeDataset]:
+        """``(rest, held_out)`` with ``fraction`` of the volumes held out, stratified by class
+        when the targets are class ids."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}.")
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=gen)
+        if self.targets is not None and not self.targets.is_floating_point() and self.targets.dim() == 1:
+            # stratify: within each class, every 1/fraction-th volume goes to the held-out part
+            ranks = torch.empty_like(order)
+            labels = self.targets[order]
+            for c in labels.unique():
+                members = (labels == c).nonzero().flatten()
+                ranks[members] = torch.arange(len(members))
+            counts = torch.bincount(labels)[labels]
+            held = torch.floor((ranks + 1) * fraction) > torch.floor(ranks * fraction)
+            held &= counts > 1
+            held_idx, rest_idx = order[held], order[~held]
+        else:
+            k = max(1, round(fraction * len(self)))
+            held_idx, rest_idx = order[:k], order[k:]
+        if not len(rest_idx) or not len(held_idx):
+            raise ValueError(f"splitting {len(self)} volumes at {fraction} leaves one part empty.")
+        return self.subset(sorted(rest_idx.tolist())), self.subset(sorted(held_idx.tolist()))
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        target: str | None = "label",
+        extra: Sequence[str] = (),
+        path_column: str = "path",
+        task: str = "classification",
+        **open_kwargs,
+    ) -> VolumeDataset:
+        """A dataset from a CSV manifest: one row per volume with its ``path`` (relative to the
+        CSV's folder or absolute), a ``target`` column, and ``extra`` numeric columns.
+
+        For ``task="classification"`` string labels become class ids in sorted order (kept in
+        ``classes``); integer labels are used as they are. Other tasks need numbers.
+
+        Example:
+            >>> import tempfile, numpy as np
+            >>> from pathlib import Path
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     np.save(Path(tmp) / "a.npy", np.zeros((8, 8, 8), np.float32))
+            ...     _ = (Path(tmp) / "m.csv").write_text("path,label,age\\na.npy,healthy,61\\n")
+            ...     data = VolumeDataset.from_csv(Path(tmp) / "m.csv", extra=["age"])
+            ...     data.classes, data.targets.tolist(), data.extra.tolist(), data.source(0).shape
+            (['healthy'], [0], [[61.0]], (8, 8, 8))
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"manifest {str(path)!r} does not exist or is not a file.")
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows:
+            raise ValueError(f"manifest {str(path)!r} has no rows.")
+        needed = [path_column] + ([target] if target else []) + list(extra)
+        missing = [c for c in needed if c not in rows[0]]
+        if missing:
+            raise ValueError(f"manifest {str(path)!r} lacks the column(s) {missing}; it has {list(rows[0])}.")
+        sources = [_resolve(path.parent, row[path_column]) for row in rows]
+        targets = classes = None
+        if target:
+            targets, classes = _parse_targets(path, [row[target] for row in rows], target, task)
+        extras = None
+        if extra:
+            extras = [[_number(path, i, c, row[c]) for c in extra] for i, row in enumerate(rows)]
+        names = [Path(row[path_column]).name for row in rows]
+        return cls(sources, targets, extras, names=names, classes=classes, open_kwargs=open_kwargs)
+
+
+def _name_of(item, i: int) -> str:
+    return item.name if isinstance(item, VolumeSource) else Path(item).name if item else str(i)
+
+
+def _resolve(root: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else root / p
+
+
+def _number(manifest: Path, row: int, column: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"manifest {str(manifest)!r}, row {row + 2}: column {column!r} must be a number, got {value!r}."
+        ) from None
+
+
+def _parse_targets(manifest: Path, values: list[str], column: str, task: str) -> tuple[Tensor, list | None]:
+    if task == "classification":
+        if all(v.strip().lstrip("-").isdigit() for v in values):
+            return torch.tensor([int(v) for v in values]), None
+        classes = sorted(set(values))
+        lookup = {c: i for i, c in enumerate(classes)}
+        return torch.tensor([lookup[v] for v in values]), classes
+    return torch.tensor([_number(manifest, i, column, v) for i, v in enumerate(values)]), None

@@ -1,0 +1,334 @@
+"""The training loop: epochs of batched C-PIC steps, validation metrics, logs, checkpoints, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from cpic.nn import CPIC
+from cpic.train import metrics
+from cpic.train.checkpoint import (
+    checkpoint_paths,
+    flatten_state,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unflatten_state,
+)
+from cpic.train.dataset import VolumeDataset
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+
+
+@dataclass
+class History:
+    """One row of metrics per epoch, the best epoch, and the numerical events of the run."""
+
+    rows: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    #: events met while training: pivot refreshes after failures, lowered ranks, drift
+    #: refreshes, retried and skipped steps (never skipped silently)
+    numerics: dict = field(default_factory=dict)
+
+    @property
+    def last(self) -> dict:
+        return self.rows[-1] if self.rows else {}
+
+
+def _monitor(task: str) -> tuple[str, float]:
+    """The validation metric that picks the best epoch and its sign (+1: higher is better)."""
+    return ("val_accuracy", 1.0) if task == "classification" else ("val_loss", -1.0)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator | None) -> list[list[int]]:
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
+def _batch(data: VolumeDataset, items: list[int]):
+    sources = [data.source(i) for i in items]
+    targets = None if data.targets is None else data.targets[items]
+    extra = None if data.extra is None else data.extra[items]
+    return sources, targets, extra
+
+
+def _task_metrics(model: CPIC, pred: Tensor, target: Tensor | None, prefix: str) -> dict:
+    task = model.head.task
+    out = {}
+    if task == "classification":
+        out[f"{prefix}accuracy"] = metrics.accuracy(pred, target)
+        out[f"{prefix}auc"] = metrics.roc_auc(torch.softmax(pred, 1), target)
+    elif task == "regression":
+        out[f"{prefix}mae"] = metrics.mean_absolute_error(pred, target.to(pred.dtype))
+    elif task == "quantile":
+        q = model.head.quantiles
+        median = int((q - 0.5).abs().argmin())
+        out[f"{prefix}mae"] = metrics.mean_absolute_error(pred[:, median], target.to(pred.dtype))
+        out[f"{prefix}pinball"] = float(metrics.pinball_loss(pred, target.to(pred.dtype), q))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: CPIC, data: VolumeDataset, batch_size: int = 8, split: str = "val") -> dict:
+    """Loss and the task's metrics of ``model`` on ``data`` (keys ``"<split>_loss"``, ...).
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.nn import Regression
+        >>> from cpic.train import VolumeDataset
+        >>> vols = [cpic.open_volume(torch.full((8, 8, 8), float(v))) for v in range(4)]
+        >>> model = cpic.CPIC((8, 8, 8), Regression(), features=2, patch=3, rank=2)
+        >>> sorted(evaluate(model, VolumeDataset(vols, targets=[0.0, 1, 2, 3])))
+        ['val_loss', 'val_mae']
+    """
+    model.eval()
+    losses, weights, preds = [], [], []
+    for items in _batches(len(data), batch_size, None):
+        sources, targets, extra = _batch(data, items)
+        loss, pred = model.loss(sources, targets, keys=[(split, i) for i in items], extra=extra)
+        losses.append(float(loss))
+        weights.append(len(items))
+        preds.append(pred)
+    out = {f"{split}_loss": sum(lo * w for lo, w in zip(losses, weights)) / sum(weights)}
+    if model.head.task != "reconstruction":
+        out.update(_task_metrics(model, torch.cat(preds), data.targets, f"{split}_"))
+    return out
+
+
+def _fraction_read(data: VolumeDataset, opened: set[int]) -> float:
+    """Mean fraction of voxels read per opened volume (since each was opened)."""
+    fractions = []
+    for i in opened:
+        src = data.source(i)
+        fractions.append(src.stats.fraction(math.prod(src.shape)))
+    return sum(fractions) / max(len(fractions), 1)
+
+
+def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
+    if model.head.task != "reconstruction":
+        if data.targets is None:
+            raise ValueError(f"the {name} dataset has no targets, but a {model.head.task} model needs them.")
+        model.head.check_targets(data.targets, name=f"{name} targets")
+    if model.extra_features and (data.extra is None or data.extra.shape[1] != model.extra_features):
+        got = None if data.extra is None else data.extra.shape[1]
+        raise ValueError(
+            f"the model takes {model.extra_features} extra features; the {name} dataset has {got}."
+        )
+    shape = tuple(model.grid_shape)
+    for i in range(len(data)):
+        src = data.source(i)
+        if src.shape != shape:
+            raise ValueError(f"{name} volume {data.names[i]!r} has grid {src.shape}, the model {shape}.")
+
+
+def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History) -> None:
+    opt_tensors, skeleton = flatten_state(optimizer.state_dict())
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"optim/{k}": v for k, v in opt_tensors.items()})
+    tensors["rng/global"] = rng_state()
+    tensors["rng/model"] = rng_state(model._generator)
+    meta = {
+        "config": model.config,
+        "epoch": epoch,
+        "history": history.rows,
+        "best_epoch": history.best_epoch,
+        "numerics": history.numerics,
+        "optimizer": skeleton,
+    }
+    save_checkpoint(path, tensors, meta)
+
+
+def _resume(path: Path, model: CPIC, optimizer) -> tuple[int, History]:
+    tensors, meta = load_checkpoint(path)
+    if meta.get("config") != json.loads(json.dumps(model.config)):
+        raise ValueError(f"checkpoint {str(path)!r} was written by a model with config {meta.get('config')}.")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    optimizer.load_state_dict(
+        unflatten_state({k[6:]: v for k, v in tensors.items() if k.startswith("optim/")}, meta["optimizer"])
+    )
+    set_rng_state(tensors["rng/global"])
+    set_rng_state(tensors["rng/model"], model._generator)
+    history = History(rows=meta["history"], best_epoch=meta["best_epoch"], numerics=meta["numerics"])
+    return int(meta["epoch"]), history
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is optional
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+def fit(
+    model: CPIC,
+    train: VolumeDataset,
+    val: VolumeDataset | None = None,
+    *,
+    epochs: int = 10,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    optimizer: str = "adamw",
+    grad_clip: float | None = 1.0,
+    refresh: str | int | None = "epoch",
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    log_csv: str | Path | None = None,
+    tensorboard: str | Path | None = None,
+    progress: bool = True,
+    max_minutes: float | None = None,
+) -> History:
+    """Train ``model`` on ``train`` with AdamW or RAdam; validate on ``val`` after each epoch.
+
+    Pivots are refreshed every epoch (``refresh="epoch"``), every ``refresh`` uses of a volume
+    (an integer), or never (``None``). A step whose loss is not finite is retried once with
+    freshly selected pivots; if it fails again it is skipped, counted in
+    ``history.numerics`` and warned about. ``checkpoint_dir`` receives ``last`` (every epoch)
+    and ``best`` (by validation accuracy, else validation loss) as safetensors + JSON;
+    ``resume=True`` continues from ``last``. ``log_csv`` gets one row per epoch.
+    ``max_minutes`` stops after the epoch that crosses the limit.
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.nn import Classification
+        >>> from cpic.train import VolumeDataset, fit
+        >>> vols = [cpic.open_volume(torch.full((8, 8, 8), float(i % 2))) for i in range(4)]
+        >>> model = cpic.CPIC((8, 8, 8), Classification(2), features=2, patch=3, rank=2)
+        >>> history = fit(model, VolumeDataset(vols, [0, 1, 0, 1]), epochs=2, batch_size=2, progress=False)
+        >>> len(history.rows), sorted(history.last)[:3]
+        (2, ['epoch', 'fraction_read', 'seconds'])
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    _check_data(model, train, "training")
+    if val is not None:
+        _check_data(model, val, "validation")
+    if isinstance(refresh, int) and not isinstance(refresh, bool):
+        model.pivots.refresh_every = refresh
+    elif refresh not in ("epoch", None):
+        raise ValueError(f"refresh must be 'epoch', a number of uses, or None, got {refresh!r}.")
+    model._check_memory(min(batch_size, len(train)))
+
+    torch.manual_seed(seed)
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    start_epoch, history = 0, History()
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir=.")
+        if checkpoint_paths(ckpt_dir / "last")[1].exists():
+            start_epoch, history = _resume(ckpt_dir / "last", model, opt)
+    gen = torch.Generator().manual_seed(seed + start_epoch)
+    writer = _tensorboard(tensorboard)
+    monitor, sign = _monitor(model.head.task)
+    events: Counter[str] = Counter(history.numerics)
+    started = time.perf_counter()
+    opened: set[int] = set()
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        if refresh == "epoch" and epoch > start_epoch:
+            model.refresh_pivots()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        before = Counter(model.numerics)
+        for items in _progress(
+            _batches(len(train), batch_size, gen), progress, f"epoch {epoch + 1}/{epochs}"
+        ):
+            opened.update(items)
+            loss = _step(model, opt, train, items, grad_clip, events)
+            if loss is not None:
+                total, count = total + loss * len(items), count + len(items)
+        events.update(Counter(model.numerics) - before)
+        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        if val is not None:
+            row.update(evaluate(model, val, batch_size))
+        row["seconds"] = time.perf_counter() - t0
+        row["fraction_read"] = _fraction_read(train, opened)
+        history.rows.append(row)
+        history.numerics = dict(events)
+        if monitor in row:
+            best = history.rows[history.best_epoch - 1][monitor] if history.best_epoch else None
+            if best is None or sign * row[monitor] > sign * best:
+                history.best_epoch = epoch + 1
+                if ckpt_dir is not None:
+                    _save(ckpt_dir / "best", model, opt, epoch + 1, history)
+        if ckpt_dir is not None:
+            _save(ckpt_dir / "last", model, opt, epoch + 1, history)
+        _log(log_csv, row, writer)
+        if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+            break
+    if writer is not None:
+        writer.close()
+    return history
+
+
+def _step(
+    model: CPIC, opt, data: VolumeDataset, items: list[int], grad_clip, events: Counter
+) -> float | None:
+    """One optimiser step; a non-finite loss is retried once with fresh pivots, then skipped."""
+    sources, targets, extra = _batch(data, items)
+    keys = [("train", i) for i in items]
+    for _attempt in range(2):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = model.loss(sources, targets, keys=keys, extra=extra)
+        if torch.isfinite(loss):
+            loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            return float(loss.detach())
+        events["nonfinite_loss"] += 1
+        model.pivots.forget(keys)
+    events["skipped_steps"] += 1
+    warnings.warn(
+        f"skipped a step: the loss stayed non-finite after re-selecting pivots (volumes {items})",
+        stacklevel=2,
+    )
+    return None
+
+
+def _tensorboard(logdir):
+    if logdir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("tensorboard= needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(logdir))
+
+
+def _log(path, row: dict, writer) -> None:
+    if writer is not None:
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, row["epoch"])
+    if path is None:
+        return
+    path = Path(path)
+    new = not path.exists()
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), None)
+        new = header is None
+    fields = list(row) if new else header
+    with open(path, "a", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        if new:
+            out.writeheader()
+        out.writerow(row)

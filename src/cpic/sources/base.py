@@ -54,14 +54,26 @@ class ReadStats:
         return self.unique_voxels / max(total_voxels, 1)
 
     def add_voxels(self, linear: np.ndarray) -> None:
-        self._voxels = np.union1d(self._voxels, linear)
+        self._voxels, _ = _insert_sorted(self._voxels, linear)
         self.unique_voxels = len(self._voxels)
 
     def add_chunks(self, chunk_ids: np.ndarray, chunk_bytes: int) -> None:
-        new = np.setdiff1d(np.unique(chunk_ids), self._chunks, assume_unique=True)
-        self.bytes_read += len(new) * chunk_bytes
-        self._chunks = np.union1d(self._chunks, new)
+        self._chunks, new = _insert_sorted(self._chunks, chunk_ids)
+        self.bytes_read += new * chunk_bytes
         self.chunks_touched = len(self._chunks)
+
+
+def _insert_sorted(known: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, int]:
+    """``known`` (sorted, distinct) with ``items`` merged in, and how many were new.
+
+    Costs one pass over ``known`` plus a sort of ``items``: requests are small next to the
+    voxels read so far, so this beats re-sorting the union on every request.
+    """
+    items = np.unique(items)
+    pos = np.searchsorted(known, items)
+    present = known[np.minimum(pos, len(known) - 1)] == items if len(known) else np.zeros(len(items), bool)
+    new = items[~present]
+    return np.insert(known, pos[~present], new), len(new)
 
 
 @dataclass(frozen=True)

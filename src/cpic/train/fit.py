@@ -101,7 +101,8 @@ def evaluate(model: CPIC, data: VolumeDataset, batch_size: int = 8, split: str =
         preds.append(pred)
     out = {f"{split}_loss": sum(lo * w for lo, w in zip(losses, weights)) / sum(weights)}
     if model.head.task != "reconstruction":
-        out.update(_task_metrics(model, torch.cat(preds), data.targets, f"{split}_"))
+        target = model.head.check_targets(data.targets, name=f"{split} targets")
+        out.update(_task_metrics(model, torch.cat(preds), target, f"{split}_"))
     return out
 
 
@@ -118,6 +119,11 @@ def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
     if model.head.task != "reconstruction":
         if data.targets is None:
             raise ValueError(f"the {name} dataset has no targets, but a {model.head.task} model needs them.")
+        if data.classes is not None and model.head.task != "classification":
+            raise ValueError(
+                f"the {name} dataset has class labels {data.classes}, but a {model.head.task} model "
+                "needs numeric targets."
+            )
         model.head.check_targets(data.targets, name=f"{name} targets")
     if model.extra_features and (data.extra is None or data.extra.shape[1] != model.extra_features):
         got = None if data.extra is None else data.extra.shape[1]
@@ -195,8 +201,8 @@ def fit(
     """Train ``model`` on ``train`` with AdamW or RAdam; validate on ``val`` after each epoch.
 
     Pivots are refreshed every epoch (``refresh="epoch"``), every ``refresh`` uses of a volume
-    (an integer), or never (``None``). A step whose loss is not finite is retried once with
-    freshly selected pivots; if it fails again it is skipped, counted in
+    (an integer), or never (``None``). A step whose loss (or sampled features) is not finite is
+    retried once with freshly selected pivots; if it fails again it is skipped, counted in
     ``history.numerics`` and warned about. ``checkpoint_dir`` receives ``last`` (every epoch)
     and ``best`` (by validation accuracy, else validation loss) as safetensors + JSON;
     ``resume=True`` continues from ``last``. ``log_csv`` gets one row per epoch.
@@ -220,6 +226,8 @@ def fit(
     if val is not None:
         _check_data(model, val, "validation")
     if isinstance(refresh, int) and not isinstance(refresh, bool):
+        if refresh < 1:
+            raise ValueError(f"refresh must be 'epoch', a positive number of uses, or None, got {refresh!r}.")
         model.pivots.refresh_every = refresh
     elif refresh not in ("epoch", None):
         raise ValueError(f"refresh must be 'epoch', a number of uses, or None, got {refresh!r}.")
@@ -255,7 +263,8 @@ def fit(
             if loss is not None:
                 total, count = total + loss * len(items), count + len(items)
         events.update(Counter(model.numerics) - before)
-        row = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
+        # an epoch whose every step was skipped has no loss (not a perfect one)
+        row = {"epoch": epoch + 1, "train_loss": total / count if count else math.nan}
         if val is not None:
             row.update(evaluate(model, val, batch_size))
         row["seconds"] = time.perf_counter() - t0
@@ -281,12 +290,20 @@ def fit(
 def _step(
     model: CPIC, opt, data: VolumeDataset, items: list[int], grad_clip, events: Counter
 ) -> float | None:
-    """One optimiser step; a non-finite loss is retried once with fresh pivots, then skipped."""
+    """One optimiser step; a non-finite loss, or non-finite features met while selecting pivots,
+    is retried once with fresh pivots, then the step is skipped (counted and warned about)."""
     sources, targets, extra = _batch(data, items)
     keys = [("train", i) for i in items]
     for _attempt in range(2):
         opt.zero_grad(set_to_none=True)
-        loss, _ = model.loss(sources, targets, keys=keys, extra=extra)
+        try:
+            loss, _ = model.loss(sources, targets, keys=keys, extra=extra)
+        except (ValueError, FloatingPointError, torch.linalg.LinAlgError) as err:
+            if not _numerical_failure(err):
+                raise
+            events["numerical_error"] += 1
+            model.pivots.forget(keys)
+            continue
         if torch.isfinite(loss):
             loss.backward()
             if grad_clip is not None:
@@ -297,10 +314,18 @@ def _step(
         model.pivots.forget(keys)
     events["skipped_steps"] += 1
     warnings.warn(
-        f"skipped a step: the loss stayed non-finite after re-selecting pivots (volumes {items})",
+        f"skipped a step: it stayed non-finite after re-selecting pivots (volumes {items})",
         stacklevel=2,
     )
     return None
+
+
+def _numerical_failure(err: Exception) -> bool:
+    """A singular block or non-finite values in a step, as opposed to a usage error."""
+    if isinstance(err, (FloatingPointError, torch.linalg.LinAlgError)):
+        return True
+    # the cross engine reports non-finite samples of the feature function as a ValueError
+    return isinstance(err, ValueError) and "non-finite" in str(err)
 
 
 def _tensorboard(logdir):

@@ -1,0 +1,286 @@
+"""The model layer: validity masks, projections, the latent feature function and cpic.CPIC."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cpic
+from cpic.layout import PlainLayout, QTTLayout
+from cpic.nn import (
+    CPIC,
+    Classification,
+    PatchFeatures,
+    PatchMLP,
+    QuantileRegression,
+    Reconstruction,
+    Regression,
+    coarse_feature_grid,
+    feature_mean,
+    feature_moments,
+)
+from cpic.tt import TT
+
+
+def _mask(layout) -> torch.Tensor:
+    out = layout.validity_cores()[0]
+    for core in layout.validity_cores()[1:]:
+        out = torch.einsum("...r,rns->...ns", out, core)
+    return out.reshape(-1)
+
+
+def _all_indices(shape) -> torch.Tensor:
+    return torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, len(shape))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=3), st.booleans())
+def test_validity_tt_is_exactly_the_mask(grid, group):
+    layout = QTTLayout(grid, group=group)
+    expected = layout.valid(_all_indices(layout.spatial_shape)).double()
+    assert torch.equal(_mask(layout), expected)
+    assert max(c.shape[2] for c in layout.validity_cores()) <= 2 ** len(grid)
+
+
+def _voxel_features(latent: TT, layout) -> torch.Tensor:
+    """Dense ``[B, voxels, F]`` of a latent TT over the valid grid, in C order of the grid."""
+    full = latent.full()
+    coords = _all_indices(layout.grid_shape)
+    idx = layout.to_index(coords, feature=0)[:, :-1]
+    return full[(slice(None),) + tuple(idx.T)]
+
+
+@pytest.mark.parametrize("group", [False, True])
+@pytest.mark.parametrize("grid", [(5, 6, 7), (8, 8, 8), (3, 8, 5)])
+def test_projections_match_dense_references_and_ignore_padding(grid, group):
+    layout = QTTLayout(grid, features=3, group=group)
+    latent = TT.from_dense(torch.randn(2, *layout.tensor_shape, dtype=torch.float64))
+    e = _voxel_features(latent, layout)  # [2, N, 3]
+    torch.testing.assert_close(feature_mean(latent, layout), e.mean(1))
+    torch.testing.assert_close(feature_moments(latent, layout), e.mT @ e / e.shape[1])
+
+
+def test_coarse_grid_averages_valid_voxels_of_each_block():
+    grid = (6, 8, 5)  # padded to 8 x 8 x 8; level 1 -> 2 x 2 x 2 blocks of 4^3
+    layout = QTTLayout(grid, features=2, group=True)
+    latent = TT.from_dense(torch.randn(1, *layout.tensor_shape, dtype=torch.float64))
+    out = coarse_feature_grid(latent, layout, level=1)
+    e = _voxel_features(latent, layout)[0].reshape(*grid, 2)
+    assert out.shape == (1, 2, 2, 2, 2)
+    for cx in range(2):
+        for cy in range(2):
+            for cz in range(2):
+                block = e[4 * cx : 4 * cx + 4, 4 * cy : 4 * cy + 4, 4 * cz : 4 * cz + 4]
+                torch.testing.assert_close(out[0, :, cx, cy, cz], block.reshape(-1, 2).mean(0))
+
+
+def test_coarse_grid_of_a_bit_layout_equals_the_grouped_one():
+    dense = torch.randn(1, *QTTLayout((8, 8, 8), features=2, group=True).tensor_shape, dtype=torch.float64)
+    grouped = QTTLayout((8, 8, 8), features=2, group=True)
+    bits = QTTLayout((8, 8, 8), features=2)
+    latent = TT.from_dense(dense)
+    # the same tensor in the bit layout: mode (x,y,z) bits of a level split into three modes of 2
+    bit_latent = TT.from_dense(dense.reshape(1, *bits.tensor_shape))
+    torch.testing.assert_close(
+        coarse_feature_grid(latent, grouped, 2), coarse_feature_grid(bit_latent, bits, 2)
+    )
+
+
+def test_plain_layouts_have_an_all_ones_mask_and_project():
+    layout = PlainLayout((3, 4), features=2)
+    latent = TT.from_dense(torch.randn(1, 3, 4, 2, dtype=torch.float64))
+    torch.testing.assert_close(feature_mean(latent, layout), latent.full().mean((1, 2)))
+
+
+def _volumes(n=2, side=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [cpic.open_volume(torch.rand(side, side, side, generator=gen)) for _ in range(n)]
+
+
+def test_patch_features_encode_each_distinct_voxel_once_and_match_the_encoder():
+    torch.manual_seed(0)
+    srcs = _volumes(2, side=8)
+    layout = QTTLayout((8, 8, 8), features=4, group=True)
+    enc = PatchMLP(patch=3, features=4)
+    f = PatchFeatures(srcs, layout, enc, patch=3)
+    coords = torch.tensor([[[1, 2, 3], [1, 2, 3], [7, 0, 4]], [[0, 0, 0], [5, 5, 5], [0, 0, 0]]])
+    feature = torch.tensor([[0, 3, 1], [2, 2, 1]])
+    idx = layout.to_index(coords, feature=feature)
+    values = f(idx)
+    assert f.encoded == 4  # (1,2,3), (7,0,4), (0,0,0), (5,5,5)
+    for b in range(2):
+        patches = srcs[b].gather(coords[b], 3).reshape(3, 1, 3, 3, 3)
+        expected = enc(patches).gather(1, feature[b, :, None])[:, 0]
+        torch.testing.assert_close(values[b], expected)
+
+
+def test_patch_features_read_the_edge_voxel_on_padding():
+    src = cpic.open_volume(torch.arange(125.0).reshape(5, 5, 5))
+    layout = QTTLayout((5, 5, 5), features=1, group=True)
+    identity = torch.nn.Sequential(torch.nn.Flatten())  # patch 1 -> its value
+    f = PatchFeatures([src], layout, identity, patch=1)
+    padded = torch.tensor([[[7, 6, 4]]])  # outside the 5^3 grid -> clamped to (4, 4, 4)
+    idx = layout.to_index(padded, feature=0)
+    assert f(idx).item() == 124.0
+
+
+@pytest.mark.parametrize("projection", ["mean", "moments", "grid"])
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
+def test_model_predicts_a_batch_and_backpropagates_to_the_encoder(projection, encoder):
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Classification(3), features=4, patch=3, rank=3, encoder=encoder,
+                 projection=projection)
+    logits = model(_volumes(3), keys=[0, 1, 2])
+    assert logits.shape == (3, 3) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_model_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    model = CPIC((8, 8, 8), Regression(hidden=None), features=2, patch=3, rank=2, projection="moments").double()
+    srcs = _volumes(2, side=8)
+    model(srcs, keys=[0, 1])  # select and keep the pivots: the loss is then smooth in the weights
+    weight = model.encoder.net[1].weight
+
+    def loss():
+        return model(srcs, keys=[0, 1]).square().sum()
+
+    weight.grad = None
+    loss().backward()
+    analytic = weight.grad.flatten()[:6].clone()
+    numeric = []
+    with torch.no_grad():
+        for i in range(6):
+            w = weight.view(-1)
+            w[i] += 1e-6
+            up = loss()
+            w[i] -= 2e-6
+            down = loss()
+            w[i] += 1e-6
+            numeric.append((up - down) / 2e-6)
+    torch.testing.assert_close(analytic, torch.stack(numeric), rtol=1e-5, atol=1e-8)
+
+
+def test_batched_latent_equals_per_item_latents_with_kept_pivots():
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, rank=3).double()
+    srcs = _volumes(2)
+    both = model.latent(srcs, keys=["a", "b"])
+    one = model.latent([srcs[1]], keys=["b"])
+    idx = torch.randint(0, 8, (1, 50, 5))
+    idx[..., -1] = idx[..., -1] % 3
+    torch.testing.assert_close(both[1].eval(idx), one.eval(idx))
+
+
+def test_pivots_are_reused_refreshed_warm_and_on_drift():
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, rank=3, refresh_every=2)
+    srcs = _volumes(2)
+    for _ in range(2):
+        model(srcs, keys=[0, 1])
+    assert (model.pivots.counts.selected, model.pivots.counts.refreshed) == (2, 0)
+    cold = model.pivots.counts.evaluations
+    model(srcs, keys=[0, 1])  # third use: warm refresh, one sweep
+    assert model.pivots.counts.refreshed == 2
+    assert model.pivots.counts.evaluations - cold < cold
+    model.refresh_pivots([0])
+    model(srcs, keys=[0, 1])
+    assert model.pivots.counts.refreshed == 3
+
+    drifting = CPIC((16, 16, 16), Classification(2), features=3, patch=3, rank=3, refresh_tol=1e-12)
+    drifting(srcs, keys=[0, 1])  # a rank-3 TT of noise misses held-out entries by far more
+    assert drifting.numerics["drift"] == 2
+    drifting(srcs, keys=[0, 1])
+    assert drifting.pivots.counts.refreshed == 2
+
+
+class _FlakyEncoder(torch.nn.Module):
+    """An MLP whose output is infinite on chosen calls."""
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.mlp = PatchMLP(patch=3, features=3)
+        self.calls, self.bad_calls = 0, set(bad_calls)
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.mlp(x)
+        return out * float("inf") if self.calls in self.bad_calls else out
+
+
+def test_a_non_finite_step_is_repaired_by_fresh_pivots_and_counted():
+    torch.manual_seed(0)
+    encoder = _FlakyEncoder(bad_calls=[])
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, rank=3, encoder=encoder)
+    srcs = _volumes(2)
+    model(srcs, keys=[0, 1])
+    encoder.bad_calls = {encoder.calls + 1}  # the next interpolation's one encoder call
+    logits = model(srcs, keys=[0, 1])
+    assert torch.isfinite(logits).all()
+    assert model.numerics["refreshed"] == 1 and model.numerics["lowered_rank"] == 0
+
+
+def test_blank_and_constant_volumes_give_finite_predictions_and_gradients():
+    model = CPIC((8, 8, 8), Classification(2), features=2, patch=3, rank=3)
+    srcs = [cpic.open_volume(torch.zeros(8, 8, 8)), cpic.open_volume(torch.full((8, 8, 8), 3.0))]
+    loss, _ = model.loss(srcs, [0, 1], keys=[0, 1])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_heads_and_extra_features():
+    srcs = _volumes(2)
+    quant = CPIC((16, 16, 16), QuantileRegression((0.1, 0.9)), features=2, patch=3, rank=2, extra_features=2)
+    pred = quant(srcs, extra=torch.tensor([[60.0, 1.0], [70.0, 0.0]]))
+    assert pred.shape == (2, 2)
+    with pytest.raises(ValueError, match="extra"):
+        quant(srcs)
+    with pytest.raises(ValueError, match=r"extra must be \[2, 2\]"):
+        quant(srcs, extra=torch.ones(2, 3))
+    loss, _ = quant.loss(srcs, [1.0, 2.0], extra=torch.ones(2, 2))
+    assert loss.item() > 0
+
+
+def test_reconstruction_queries_any_voxel_from_the_latent_tt():
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Reconstruction(), features=4, patch=3, rank=3)
+    srcs = _volumes(1)
+    latent = model.latent(srcs, keys=[0])
+    coords = torch.tensor([[0, 0, 0], [15, 3, 9]])
+    out = model.query(latent, coords)
+    idx = model.layout.to_index(coords, feature=0)[None, :, :-1]
+    torch.testing.assert_close(out, model.head(latent.fibers(idx)))
+    loss, pred = model.loss(srcs, keys=[0])
+    assert pred.shape == (1, 4096) and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="query"):
+        model(srcs)
+
+
+def test_bad_model_arguments_are_refused_with_a_clear_error():
+    head = Classification(2)
+    with pytest.raises(ValueError, match="odd"):
+        CPIC((16, 16, 16), head, patch=4)
+    with pytest.raises(ValueError, match="larger than the volume"):
+        CPIC((4, 16, 16), head, patch=5)
+    with pytest.raises(ValueError, match="classes"):
+        Classification(1)
+    with pytest.raises(ValueError, match="encoder"):
+        CPIC((16, 16, 16), head, encoder="resnet")
+    with pytest.raises(ValueError, match="projection"):
+        CPIC((16, 16, 16), head, projection="max")
+    with pytest.raises(ValueError, match="quantiles"):
+        QuantileRegression((0.5, 1.5))
+    model = CPIC((16, 16, 16), head, features=2, patch=3, rank=2)
+    with pytest.raises(ValueError, match="class id 5"):
+        model.loss(_volumes(2), [0, 5])
+    with pytest.raises(ValueError, match="numbers"):
+        Regression().check_targets(["old", "young"])
+    with pytest.raises(ValueError, match="grid"):
+        model(_volumes(1, side=8))
+    huge = CPIC((2**12,) * 3, head, features=512, patch=9, rank=4000)
+    with pytest.raises(MemoryError, match="GiB"):
+        huge.latent([cpic.open_volume(torch.zeros(2**12, 1, 1).expand(2**12, 2**12, 2**12))])

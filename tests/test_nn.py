@@ -30,7 +30,9 @@ def _mask(layout) -> torch.Tensor:
 
 
 def _all_indices(shape) -> torch.Tensor:
-    return torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, len(shape))
+    return torch.stack(torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij"), -1).reshape(
+        -1, len(shape)
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -128,8 +130,9 @@ def test_patch_features_read_the_edge_voxel_on_padding():
 @pytest.mark.parametrize("encoder", ["mlp", "conv"])
 def test_model_predicts_a_batch_and_backpropagates_to_the_encoder(projection, encoder):
     torch.manual_seed(0)
-    model = CPIC((16, 16, 16), Classification(3), features=4, patch=3, rank=3, encoder=encoder,
-                 projection=projection)
+    model = CPIC(
+        (16, 16, 16), Classification(3), features=4, patch=3, rank=3, encoder=encoder, projection=projection
+    )
     logits = model(_volumes(3), keys=[0, 1, 2])
     assert logits.shape == (3, 3) and torch.isfinite(logits).all()
     logits.sum().backward()
@@ -140,10 +143,12 @@ def test_model_predicts_a_batch_and_backpropagates_to_the_encoder(projection, en
 
 def test_model_gradients_match_finite_differences():
     torch.manual_seed(0)
-    model = CPIC((8, 8, 8), Regression(hidden=None), features=2, patch=3, rank=2, projection="moments").double()
+    model = CPIC(
+        (8, 8, 8), Regression(hidden=None), features=2, patch=3, rank=2, projection="moments"
+    ).double()
     srcs = _volumes(2, side=8)
     model(srcs, keys=[0, 1])  # select and keep the pivots: the loss is then smooth in the weights
-    weight = model.encoder.net[1].weight
+    weight = model.encoder.net[0].weight
 
     def loss():
         return model(srcs, keys=[0, 1]).square().sum()

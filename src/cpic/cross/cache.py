@@ -17,6 +17,10 @@ _KEY_BITS = 62
 _MIX = (0x9E3779B97F4A7C15 - 2**64, 0xBF58476D1CE4E5B9 - 2**64, 0x94D049BB133111EB - 2**64)
 
 
+class NonFiniteValues(ValueError, FloatingPointError):
+    """``f`` returned NaN or Inf: bad input to cross, and a numerical failure to a training loop."""
+
+
 class BudgetExhausted(Exception):
     """Raised inside a sweep when the next evaluation would exceed the budget."""
 
@@ -158,7 +162,7 @@ def call_checked(f: BatchedFunction, idx: Tensor, dtype: torch.dtype, device: to
     bad = ~torch.isfinite(out)
     if bool(bad.any()):
         b, p = bad.nonzero()[0].tolist()
-        raise ValueError(
+        raise NonFiniteValues(
             f"f returned {int(bad.sum())} non-finite values (NaN/Inf); e.g. at batch item {b}, "
             f"multi-index {idx[b, p].tolist()}: f must return finite values."
         )

@@ -1,11 +1,14 @@
 """Patch encoders: modules mapping patches ``[K, C, p, ..., p]`` to features ``[K, F]``.
 
 Any ``torch.nn.Module`` with that contract plugs into :class:`cpic.CPIC`; these two are the
-original's MLP on flattened patches and a small convolutional encoder.
+original's MLP on flattened patches and a small convolutional encoder. Built with
+``positions=D``, they also take the patch centres ``[K, D]`` (scaled to ``[-1, 1]``) as a
+second argument, so that grid averages of the features can describe where things are.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -17,24 +20,40 @@ class PatchMLP(nn.Module):
         >>> enc = PatchMLP(patch=5, features=16)
         >>> enc(torch.rand(7, 1, 5, 5, 5)).shape
         torch.Size([7, 16])
+        >>> PatchMLP(patch=3, features=4, positions=3)(torch.rand(2, 1, 3, 3, 3), torch.zeros(2, 3)).shape
+        torch.Size([2, 4])
     """
 
     def __init__(
-        self, patch: int = 5, features: int = 16, channels: int = 1, hidden: int = 64, ndim: int = 3
+        self,
+        patch: int = 5,
+        features: int = 16,
+        channels: int = 1,
+        hidden: int = 64,
+        ndim: int = 3,
+        positions: int = 0,
     ):
         super().__init__()
-        self.features = features
+        self.features, self.positions = features, positions
         self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(channels * patch**ndim, hidden),
+            nn.Linear(channels * patch**ndim + positions, hidden),
             nn.GELU(),
             nn.Linear(hidden, hidden),
             nn.GELU(),
             nn.Linear(hidden, features),
         )
 
-    def forward(self, patches: Tensor) -> Tensor:
-        return self.net(patches)
+    def forward(self, patches: Tensor, positions: Tensor | None = None) -> Tensor:
+        return self.net(_with_positions(patches.flatten(1), positions, self.positions))
+
+
+def _with_positions(x: Tensor, positions: Tensor | None, expected: int) -> Tensor:
+    if not expected:
+        return x
+    if positions is None or positions.shape != (len(x), expected):
+        got = None if positions is None else tuple(positions.shape)
+        raise ValueError(f"this encoder takes the patch centres [{len(x)}, {expected}] too, got {got}.")
+    return torch.cat([x, positions.to(x.dtype)], 1)
 
 
 class PatchConv(nn.Module):
@@ -47,9 +66,11 @@ class PatchConv(nn.Module):
         torch.Size([4, 8])
     """
 
-    def __init__(self, patch: int = 5, features: int = 16, channels: int = 1, width: int = 16):
+    def __init__(
+        self, patch: int = 5, features: int = 16, channels: int = 1, width: int = 16, positions: int = 0
+    ):
         super().__init__()
-        self.features = features
+        self.features, self.positions = features, positions
         self.net = nn.Sequential(
             nn.Conv3d(channels, width, 3, padding=1),
             nn.GELU(),
@@ -57,17 +78,19 @@ class PatchConv(nn.Module):
             nn.GELU(),
             nn.AdaptiveAvgPool3d(1),
             nn.Flatten(),
-            nn.Linear(width, features),
         )
+        self.out = nn.Linear(width + positions, features)
 
-    def forward(self, patches: Tensor) -> Tensor:
-        return self.net(patches)
+    def forward(self, patches: Tensor, positions: Tensor | None = None) -> Tensor:
+        return self.out(_with_positions(self.net(patches), positions, self.positions))
 
 
 ENCODERS = {"mlp": PatchMLP, "conv": PatchConv}
 
 
-def make_encoder(encoder: str | nn.Module, patch: int, features: int, channels: int, ndim: int) -> nn.Module:
+def make_encoder(
+    encoder: str | nn.Module, patch: int, features: int, channels: int, ndim: int, positions: bool = False
+) -> nn.Module:
     """An encoder by name (``"mlp"``, ``"conv"``) or the given module as it is.
 
     Example:
@@ -82,5 +105,5 @@ def make_encoder(encoder: str | nn.Module, patch: int, features: int, channels: 
     if encoder == "conv":
         if ndim != 3:
             raise ValueError(f"the 'conv' encoder is for 3-D grids; this grid has {ndim} axes: use 'mlp'.")
-        return PatchConv(patch, features, channels)
-    return PatchMLP(patch, features, channels, ndim=ndim)
+        return PatchConv(patch, features, channels, positions=ndim if positions else 0)
+    return PatchMLP(patch, features, channels, ndim=ndim, positions=ndim if positions else 0)

@@ -20,6 +20,11 @@ class PatchFeatures:
     Padding of non-power-of-two grids reads the nearest edge voxel. ``encoded`` counts the
     patches encoded so far. Gradients flow into the encoder's parameters.
 
+    ``positions=True`` passes the patch centres, scaled to ``[-1, 1]``, as the encoder's second
+    argument. ``background=v`` subtracts the features of a constant patch of value ``v`` (at
+    the same position), so empty space has zero features and the TT's rank is spent on the
+    structures in the volume.
+
     Example:
         >>> import torch, cpic
         >>> from cpic.layout import QTTLayout
@@ -38,6 +43,8 @@ class PatchFeatures:
         patch: int,
         border: str = "reflect",
         device: torch.device | str | None = None,
+        positions: bool = False,
+        background: float | None = None,
     ):
         self.sources = list(sources)
         if not self.sources:
@@ -50,6 +57,7 @@ class PatchFeatures:
                     f"{src.name}: grid {src.shape} differs from the model's {layout.grid_shape}."
                 )
         self.layout, self.encoder, self.patch, self.border = layout, encoder, patch, border
+        self.positions, self.background = positions, background
         self.device = torch.device(device) if device is not None else _module_device(encoder)
         self.dtype = _module_dtype(encoder)
         self.encoded = 0
@@ -82,12 +90,19 @@ class PatchFeatures:
         n = int(self._grid.prod())
         counts = torch.bincount(voxel_ids // n, minlength=self.batch).tolist()
         parts = []
-        for src, ids in zip(self.sources, (voxel_ids % n).split(counts)):  # one read per volume
-            centres = (ids[:, None] // self._strides) % self._grid
-            parts.append(src.gather(centres, self.patch, self.border, device=self.device))
+        centres = (voxel_ids % n)[:, None] // self._strides % self._grid
+        for src, part in zip(self.sources, centres.split(counts)):  # one read per volume
+            parts.append(src.gather(part, self.patch, self.border, device=self.device))
         patches = torch.cat(parts).to(self.dtype)
-        shape = (len(patches), -1) + (self.patch,) * self.layout.ndim
-        features = self.encoder(patches.reshape(shape))
+        patches = patches.reshape((len(patches), -1) + (self.patch,) * self.layout.ndim)
+        args = ()
+        if self.positions:
+            scaled = (2 * centres.to(self.dtype) + 1) / self._grid.to(self.dtype) - 1
+            args = (scaled.to(self.device),)
+        features = self.encoder(patches, *args)
+        if self.background is not None:
+            blank = torch.full_like(patches[:1], self.background)
+            features = features - self.encoder(blank.expand_as(patches) if args else blank, *args)
         self.encoded += len(patches)
         if features.dim() != 2 or features.shape[1] != self.layout.features:
             raise ValueError(

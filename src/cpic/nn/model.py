@@ -47,7 +47,7 @@ class CPIC(nn.Module):
         >>> logits.shape
         torch.Size([2, 2])
         >>> logits.sum().backward()       # gradients reach the encoder through the sampled patches
-        >>> model.encoder.net[1].weight.grad.abs().sum() > 0
+        >>> model.encoder.net[0].weight.grad.abs().sum() > 0
         tensor(True)
     """
 
@@ -60,6 +60,8 @@ class CPIC(nn.Module):
         patch: int = 5,
         channels: int = 1,
         encoder: str | nn.Module = "mlp",
+        positions: bool = False,
+        background: float | None = None,
         projection: str | nn.Module = "mean",
         rank: int = 10,
         sweeps: int = 3,
@@ -83,7 +85,8 @@ class CPIC(nn.Module):
         ndim = len(grid_shape)
         self.grid_shape, self.features, self.patch, self.channels = grid_shape, features, patch, channels
         self.border, self.extra_features, self.refresh_tol = border, extra_features, refresh_tol
-        self.encoder = make_encoder(encoder, patch, features, channels, ndim)
+        self.positions, self.background = positions, background
+        self.encoder = make_encoder(encoder, patch, features, channels, ndim, positions)
         self.projection = make_projection(projection, features, ndim)
         self.head = head
         in_features = features if isinstance(head, Reconstruction) else self.projection.out_features(features)
@@ -101,6 +104,8 @@ class CPIC(nn.Module):
             "patch": patch,
             "channels": channels,
             "encoder": encoder if isinstance(encoder, str) else type(encoder).__name__,
+            "positions": positions,
+            "background": background,
             "projection": projection if isinstance(projection, str) else type(projection).__name__,
             "rank": rank,
             "sweeps": sweeps,
@@ -119,7 +124,15 @@ class CPIC(nn.Module):
     # ------------------------------------------------------------------ the latent TT
     def feature_function(self, sources: Sequence[VolumeSource]) -> PatchFeatures:
         """The batched function of the latent tensor of ``sources`` (what cross samples)."""
-        return PatchFeatures(sources, self.layout, self.encoder, self.patch, self.border)
+        return PatchFeatures(
+            sources,
+            self.layout,
+            self.encoder,
+            self.patch,
+            self.border,
+            positions=self.positions,
+            background=self.background,
+        )
 
     def latent(
         self, sources: VolumeSource | Sequence[VolumeSource], keys: Sequence[Hashable] | None = None

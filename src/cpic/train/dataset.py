@@ -40,7 +40,7 @@ class VolumeDataset:
         n = len(self._items)
         if n == 0:
             raise ValueError("a dataset needs at least one volume.")
-        self.targets = None if targets is None else torch.as_tensor(targets)
+        self.targets = None if targets is None else _as_target_tensor(targets)
         if self.targets is not None and len(self.targets) != n:
             raise ValueError(f"targets has {len(self.targets)} entries for {n} volumes.")
         self.extra = None if extra is None else torch.as_tensor(extra, dtype=torch.float32)
@@ -143,6 +143,16 @@ class VolumeDataset:
             extras = [[_number(path, i, c, row[c]) for c in extra] for i, row in enumerate(rows)]
         names = [Path(row[path_column]).name for row in rows]
         return cls(sources, targets, extras, names=names, classes=classes, open_kwargs=open_kwargs)
+
+
+def _as_target_tensor(targets) -> Tensor:
+    try:
+        return torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"targets must be numbers or integer class ids, got {list(targets)[:3]!r}...; map string "
+            "labels to ids first (VolumeDataset.from_csv does this and keeps the names in .classes)."
+        ) from None
 
 
 def _name_of(item, i: int) -> str:

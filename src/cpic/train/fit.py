@@ -95,7 +95,7 @@ def evaluate(model: CPIC, data: VolumeDataset, batch_size: int = 8, split: str =
     losses, weights, preds = [], [], []
     for items in _batches(len(data), batch_size, None):
         sources, targets, extra = _batch(data, items)
-        loss, pred = model.loss(sources, targets, keys=[(split, i) for i in items], extra=extra)
+        loss, pred = model.loss(sources, targets, keys=sources, extra=extra)
         losses.append(float(loss))
         weights.append(len(items))
         preds.append(pred)
@@ -293,14 +293,12 @@ def _step(
     """One optimiser step; a non-finite loss, or non-finite features met while selecting pivots,
     is retried once with fresh pivots, then the step is skipped (counted and warned about)."""
     sources, targets, extra = _batch(data, items)
-    keys = [("train", i) for i in items]
+    keys = sources  # pivots are kept per volume
     for _attempt in range(2):
         opt.zero_grad(set_to_none=True)
         try:
             loss, _ = model.loss(sources, targets, keys=keys, extra=extra)
-        except (ValueError, FloatingPointError, torch.linalg.LinAlgError) as err:
-            if not _numerical_failure(err):
-                raise
+        except (FloatingPointError, torch.linalg.LinAlgError):  # incl. cross's NonFiniteValues
             events["numerical_error"] += 1
             model.pivots.forget(keys)
             continue
@@ -318,14 +316,6 @@ def _step(
         stacklevel=2,
     )
     return None
-
-
-def _numerical_failure(err: Exception) -> bool:
-    """A singular block or non-finite values in a step, as opposed to a usage error."""
-    if isinstance(err, (FloatingPointError, torch.linalg.LinAlgError)):
-        return True
-    # the cross engine reports non-finite samples of the feature function as a ValueError
-    return isinstance(err, ValueError) and "non-finite" in str(err)
 
 
 def _tensorboard(logdir):

@@ -141,6 +141,10 @@ class CPIC(nn.Module):
 
         Differentiable with respect to the encoder when gradients are enabled.
         """
+        return self._latent(sources, keys)[0]
+
+    def _latent(self, sources, keys) -> tuple[TT, PatchFeatures]:
+        """The latent TT and the feature function that sampled it."""
         sources = _as_list(sources)
         if keys is not None and len(keys) != len(sources):
             raise ValueError(
@@ -163,13 +167,13 @@ class CPIC(nn.Module):
                     n_test=0,
                 )
             if not torch.is_grad_enabled():
-                return tt
-            return self._interpolate(f, info, keys)
+                return tt, f
+            return self._interpolate(f, info, keys), f
         info = self.pivots.pivots(f.subset, f.shape, list(keys), dtype=dtype, device=f.device)
         tt = self._interpolate(f, info, keys)
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
-        return tt
+        return tt, f
 
     def _interpolate(self, f: PatchFeatures, info: CrossInfo, keys) -> TT:
         """:func:`interpolate`, recovering from a singular block or non-finite cores by
@@ -287,14 +291,31 @@ class CPIC(nn.Module):
     def reconstruction_loss(
         self, sources, keys: Sequence[Hashable] | None = None, voxels: int = 4096
     ) -> tuple[Tensor, Tensor]:
-        """Mean squared error of :meth:`query` at ``voxels`` random voxels per volume."""
+        """Mean squared error of :meth:`query` at ``voxels`` voxels per volume, drawn from the
+        patches this step has read already: training reads nothing beyond the pivots' patches."""
         sources = _as_list(sources)
-        latent = self.latent(sources, keys)
-        high = torch.tensor(self.grid_shape)
-        coords = (torch.rand(len(sources), voxels, len(high), generator=self._generator) * high).long()
+        latent, f = self._latent(sources, keys)
+        coords = self._voxels_read(f, voxels)
         target = torch.stack([src.read(c) for src, c in zip(sources, coords)]).to(latent.device, latent.dtype)
         pred = self.query(latent, coords)
         return self.head.loss(pred, target), pred
+
+    def _voxels_read(self, f: PatchFeatures, count: int) -> Tensor:
+        """``[B, count, D]`` random voxels inside the patches ``f`` has read, per item."""
+        grid = torch.tensor(self.grid_shape)
+        n = int(grid.prod())
+        ids = f.seen()
+        counts = torch.bincount(ids // n, minlength=f.batch)
+        starts = counts.cumsum(0) - counts
+        pick = (torch.rand(f.batch, count, generator=self._generator) * counts[:, None]).long() + starts[
+            :, None
+        ]
+        strides = torch.tensor([math.prod(self.grid_shape[a + 1 :]) for a in range(len(grid))])
+        centres = (ids[pick] % n)[..., None] // strides % grid
+        half = self.patch // 2
+        offsets = torch.randint(-half, half + 1, centres.shape, generator=self._generator)
+        coords = (centres + offsets).abs()  # the gather's reflect border
+        return torch.where(coords >= grid, 2 * grid - 2 - coords, coords)
 
     # ------------------------------------------------------------------ checks
     def memory_estimate(self, batch: int) -> int:

@@ -54,7 +54,8 @@ class ReadStats:
         return self.unique_voxels / max(total_voxels, 1)
 
     def add_voxels(self, linear: np.ndarray) -> None:
-        self._voxels, _ = _insert_sorted(self._voxels, linear)
+        """Count the voxel ids ``linear`` (sorted and distinct) as read."""
+        self._voxels, _ = _insert_sorted(self._voxels, linear, distinct=True)
         self.unique_voxels = len(self._voxels)
 
     def add_chunks(self, chunk_ids: np.ndarray, chunk_bytes: int) -> None:
@@ -63,13 +64,15 @@ class ReadStats:
         self.chunks_touched = len(self._chunks)
 
 
-def _insert_sorted(known: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, int]:
-    """``known`` (sorted, distinct) with ``items`` merged in, and how many were new.
+def _insert_sorted(known: np.ndarray, items: np.ndarray, distinct: bool = False) -> tuple[np.ndarray, int]:
+    """``known`` (sorted, distinct) with ``items`` (sorted and distinct if ``distinct``) merged
+    in, and how many were new.
 
     Costs one pass over ``known`` plus a sort of ``items``: requests are small next to the
     voxels read so far, so this beats re-sorting the union on every request.
     """
-    items = np.unique(items)
+    if not distinct:
+        items = np.unique(items)
     pos = np.searchsorted(known, items)
     present = known[np.minimum(pos, len(known) - 1)] == items if len(known) else np.zeros(len(items), bool)
     new = items[~present]

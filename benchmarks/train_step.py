@@ -13,8 +13,8 @@ Steps timed (medians over ``--repeats``):
   refresh  cpic only: grad every step plus a warm one-sweep refresh every 10 steps, per step
 For B = 16, cpic runs the 16 volumes in one call; tntorch has no batching (16 separate runs,
 timed on 2 and scaled). Held-out error: relative error of the latent TT at 2,000 random
-entries, averaged over the volumes. "saved MiB": tensors autograd keeps for the backward of one step (its peak memory
-beyond the inputs).
+entries, averaged over the volumes. "saved MiB": tensors autograd keeps for the backward of
+one step (its peak memory beyond the inputs).
 
 Run: ``python benchmarks/train_step.py [--sides 64,128] [--repeats 3]``.
 """

@@ -289,3 +289,25 @@ def test_bad_model_arguments_are_refused_with_a_clear_error():
     huge = CPIC((2**12,) * 3, head, features=512, patch=9, rank=4000)
     with pytest.raises(MemoryError, match="GiB"):
         huge.latent([cpic.open_volume(torch.zeros(2**12, 1, 1).expand(2**12, 2**12, 2**12))])
+
+
+def test_reconstruction_trains_only_on_voxels_already_read():
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Reconstruction(), features=4, patch=3, rank=3)
+    srcs = _volumes(2)
+    model.latent(srcs, keys=srcs)
+    read = [s.stats.unique_voxels for s in srcs]
+    assert all(0 < r < 16**3 for r in read)
+    loss, pred = model.loss(srcs, keys=srcs)
+    assert pred.shape == (2, 4096) and torch.isfinite(loss)
+    assert [s.stats.unique_voxels for s in srcs] == read  # the targets came from read patches
+
+
+def test_positional_background_centred_features_vanish_on_empty_space():
+    model = CPIC((8, 8, 8), Regression(), features=3, patch=3, rank=2, positions=True, background=0.0)
+    volume = torch.zeros(8, 8, 8)
+    volume[2:5, 2:5, 2:5] = 1.0
+    f = model.feature_function([cpic.open_volume(volume)])
+    idx = model.layout.to_index(torch.tensor([[[7, 7, 7], [3, 3, 3]]]), feature=torch.tensor([[0, 0]]))
+    values = f(idx)
+    assert values[0, 0].abs() < 1e-6 and values[0, 1].abs() > 0

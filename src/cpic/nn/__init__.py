@@ -5,7 +5,15 @@ command line.
 """
 
 from cpic.nn.encoders import PatchConv, PatchMLP, make_encoder
-from cpic.nn.heads import Classification, Head, QuantileRegression, Reconstruction, Regression, pinball_loss
+from cpic.nn.heads import (
+    Classification,
+    Head,
+    QuantileRegression,
+    Reconstruction,
+    Regression,
+    head_from_config,
+    pinball_loss,
+)
 from cpic.nn.latent import PatchFeatures
 from cpic.nn.model import CPIC
 from cpic.nn.projections import (
@@ -34,6 +42,7 @@ __all__ = [
     "coarse_feature_grid",
     "feature_mean",
     "feature_moments",
+    "head_from_config",
     "make_encoder",
     "make_projection",
     "pinball_loss",

@@ -54,6 +54,10 @@ class Head(nn.Module):
             raise RuntimeError("the head is not built: use it inside cpic.CPIC, or call build(in_features).")
         return self.net(z)
 
+    def config(self) -> dict:
+        """The arguments that rebuild this head (see :func:`head_from_config`)."""
+        return {"task": self.task, "hidden": self.hidden, "dropout": self.dropout}
+
     def check_targets(self, targets, name: str = "targets") -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -99,6 +103,9 @@ class Classification(Head):
         super().__init__(classes, hidden, dropout)
         self.classes, self.label_smoothing = classes, label_smoothing
 
+    def config(self) -> dict:
+        return super().config() | {"classes": self.classes, "label_smoothing": self.label_smoothing}
+
     def check_targets(self, targets, name: str = "targets") -> Tensor:
         t = torch.as_tensor(targets)
         if t.dtype.is_floating_point and bool((t == t.round()).all()):
@@ -135,6 +142,9 @@ class Regression(Head):
         super().__init__(outputs, hidden, dropout)
         self.loss_name = loss
 
+    def config(self) -> dict:
+        return super().config() | {"outputs": self.outputs, "loss": self.loss_name}
+
     def forward(self, z: Tensor) -> Tensor:
         out = super().forward(z)
         return out[:, 0] if self.outputs == 1 else out
@@ -168,6 +178,9 @@ class QuantileRegression(Head):
         super().__init__(len(q), hidden, dropout)
         self.register_buffer("quantiles", q)
 
+    def config(self) -> dict:
+        return super().config() | {"quantiles": self.quantiles.tolist()}
+
     def check_targets(self, targets, name: str = "targets") -> Tensor:
         return _as_float_targets(targets, name, 1)
 
@@ -195,6 +208,9 @@ class Reconstruction(Head):
         super().__init__(channels, hidden)
         self.channels = channels
 
+    def config(self) -> dict:
+        return {"task": self.task, "channels": self.channels, "hidden": self.hidden}
+
     def build(self, in_features: int) -> None:
         width = self.hidden or in_features
         self.net = nn.Sequential(
@@ -214,3 +230,23 @@ class Reconstruction(Head):
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(pred, target)
+
+
+HEADS = {h.task: h for h in (Classification, Regression, QuantileRegression, Reconstruction)}
+
+
+def head_from_config(config: dict) -> Head:
+    """The head that ``config`` (from :meth:`Head.config`) describes.
+
+    Example:
+        >>> head_from_config(Classification(classes=4).config()).classes
+        4
+    """
+    config = dict(config)
+    task = config.pop("task", None)
+    if task not in HEADS:
+        raise ValueError(f"unknown head task {task!r}; expected one of {sorted(HEADS)}.")
+    try:
+        return HEADS[task](**config)
+    except TypeError as err:
+        raise ValueError(f"the {task} head cannot be built from {config}: {err}") from None

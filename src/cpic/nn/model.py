@@ -114,7 +114,8 @@ class CPIC(nn.Module):
             "extra_features": extra_features,
             "border": border,
             "seed": seed,
-            "task": head.task,
+            "layout": _layout_config(self.layout),
+            "head": head.config(),
         }
 
     @property
@@ -344,6 +345,12 @@ class CPIC(nn.Module):
 
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))
+
+
+def _layout_config(layout: Layout) -> dict:
+    if isinstance(layout, QTTLayout):
+        return {"type": "qtt", "group": layout.group}
+    return {"type": type(layout).__name__}
 
 
 def _as_list(sources) -> list[VolumeSource]:

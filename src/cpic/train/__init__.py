@@ -13,6 +13,7 @@ from cpic.train.checkpoint import (
 from cpic.train.dataset import VolumeDataset
 from cpic.train.fit import History, evaluate, fit
 from cpic.train.metrics import accuracy, mean_absolute_error, pinball_loss, roc_auc
+from cpic.train.model_file import load_model, model_from_config, save_model
 
 __all__ = [
     "CheckpointError",
@@ -20,6 +21,9 @@ __all__ = [
     "VolumeDataset",
     "evaluate",
     "fit",
+    "load_model",
+    "model_from_config",
+    "save_model",
     "accuracy",
     "checkpoint_paths",
     "flatten_state",

@@ -189,6 +189,7 @@ def fit(
     weight_decay: float = 1e-4,
     optimizer: str = "adamw",
     grad_clip: float | None = 1.0,
+    schedule: str | None = "cosine",
     refresh: str | int | None = "epoch",
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
@@ -206,7 +207,9 @@ def fit(
     ``history.numerics`` and warned about. ``checkpoint_dir`` receives ``last`` (every epoch)
     and ``best`` (by validation accuracy, else validation loss) as safetensors + JSON;
     ``resume=True`` continues from ``last``. ``log_csv`` gets one row per epoch.
-    ``max_minutes`` stops after the epoch that crosses the limit.
+    ``max_minutes`` stops after the epoch that crosses the limit. ``schedule="cosine"`` decays
+    the learning rate from ``lr`` towards 0 over ``epochs`` (set per epoch, so a resumed run
+    continues the same curve); ``None`` keeps it constant.
 
     Example:
         >>> import torch, cpic
@@ -231,6 +234,8 @@ def fit(
         model.pivots.refresh_every = refresh
     elif refresh not in ("epoch", None):
         raise ValueError(f"refresh must be 'epoch', a number of uses, or None, got {refresh!r}.")
+    if schedule not in ("cosine", None):
+        raise ValueError(f"schedule must be 'cosine' or None, got {schedule!r}.")
     model._check_memory(min(batch_size, len(train)))
 
     torch.manual_seed(seed)
@@ -253,6 +258,9 @@ def fit(
         model.train()
         if refresh == "epoch" and epoch > start_epoch:
             model.refresh_pivots()
+        if schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         t0, total, count = time.perf_counter(), 0.0, 0
         before = Counter(model.numerics)
         for items in _progress(

@@ -1,0 +1,117 @@
+"""Model files: a trained :class:`cpic.CPIC` as safetensors plus JSON metadata, never a pickle.
+
+The JSON records the format and its version, the model's configuration (layout, ranks,
+encoder, projection, head), the shape of every tensor and free-form provenance (how the model
+was trained, the normalisation its volumes used). Loading rebuilds the model from the
+configuration and refuses a file whose version, tensor names or shapes differ.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import torch
+
+from cpic._version import __version__
+from cpic.layout import PlainLayout, QTTLayout
+from cpic.nn import CPIC, head_from_config
+from cpic.nn.encoders import ENCODERS
+from cpic.nn.projections import PROJECTIONS
+from cpic.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+MODEL_FORMAT = "cpic-model"
+MODEL_VERSION = 1
+
+
+def model_from_config(config: dict) -> CPIC:
+    """A fresh, untrained model with the configuration ``config`` (a ``model.config``).
+
+    Example:
+        >>> import cpic
+        >>> from cpic.nn import Regression
+        >>> model = cpic.CPIC((16, 16, 16), Regression(), features=4, patch=3, rank=3)
+        >>> model_from_config(model.config).config == model.config
+        True
+    """
+    cfg = dict(config)
+    head = head_from_config(cfg.pop("head"))
+    layout_cfg = cfg.pop("layout", {"type": "qtt", "group": True})
+    grid = tuple(cfg.pop("grid_shape"))
+    if layout_cfg.get("type") == "qtt":
+        layout = QTTLayout(grid, features=cfg["features"], group=layout_cfg.get("group", True))
+    elif layout_cfg.get("type") == "PlainLayout":
+        layout = PlainLayout(grid, features=cfg["features"])
+    else:
+        raise ValueError(f"unknown layout {layout_cfg!r} in the model configuration.")
+    try:
+        return CPIC(grid, head, layout=layout, **cfg)
+    except TypeError as err:
+        raise ValueError(f"the model configuration does not match this cpic version: {err}") from None
+
+
+def save_model(model: CPIC, path: str | os.PathLike[str], **provenance) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors`` + ``.json``); ``provenance`` (JSON values:
+    data, epochs, normalisation...) is stored with it. Returns the safetensors path.
+
+    Example:
+        >>> import tempfile, cpic
+        >>> from cpic.nn import Classification
+        >>> model = cpic.CPIC((16, 16, 16), Classification(3), features=4, patch=3, rank=3)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_model(model, f"{d}/model", normalize="percentile")
+        ...     loaded, meta = load_model(f"{d}/model")
+        >>> meta["provenance"]["normalize"], loaded.config == model.config
+        ('percentile', True)
+    """
+    if model.config["encoder"] not in ENCODERS or model.config["projection"] not in PROJECTIONS:
+        raise ValueError(
+            "only models with a built-in encoder ('mlp', 'conv') and projection ('mean', 'moments', "
+            f"'grid') can be saved as a model file; this one has {model.config['encoder']!r} and "
+            f"{model.config['projection']!r}: save its state_dict with cpic.train.save_checkpoint."
+        )
+    tensors = {k: v.detach() for k, v in model.state_dict().items()}
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "config": model.config,
+        "shapes": {k: list(v.shape) for k, v in tensors.items()},
+        "provenance": {
+            "cpic": __version__,
+            "torch": torch.__version__,
+            "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **provenance,
+        },
+    }
+    return save_checkpoint(path, tensors, meta)
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[CPIC, dict]:
+    """The model in ``path`` and its metadata; a clear :class:`CheckpointError` for a file
+    that is not a cpic model, of another format version, or whose tensors do not match."""
+    tensors, meta = load_checkpoint(path)
+    if meta.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path}: not a cpic model file (a training checkpoint? use fit(resume=True)).")
+    if meta.get("version") != MODEL_VERSION:
+        raise CheckpointError(
+            f"{path}: model file version {meta.get('version')!r}; this cpic reads version {MODEL_VERSION}."
+        )
+    try:
+        model = model_from_config(meta["config"])
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: its configuration cannot be rebuilt: {err}") from None
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: tensors missing {missing[:3]} or unexpected {extra[:3]} for its model."
+        )
+    for name, value in expected.items():
+        if tuple(tensors[name].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the model expects "
+                f"{tuple(value.shape)}."
+            )
+    model.load_state_dict(tensors)
+    return model.to(device), meta

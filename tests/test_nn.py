@@ -19,6 +19,7 @@ from cpic.nn import (
     feature_mean,
     feature_moments,
 )
+from cpic.sources.array import ArraySource
 from cpic.tt import TT
 
 
@@ -311,3 +312,16 @@ def test_positional_background_centred_features_vanish_on_empty_space():
     idx = model.layout.to_index(torch.tensor([[[7, 7, 7], [3, 3, 3]]]), feature=torch.tensor([[0, 0]]))
     values = f(idx)
     assert values[0, 0].abs() < 1e-6 and values[0, 1].abs() > 0
+
+
+def test_a_volume_gets_the_same_prediction_in_any_batch():
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Classification(3), features=4, patch=3, rank=3).eval()
+    gen = torch.Generator().manual_seed(1)
+    srcs = [ArraySource(torch.rand(16, 16, 16, generator=gen), name=f"v{i}") for i in range(3)]
+    with torch.no_grad():
+        alone = model([srcs[0]])
+        together = model([srcs[2], srcs[1], srcs[0]])
+        keyed = model([srcs[1], srcs[0]], keys=[srcs[1], srcs[0]])
+    torch.testing.assert_close(alone[0], together[2])
+    torch.testing.assert_close(alone[0], keyed[1])

@@ -121,13 +121,35 @@ def _first_pass_cost(plan: _Plan) -> int:
     return plan.batch * (fibers - shared + plan.n_test)
 
 
-def _random_right_sets(plan: _Plan, gen: torch.Generator) -> list[Tensor]:
+def _uniform(gen: torch.Generator | list[torch.Generator], batch: int, *shape: int, device) -> Tensor:
+    """``[batch, *shape]`` uniform numbers: from one generator, or item ``b`` from ``gen[b]`` so
+    that an item's draws do not depend on the others in its batch."""
+    if isinstance(gen, torch.Generator):
+        return torch.rand(batch, *shape, generator=gen, device=device)
+    return torch.cat([torch.rand(1, *shape, generator=g, device=device) for g in gen])
+
+
+def _generators(seed, batch: int, device: torch.device) -> torch.Generator | list[torch.Generator]:
+    if seed is None or isinstance(seed, int):
+        gen = torch.Generator(device=device)
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(int(seed))
+        return gen
+    seeds = list(seed)
+    if len(seeds) != batch or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"seed must be an integer or one integer per batch item ({batch}), got {seed!r}.")
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+def _random_right_sets(plan: _Plan, gen) -> list[Tensor]:
     """Nested right index sets of distinct, uniformly random rows."""
     d, B, dev = len(plan.shape), plan.batch, plan.device
     right: list[Tensor] = [empty_set(B, dev)] * (d + 1)
     for k in range(d - 1, 0, -1):
         candidates = plan.shape[k] * plan.start_ranks[k + 1]
-        order = torch.rand(B, candidates, generator=gen, device=dev).argsort(dim=1)
+        order = _uniform(gen, B, candidates, device=dev).argsort(dim=1)
         right[k] = extend_right(right[k + 1], plan.shape[k], order[:, : plan.start_ranks[k]])
     return right
 
@@ -239,7 +261,7 @@ def cross(
     budget: int | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
-    seed: int | None = None,
+    seed: int | Sequence[int] | None = None,
     kick: int = 2,
     n_test: int = 256,
     cache: bool = True,
@@ -260,7 +282,8 @@ def cross(
     the ranks are at their limit and the error has not halved in three sweeps, whichever
     comes first; ``info.stop`` says which. ``n_test`` random entries per item estimate the
     error (``n_test=0``: the relative change between passes is used instead). ``init``
-    warm-starts from the index sets of an earlier run's info.
+    warm-starts from the index sets of an earlier run's info. ``seed`` may give one integer per
+    item: with a fixed rank, each item's result is then the same whatever batch it runs in.
 
     Example:
         >>> import torch, cpic
@@ -279,11 +302,7 @@ def cross(
             f"{plan.start_ranks} with batch {plan.batch} and n_test={plan.n_test} needs "
             f"{_first_pass_cost(plan)} evaluations for its first pass."
         )
-    gen = torch.Generator(device=plan.device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(seed))
+    gen = _generators(seed, plan.batch, plan.device)
     store = EvaluationCache(plan.shape, plan.batch, plan.dtype, plan.device, plan.budget, enabled=cache)
     right = list(init.right) if init is not None else _random_right_sets(plan, gen)
     sweeper = _Sweeper(f, plan, store, right, tau)
@@ -293,7 +312,7 @@ def cross(
     if plan.n_test:
         high = torch.tensor(plan.shape, device=plan.device)
         test_idx = (
-            torch.rand(plan.batch, plan.n_test, len(plan.shape), generator=gen, device=plan.device) * high
+            _uniform(gen, plan.batch, plan.n_test, len(plan.shape), device=plan.device) * high
         ).long()
         test_values = store.evaluate(f, test_idx)
         info.test_evaluations = store.evaluations

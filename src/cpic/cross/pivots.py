@@ -127,7 +127,10 @@ class PivotStore:
         keys: Sequence[Hashable],
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> CrossInfo:
+        """Index sets for ``keys``; ``seeds`` (one per key) make each item's cold selection
+        independent of the batch it comes in."""
         if len(set(keys)) != len(keys):
             raise ValueError("keys must be distinct within one call.")
         new = [i for i, k in enumerate(keys) if k not in self._items]
@@ -135,7 +138,12 @@ class PivotStore:
         common = dict(rank=self.rank, dtype=dtype, device=device, n_test=self.n_test)
         if new:
             _, info = cross(
-                function_for(new), shape, batch=len(new), sweeps=self.sweeps, seed=self._next_seed(), **common
+                function_for(new),
+                shape,
+                batch=len(new),
+                sweeps=self.sweeps,
+                seed=self._seeds(seeds, new),
+                **common,
             )
             self._keep(info, [keys[i] for i in new])
             self.counts.selected += len(new)
@@ -156,6 +164,9 @@ class PivotStore:
         for item in items:
             item.uses += 1
         return stack_infos(shape, items)
+
+    def _seeds(self, seeds: Sequence[int] | None, items: list[int]) -> int | list[int]:
+        return self._next_seed() if seeds is None else [int(seeds[i]) for i in items]
 
     def _next_seed(self) -> int:
         self._runs += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from collections.abc import Hashable, Sequence
 
@@ -164,13 +165,15 @@ class CPIC(nn.Module):
                     sweeps=self.pivots.sweeps,
                     dtype=dtype,
                     device=f.device,
-                    seed=self._next_seed(),
+                    seed=self._item_seeds(sources),
                     n_test=0,
                 )
             if not torch.is_grad_enabled():
                 return tt, f
             return self._interpolate(f, info, keys), f
-        info = self.pivots.pivots(f.subset, f.shape, list(keys), dtype=dtype, device=f.device)
+        info = self.pivots.pivots(
+            f.subset, f.shape, list(keys), dtype=dtype, device=f.device, seeds=self._item_seeds(sources)
+        )
         tt = self._interpolate(f, info, keys)
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
@@ -342,6 +345,11 @@ class CPIC(nn.Module):
                 "available: lower the rank, the features, the patch or the batch size."
             )
         self._memory_checked.add(batch)
+
+    def _item_seeds(self, sources: Sequence[VolumeSource]) -> list[int]:
+        """One seed per volume from the model's seed and the volume's name: a volume gets the
+        same pivots, and so the same prediction, whatever batch it comes in."""
+        return [zlib.crc32(f"{self.seed}:{src.name}".encode()) for src in sources]
 
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))

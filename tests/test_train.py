@@ -91,7 +91,7 @@ def test_easy_classification_learns_and_is_deterministic():
     histories = []
     for _ in range(2):
         model = make_model(Classification(2, hidden=32))
-        histories.append(run(model, train, val, epochs=5, lr=1e-2))
+        histories.append(run(model, train, val, epochs=8, lr=1e-2))
     first, second = histories
     assert losses(first) == losses(second)
     assert losses(first, "val_loss") == losses(second, "val_loss")
@@ -99,7 +99,7 @@ def test_easy_classification_learns_and_is_deterministic():
     assert train_loss[-1] < 0.5 * train_loss[0]
     assert first.last["val_accuracy"] == 1.0 and first.last["val_auc"] == 1.0
     assert first.best_epoch is not None and first.rows[first.best_epoch - 1]["val_accuracy"] == 1.0
-    assert [row["epoch"] for row in first.rows] == [1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in first.rows] == list(range(1, 9))
     assert all(0 < row["fraction_read"] <= 1 for row in first.rows)
     assert first.numerics.get("skipped_steps", 0) == 0
 

@@ -7,16 +7,19 @@ import sys
 from collections.abc import Sequence
 
 from cpic._version import __version__
-from cpic.cli import demo
+from cpic.cli import bench, compress, demo, inspect, predict, train
 from cpic.cli.common import EXIT_USAGE, fail
 
 #: the subcommand modules, in the order ``--help`` lists them
-COMMANDS = [demo]
+COMMANDS = [demo, train, predict, inspect, compress, bench]
 
 EPILOG = """examples:
-  cpic demo                          # TT-cross of a built-in 256^3 procedural volume
-  cpic demo --side 1024              # a 1024^3 grid: still only ~0.01% of voxels read
-  cpic demo --json                   # machine-readable summary
+  cpic demo                                    # train C-PIC on built-in shapes, write figures
+  cpic train cohort.csv -o model --epochs 20   # a model from a CSV manifest of volumes
+  cpic predict model scan.nii.gz -o out.csv    # predictions for new volumes
+  cpic compress scan.nii.gz -o scan.cpic       # a TT + decoder fitted from a few voxels
+  cpic reconstruct scan.cpic --slice z:90 --figure z90.png
+  cpic inspect model                           # what a model or volume file holds
 """
 
 

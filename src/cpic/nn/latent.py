@@ -61,7 +61,6 @@ class PatchFeatures:
         self.device = torch.device(device) if device is not None else _module_device(encoder)
         self.dtype = _module_dtype(encoder)
         self.encoded = 0
-        self._seen: list[Tensor] = []
         self._grid = torch.tensor(layout.grid_shape)
         self._strides = _strides(layout.grid_shape)
 
@@ -78,7 +77,6 @@ class PatchFeatures:
         part = PatchFeatures.__new__(PatchFeatures)
         part.__dict__.update(self.__dict__)
         part.sources = [self.sources[i] for i in items]
-        part._seen = []
         return part
 
     def voxels(self, idx: Tensor) -> Tensor:
@@ -113,14 +111,9 @@ class PatchFeatures:
             )
         return features
 
-    def seen(self) -> Tensor:
-        """Sorted linear ids (item ``b`` offset by ``b * voxels``) of every patch centre encoded."""
-        return torch.unique(torch.cat(self._seen)) if self._seen else torch.empty(0, dtype=torch.long)
-
     def __call__(self, idx: Tensor) -> Tensor:
         B, P, _ = idx.shape
         unique, inverse = torch.unique(self.voxels(idx).flatten(), return_inverse=True)
-        self._seen.append(unique)
         features = self.encode(unique)
         rows = inverse.to(self.device) * features.shape[1] + idx[..., -1].flatten().to(self.device)
         return features.flatten().index_select(0, rows).reshape(B, P)

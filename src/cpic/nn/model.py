@@ -295,31 +295,18 @@ class CPIC(nn.Module):
     def reconstruction_loss(
         self, sources, keys: Sequence[Hashable] | None = None, voxels: int = 4096
     ) -> tuple[Tensor, Tensor]:
-        """Mean squared error of :meth:`query` at ``voxels`` voxels per volume, drawn from the
-        patches this step has read already: training reads nothing beyond the pivots' patches."""
+        """Mean squared error of :meth:`query` at ``voxels`` voxels per volume drawn from those
+        read so far (the pivots' patches and pivot selection): training reads nothing more."""
         sources = _as_list(sources)
-        latent, f = self._latent(sources, keys)
-        coords = self._voxels_read(f, voxels)
+        latent = self.latent(sources, keys)
+        coords = torch.stack([self._sample(src.voxels_read(), voxels) for src in sources])
         target = torch.stack([src.read(c) for src, c in zip(sources, coords)]).to(latent.device, latent.dtype)
         pred = self.query(latent, coords)
         return self.head.loss(pred, target), pred
 
-    def _voxels_read(self, f: PatchFeatures, count: int) -> Tensor:
-        """``[B, count, D]`` random voxels inside the patches ``f`` has read, per item."""
-        grid = torch.tensor(self.grid_shape)
-        n = int(grid.prod())
-        ids = f.seen()
-        counts = torch.bincount(ids // n, minlength=f.batch)
-        starts = counts.cumsum(0) - counts
-        pick = (torch.rand(f.batch, count, generator=self._generator) * counts[:, None]).long() + starts[
-            :, None
-        ]
-        strides = torch.tensor([math.prod(self.grid_shape[a + 1 :]) for a in range(len(grid))])
-        centres = (ids[pick] % n)[..., None] // strides % grid
-        half = self.patch // 2
-        offsets = torch.randint(-half, half + 1, centres.shape, generator=self._generator)
-        coords = (centres + offsets).abs()  # the gather's reflect border
-        return torch.where(coords >= grid, 2 * grid - 2 - coords, coords)
+    def _sample(self, coords: Tensor, count: int) -> Tensor:
+        """``count`` rows of ``coords`` drawn at random (with replacement)."""
+        return coords[torch.randint(0, len(coords), (count,), generator=self._generator)]
 
     # ------------------------------------------------------------------ checks
     def memory_estimate(self, batch: int) -> int:

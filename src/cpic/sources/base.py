@@ -49,6 +49,12 @@ class ReadStats:
         """Zero every counter."""
         self.__init__()
 
+    def voxel_ids(self) -> np.ndarray:
+        """Sorted linear (C-order) ids of the distinct voxels read so far (read-only)."""
+        view = self._voxels.view()
+        view.flags.writeable = False
+        return view
+
     def fraction(self, total_voxels: int) -> float:
         """Fraction of the grid's voxels read so far."""
         return self.unique_voxels / max(total_voxels, 1)
@@ -262,6 +268,19 @@ class VolumeSource(ABC):
         values = cached.clone()
         values[~hit] = fresh
         return values
+
+    def voxels_read(self) -> Tensor:
+        """Coordinates ``[K, D]`` of the distinct voxels read so far (what ``stats`` counts).
+
+        Example:
+            >>> import numpy as np, torch
+            >>> from cpic import open_volume
+            >>> src = open_volume(np.zeros((4, 4, 4), np.float32))
+            >>> _ = src.read(torch.tensor([[3, 2, 1], [0, 0, 1]]))
+            >>> src.voxels_read().tolist()
+            [[0, 0, 1], [3, 2, 1]]
+        """
+        return self._unravel(torch.from_numpy(self.stats.voxel_ids().copy()))
 
     def enable_cache(self, max_bytes: int) -> VolumeSource:
         """Keep voxels read, up to ``max_bytes``, so repeated patches are not read again.

@@ -1,0 +1,241 @@
+"""``cpic predict`` and ``cpic evaluate``: a trained model file applied to volumes."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from cpic.cli.common import EXIT_FAILED, add_common, device_of, emit, fail, subparser
+from cpic.cli.train import (
+    TRAINING_FAILURES,
+    align_classes,
+    comma_list,
+    load_manifest,
+    normalize_option,
+    one_line_errors,
+    open_all,
+    positive_int,
+)
+from cpic.nn import CPIC
+from cpic.sources import VolumeSource, open_volume
+from cpic.train import checkpoint_paths, evaluate, load_model
+
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
+def register(commands) -> None:
+    p = subparser(
+        commands,
+        "predict",
+        help="predictions of a trained model for volumes, as CSV or JSON",
+        description=(
+            "Predict with a model file written by `cpic train`: each volume is opened with the "
+            "normalisation recorded in the model file. Writes CSV or JSON by the suffix of -o "
+            "(CSV on stdout without -o; JSON on stdout with --json)."
+        ),
+        example="cpic predict model.safetensors scan1.nii.gz scan2.nii.gz --extra 61 -o predictions.csv",
+    )
+    p.add_argument("model", metavar="MODEL", help="model file (.safetensors or .json)")
+    p.add_argument("volumes", metavar="VOLUME", nargs="+", help="volumes of the model's grid")
+    p.add_argument("-o", "--output", metavar="FILE", help="write predictions to FILE.csv or FILE.json")
+    p.add_argument(
+        "--extra",
+        action="append",
+        metavar="V,...",
+        help='extra features in training order (e.g. "61,1"): once for all volumes or once per volume',
+    )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
+    add_common(p, seed=False)
+    one_line_errors(p, "predict")
+    p.set_defaults(handler=run)
+
+    e = subparser(
+        commands,
+        "evaluate",
+        help="loss and metrics of a trained model on a labelled manifest",
+        description=(
+            "Evaluate a model file on the volumes of a CSV manifest (the target, extra and path "
+            "columns recorded at training unless given); metrics are prefixed test_."
+        ),
+        example="cpic evaluate model.safetensors test.csv --json",
+    )
+    e.add_argument("model", metavar="MODEL", help="model file (.safetensors or .json)")
+    e.add_argument("manifest", metavar="MANIFEST.csv", help="CSV: one row per volume (paths relative to it)")
+    e.add_argument("--target", metavar="COLUMN", help="the label column (default: as in training)")
+    e.add_argument(
+        "--extra", type=comma_list, metavar="COL,...", help="extra columns (default: as in training)"
+    )
+    e.add_argument("--path-column", metavar="COLUMN", help="the path column (default: as in training)")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
+    add_common(e, seed=False)
+    one_line_errors(e, "evaluate")
+    e.set_defaults(handler=run_evaluate)
+
+
+# ---------------------------------------------------------------------- shared
+def check_grid(model: CPIC, source: VolumeSource, name: str) -> None:
+    """Refuse a volume whose grid or channels differ from the model's."""
+    if tuple(source.shape) != tuple(model.grid_shape):
+        raise ValueError(
+            f"volume {name!r} has grid {tuple(source.shape)}; the model expects {model.grid_shape}."
+        )
+    if (source.channels or 1) != model.channels:
+        raise ValueError(
+            f"volume {name!r} has {source.channels or 1} channel(s); the model expects {model.channels}."
+        )
+
+
+def _load(path: str, device) -> tuple[CPIC, dict]:
+    model, meta = load_model(path, device=device)
+    model.eval()
+    return model, meta.get("provenance", {})
+
+
+# ---------------------------------------------------------------------- predict
+def _extra(model: CPIC, values: list[str] | None, count: int) -> torch.Tensor | None:
+    """``[count, E]`` extra features from the ``--extra`` options (one for all, or one per volume)."""
+    if not model.extra_features:
+        if values:
+            raise ValueError("--extra was given, but this model takes no extra features.")
+        return None
+    if not values:
+        raise ValueError(
+            f"this model takes {model.extra_features} extra feature(s) per volume: pass --extra."
+        )
+    if len(values) not in (1, count):
+        raise ValueError(
+            f"--extra was given {len(values)} times for {count} volumes; give it once or per volume."
+        )
+    rows = []
+    for text in values:
+        try:
+            row = [float(v) for v in comma_list(text)]
+        except ValueError:
+            raise ValueError(f"--extra {text!r}: expected comma-separated numbers.") from None
+        if len(row) != model.extra_features:
+            raise ValueError(
+                f"--extra {text!r} has {len(row)} value(s); the model takes {model.extra_features}."
+            )
+        rows.append(row)
+    return torch.tensor(rows * count if len(rows) == 1 else rows)
+
+
+def _open(model: CPIC, paths: list[str], normalize) -> list[VolumeSource]:
+    sources = []
+    for path in paths:
+        source = open_volume(path, normalize=normalize_option(normalize))
+        check_grid(model, source, path)
+        sources.append(source)
+    return sources
+
+
+@torch.no_grad()
+def predict(model: CPIC, sources: list[VolumeSource], extra, batch_size: int) -> torch.Tensor:
+    """The model's raw outputs for ``sources``, ``batch_size`` volumes per call."""
+    outputs = []
+    for start in range(0, len(sources), batch_size):
+        part = None if extra is None else extra[start : start + batch_size]
+        outputs.append(model(sources[start : start + batch_size], extra=part).cpu())
+    return torch.cat(outputs)
+
+
+def prediction_rows(model: CPIC, classes: list | None, names: list[str], pred: torch.Tensor) -> list[dict]:
+    """One flat row per volume: class and probabilities, the value, or one column per quantile."""
+    task = model.head.task
+    rows = [{"volume": name} for name in names]
+    if task == "classification":
+        probs = torch.softmax(pred, 1)
+        labels = [str(c) for c in classes] if classes else [str(i) for i in range(probs.shape[1])]
+        for row, p in zip(rows, probs.tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            row.update(predicted=labels[best], class_id=best)
+            row.update({f"p_{label}": value for label, value in zip(labels, p)})
+    elif task == "quantile":
+        for row, values in zip(rows, pred.tolist()):
+            row.update({f"q{q:g}": v for q, v in zip(model.head.quantiles.tolist(), values)})
+    else:
+        values = pred if pred.dim() == 2 else pred[:, None]
+        for row, v in zip(rows, values.tolist()):
+            row.update({"value": v[0]} if len(v) == 1 else {f"value_{i}": x for i, x in enumerate(v)})
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    suffix = Path(args.output).suffix.lower() if args.output else None
+    if args.output and suffix not in OUTPUT_SUFFIXES:
+        return fail("predict", f"-o {args.output!r}: the file name must end in .csv or .json.")
+    model, provenance = _load(args.model, device_of(args))
+    if model.head.task == "reconstruction":
+        return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
+    extra = _extra(model, args.extra, len(args.volumes))
+    sources = _open(model, args.volumes, provenance.get("normalize"))
+    try:
+        pred = predict(model, sources, extra, args.batch_size)
+    except TRAINING_FAILURES as err:
+        return fail("predict", f"prediction failed: {err}", EXIT_FAILED)
+    classes = provenance.get("classes")
+    rows = prediction_rows(model, classes, list(args.volumes), pred)
+    document = {"model": str(checkpoint_paths(args.model)[0]), "task": model.head.task, "classes": classes}
+    document["predictions"] = rows
+    if args.output:
+        text = json.dumps(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
+        Path(args.output).write_text(text, encoding="utf-8")
+        emit(args, document | {"output": args.output}, [f"wrote {len(rows)} prediction(s) to {args.output}"])
+    else:
+        emit(args, document, [_csv_text(rows).rstrip("\n")])
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluate
+def run_evaluate(args: argparse.Namespace) -> int:
+    model, provenance = _load(args.model, device_of(args))
+    task = model.head.task
+    target = args.target or provenance.get("target", "label")
+    extra = args.extra if args.extra is not None else provenance.get("extra", [])
+    if len(extra) != model.extra_features:
+        return fail("evaluate", f"the model takes {model.extra_features} extra column(s); got {extra}.")
+    path_column = args.path_column or provenance.get("path_column", "path")
+    data = load_manifest(
+        args.manifest,
+        None if task == "reconstruction" else target,
+        extra,
+        path_column,
+        task,
+        provenance.get("normalize"),
+    )
+    if task == "classification":
+        align_classes(data, provenance.get("classes"), f"manifest {args.manifest!r}")
+    open_all(data, args.manifest)
+    for i in range(len(data)):
+        check_grid(model, data.source(i), data.names[i])
+    try:
+        metrics = evaluate(model, data, batch_size=args.batch_size, split="test")
+    except TRAINING_FAILURES as err:
+        return fail("evaluate", f"evaluation failed: {err}", EXIT_FAILED)
+    read = [data.source(i).stats.fraction(data.source(i).size) for i in range(len(data))]
+    summary = {
+        "model": str(checkpoint_paths(args.model)[0]),
+        "manifest": args.manifest,
+        "task": task,
+        "volumes": len(data),
+        "metrics": metrics,
+        "fraction_read": sum(read) / len(read),
+    }
+    lines = [f"cpic evaluate: {task} model on {len(data)} volumes of {args.manifest}"]
+    lines += [f"  {name:<19} {value:.4f}" for name, value in metrics.items()]
+    lines.append(f"  voxels read         {100 * summary['fraction_read']:.2f}% of each volume")
+    emit(args, summary, lines)
+    return 0

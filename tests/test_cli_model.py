@@ -1,0 +1,208 @@
+"""cpic train / predict / evaluate / inspect, driven as a user would, in subprocesses.
+
+Independent commands run concurrently (each subprocess spends most of its time importing torch).
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SMALL = ["--epochs", "2", "--rank", "2", "--features", "4", "--patch", "3", "--quiet"]
+CLASSES = ["healthy", "lesion"]
+
+
+def start(*args, cwd):
+    return subprocess.Popen(
+        [sys.executable, "-m", "cpic.cli.main", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+    )
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_all(*commands, cwd):
+    """Run the commands concurrently; their completed processes in order."""
+    procs = [start(*command, cwd=cwd) for command in commands]
+    return [finish(proc) for proc in procs]
+
+
+def run(*args, cwd):
+    return finish(start(*args, cwd=cwd))
+
+
+def ok(out):
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Ten 16^3 volumes (noise, or noise plus a bright cube), a manifest, and a trained model."""
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(0)
+    rows = ["path,label,age"]
+    for i in range(10):
+        volume = rng.normal(0, 1, (16, 16, 16)).astype(np.float32)
+        if i % 2:
+            volume[4:10, 4:10, 4:10] += 4
+        np.save(root / f"v{i}.npy", volume)
+        rows.append(f"v{i}.npy,{CLASSES[i % 2]},{50 + i}")
+    (root / "cohort.csv").write_text("\n".join(rows) + "\n")
+    np.save(root / "other.npy", np.zeros((8, 16, 16), np.float32))
+    out = ok(run("train", "cohort.csv", "-o", "model", "--extra", "age", *SMALL, "--json", cwd=root))
+    return SimpleNamespace(
+        root=root, summary=json.loads(out.stdout), volumes=[f"v{i}.npy" for i in range(10)]
+    )
+
+
+def test_train_writes_the_model_and_a_json_summary(cohort):
+    assert (cohort.root / "model.safetensors").is_file() and (cohort.root / "model.json").is_file()
+    summary = cohort.summary
+    assert summary["epochs"] == 2 and len(summary["history"]) == 2
+    assert summary["classes"] == CLASSES and summary["task"] == "classification"
+    assert summary["train_volumes"] + summary["val_volumes"] == 10
+    assert {"train_loss", "val_loss", "val_accuracy", "val_auc"} <= set(summary["metrics"])
+    assert 0 < summary["fraction_read"] <= 1 and summary["seconds"] > 0
+
+
+def test_predict_writes_csv_and_json(cohort):
+    root, volumes = cohort.root, cohort.volumes
+    to_csv, to_json, to_stdout = run_all(
+        ["predict", "model.safetensors", *volumes, "--extra", "61", "-o", "pred.csv"],
+        [
+            "predict",
+            "model.json",
+            *volumes[:3],
+            "--extra",
+            "61",
+            "--extra",
+            "62",
+            "--extra",
+            "63",
+            "-o",
+            "p.json",
+        ],
+        ["predict", "model", volumes[0], "--extra", "61", "--json"],
+        cwd=root,
+    )
+    ok(to_csv), ok(to_json), ok(to_stdout)
+    with open(root / "pred.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["volume"] for r in rows] == volumes
+    assert list(rows[0]) == ["volume", "predicted", "class_id", "p_healthy", "p_lesion"]
+    for r in rows:
+        assert r["predicted"] == CLASSES[int(r["class_id"])]
+        assert float(r["p_healthy"]) + float(r["p_lesion"]) == pytest.approx(1, abs=1e-5)
+    document = json.loads((root / "p.json").read_text())
+    assert document["classes"] == CLASSES and len(document["predictions"]) == 3
+    assert json.loads(to_stdout.stdout)["predictions"][0]["predicted"] in CLASSES
+
+
+def test_evaluate_and_inspect(cohort):
+    evaluated, model, model_table, volume = run_all(
+        ["evaluate", "model", "cohort.csv", "--json"],
+        ["inspect", "model.safetensors", "--json"],
+        ["inspect", "model.json"],
+        ["inspect", "v1.npy", "--json"],
+        cwd=cohort.root,
+    )
+    summary = json.loads(ok(evaluated).stdout)
+    assert summary["volumes"] == 10 and {"test_loss", "test_accuracy", "test_auc"} <= set(summary["metrics"])
+    info = json.loads(ok(model).stdout)
+    assert info["kind"] == "model" and info["task"] == "classification" and info["classes"] == CLASSES
+    assert info["grid"] == [16, 16, 16] and info["rank"] == 2 and info["parameters"] > 0
+    assert info["provenance"]["extra"] == ["age"] and info["provenance"]["normalize"] == "none"
+    assert "parameters" in ok(model_table).stdout
+    info = json.loads(ok(volume).stdout)
+    assert info["shape"] == [16, 16, 16] and info["dtype"] == "float32" and info["format"] == "npy"
+    assert info["sample"]["min"] < 0 < 4 < info["sample"]["max"]
+
+
+def test_resume_and_config(cohort):
+    root = cohort.root
+    small = ["--rank", "2", "--features", "4", "--patch", "3", "--json"]
+    (root / "config.json").write_text(
+        json.dumps({"epochs": 1, "rank": 3, "features": 4, "patch": 3, "quiet": True})
+    )
+    first, configured = run_all(
+        [
+            "train",
+            "cohort.csv",
+            "-o",
+            "r1",
+            "--epochs",
+            "1",
+            *small,
+            "--checkpoint-dir",
+            "ck",
+            "--log-csv",
+            "log.csv",
+        ],
+        ["train", "cohort.csv", "-o", "cfg", "--config", "config.json", "--rank", "2", "--json"],
+        cwd=root,
+    )
+    first = json.loads(ok(first).stdout)
+    configured = json.loads(ok(configured).stdout)
+    assert configured["epochs"] == 1
+    assert json.loads((root / "cfg.json").read_text())["meta"]["config"]["rank"] == 2  # the flag wins
+    resumed = ok(
+        run(
+            *["train", "cohort.csv", "-o", "r2", "--epochs", "2", *small],
+            *["--checkpoint-dir", "ck", "--resume", "--log-csv", "log.csv"],
+            cwd=root,
+        )
+    )
+    resumed = json.loads(resumed.stdout)
+    assert resumed["resumed"] and resumed["epochs"] == 2
+    assert resumed["history"][0]["train_loss"] == first["history"][0]["train_loss"]
+    assert len((root / "log.csv").read_text().splitlines()) == 3  # header + one epoch per run
+
+
+def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
+    root = cohort.root
+    (root / "holes.csv").write_text("path,label\nv0.npy,healthy\nmissing_volume.npy,lesion\n")
+    (root / "broken").mkdir(exist_ok=True)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(root / f"model{suffix}", root / "broken" / f"model{suffix}")
+    with open(root / "broken" / "model.safetensors", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\0garbage\0")
+    cases = {
+        "no_such.csv": ["train", "no_such.csv", "-o", "m"],
+        "missing_volume.npy": ["train", "holes.csv", "-o", "m", "--val", "0"],
+        "diagnosis": ["train", "cohort.csv", "-o", "m", "--target", "diagnosis"],
+        "patch": ["train", "cohort.csv", "-o", "m", "--patch", "4"],
+        "'healthy'": ["train", "cohort.csv", "-o", "m", "--task", "regression"],
+        "other.npy": ["predict", "model", "other.npy", "--extra", "61"],
+        "broken/model": ["predict", "broken/model.safetensors", "v0.npy", "--extra", "61"],
+    }
+    results = run_all(*[[*command, "--quiet"] for command in cases.values()], cwd=root)
+    for needle, out in zip(cases, results):
+        assert out.returncode == 2, (needle, out.stderr)
+        assert "Traceback" not in out.stderr and needle in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (root / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "inspect"])
+def test_help_of_each_command_shows_an_example(command, capsys):
+    from cpic.cli.main import main  # in-process: --help needs no subprocess of its own
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.count("example:") == 1

@@ -27,7 +27,6 @@ import copy
 import io
 import logging
 import statistics
-import time
 import warnings
 
 import numpy as np
@@ -39,19 +38,11 @@ from cpic.data import blob_field
 from cpic.layout import QTTLayout
 from cpic.nn import PatchFeatures, PatchMLP, feature_mean
 from cpic.tt import TT
+from cross_peers import median_time  # a sibling script (its folder is on sys.path)
 
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 RANK, FEATURES, PATCH, SWEEPS = 10, 16, 5, 3
-
-
-def median_time(run, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def volumes(count: int, side: int) -> list:

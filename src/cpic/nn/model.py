@@ -154,30 +154,33 @@ class CPIC(nn.Module):
             )
         self._check_memory(len(sources))
         f = self.feature_function(sources)
-        dtype = f.dtype
         if keys is None:
-            with torch.no_grad():
-                tt, info = cross(
-                    f,
-                    f.shape,
-                    batch=f.batch,
-                    rank=self.rank,
-                    sweeps=self.pivots.sweeps,
-                    dtype=dtype,
-                    device=f.device,
-                    seed=self._item_seeds(sources),
-                    n_test=0,
-                )
+            tt, info = self._select(f, self.rank, self._item_seeds(sources))
             if not torch.is_grad_enabled():
                 return tt, f
             return self._interpolate(f, info, keys), f
         info = self.pivots.pivots(
-            f.subset, f.shape, list(keys), dtype=dtype, device=f.device, seeds=self._item_seeds(sources)
+            f.subset, f.shape, list(keys), dtype=f.dtype, device=f.device, seeds=self._item_seeds(sources)
         )
         tt = self._interpolate(f, info, keys)
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
         return tt, f
+
+    @torch.no_grad()
+    def _select(self, f: PatchFeatures, rank: int, seed) -> tuple[TT, CrossInfo]:
+        """A cold cross of ``f`` (no memory of pivots): the TT and its index sets."""
+        return cross(
+            f,
+            f.shape,
+            batch=f.batch,
+            rank=rank,
+            sweeps=self.pivots.sweeps,
+            dtype=f.dtype,
+            device=f.device,
+            seed=seed,
+            n_test=0,
+        )
 
     def _interpolate(self, f: PatchFeatures, info: CrossInfo, keys) -> TT:
         """:func:`interpolate`, recovering from a singular block or non-finite cores by
@@ -187,18 +190,7 @@ class CPIC(nn.Module):
         except _NUMERICAL as err:
             first_error = err
         self.numerics["refreshed"] += 1
-        with torch.no_grad():
-            _, info = cross(
-                f,
-                f.shape,
-                batch=f.batch,
-                rank=self.rank,
-                sweeps=self.pivots.sweeps,
-                dtype=f.dtype,
-                device=f.device,
-                seed=self._next_seed(),
-                n_test=0,
-            )
+        _, info = self._select(f, self.rank, self._next_seed())
         if keys is not None:
             self.pivots.forget(list(keys))
         try:
@@ -206,18 +198,7 @@ class CPIC(nn.Module):
         except _NUMERICAL:
             pass
         self.numerics["lowered_rank"] += 1
-        with torch.no_grad():
-            _, info = cross(
-                f,
-                f.shape,
-                batch=f.batch,
-                rank=max(1, self.rank // 2),
-                sweeps=self.pivots.sweeps,
-                dtype=f.dtype,
-                device=f.device,
-                seed=self._next_seed(),
-                n_test=0,
-            )
+        _, info = self._select(f, max(1, self.rank // 2), self._next_seed())
         try:
             return _finite(interpolate(f, info))
         except _NUMERICAL as err:

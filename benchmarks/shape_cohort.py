@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--patch", type=int, default=1)
+    parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--minutes", type=float, default=9.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +46,7 @@ def main() -> None:
     model = cpic.CPIC(
         (args.side,) * 3,
         Classification(len(SHAPE_CLASSES)),
-        features=16,
+        features=args.features,
         patch=args.patch,
         rank=args.rank,
         sweeps=2,

@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--patch", type=int, default=1)
     parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout in the head (default 0)")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--minutes", type=float, default=9.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -45,7 +46,7 @@ def main() -> None:
     train, val = VolumeDataset(sources, labels).split(0.2, seed=args.seed)
     model = cpic.CPIC(
         (args.side,) * 3,
-        Classification(len(SHAPE_CLASSES)),
+        Classification(len(SHAPE_CLASSES), dropout=args.dropout),
         features=args.features,
         patch=args.patch,
         rank=args.rank,

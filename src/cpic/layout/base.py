@@ -99,10 +99,11 @@ class Layout(ABC):
         limits = torch.tensor(self.grid_shape, device=coords.device)
         return (coords < limits).all(-1)
 
+    @abstractmethod
     def validity_cores(self) -> list[Tensor]:
         """Cores ``[r, n, r']`` (float64, spatial modes only) of the exact TT of :meth:`valid`.
 
-        The mask weighs sums over the grid so that padding never counts. Without padding it is
+        The mask weighs sums over the grid so that padding never counts; without padding it is
         the all-ones tensor of rank 1.
 
         Example:
@@ -110,9 +111,19 @@ class Layout(ABC):
             >>> [tuple(c.shape) for c in PlainLayout((3, 4)).validity_cores()]
             [(1, 3, 1), (1, 4, 1)]
         """
-        if self.padded_shape != self.grid_shape:
-            raise NotImplementedError(f"{type(self).__name__} does not provide its validity mask as a TT.")
-        return [torch.ones(1, n, 1, dtype=torch.float64) for n in self.spatial_shape]
+
+    def grid_coords(self, idx: Tensor) -> Tensor:
+        """Like :meth:`to_coords`, with padding mapped to the nearest voxel of the grid: what a
+        tensor of voxel values reads on padding, keeping it as smooth as the volume.
+
+        Example:
+            >>> import torch
+            >>> from cpic.layout import QTTLayout
+            >>> QTTLayout((3, 3)).grid_coords(torch.tensor([1, 1, 1, 1])).tolist()
+            [2, 2]
+        """
+        coords = self.to_coords(idx)
+        return torch.minimum(coords, torch.tensor(self.grid_shape, device=coords.device) - 1)
 
     def __repr__(self) -> str:
         return (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from cpic.layout.base import Layout
@@ -27,6 +28,9 @@ class PlainLayout(Layout):
     @property
     def padded_shape(self) -> tuple[int, ...]:
         return self.grid_shape
+
+    def validity_cores(self) -> list[Tensor]:
+        return [torch.ones(1, n, 1, dtype=torch.float64) for n in self.spatial_shape]
 
     def _spatial_index(self, coords: Tensor) -> Tensor:
         return coords

@@ -6,6 +6,7 @@ A head is declared without its input size (``Classification(classes=10)``); the 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -26,7 +27,7 @@ def pinball_loss(pred: Tensor, target: Tensor, quantiles: Tensor) -> Tensor:
     return torch.maximum(quantiles * diff, (quantiles - 1) * diff).mean()
 
 
-class Head(nn.Module):
+class Head(nn.Module, ABC):
     """Base of the task heads: an MLP from ``in_features`` to ``outputs`` values."""
 
     task = ""
@@ -58,11 +59,13 @@ class Head(nn.Module):
         """The arguments that rebuild this head (see :func:`head_from_config`)."""
         return {"task": self.task, "hidden": self.hidden, "dropout": self.dropout}
 
-    def check_targets(self, targets, name: str = "targets") -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def check_targets(self, targets, name: str = "targets") -> Tensor:
+        """``targets`` as a tensor this head's loss takes; a ``ValueError`` naming ``name`` if not."""
 
-    def loss(self, pred: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The training loss of predictions ``pred`` for ``target``."""
 
 
 def _as_float_targets(targets, name: str, columns: int) -> Tensor:

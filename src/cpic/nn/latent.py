@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from cpic.layout import Layout
-from cpic.sources import VolumeSource
+from cpic.sources import VolumeSource, check_same_grid
 
 
 class PatchFeatures:
@@ -51,11 +51,7 @@ class PatchFeatures:
             raise ValueError("PatchFeatures needs at least one source.")
         if layout.features is None:
             raise ValueError("the layout needs a feature mode (features=F) for encoder features.")
-        for src in self.sources:
-            if src.shape != layout.grid_shape:
-                raise ValueError(
-                    f"{src.name}: grid {src.shape} differs from the model's {layout.grid_shape}."
-                )
+        check_same_grid(self.sources, layout.grid_shape, "the model's")
         self.layout, self.encoder, self.patch, self.border = layout, encoder, patch, border
         self.positions, self.background = positions, background
         self.device = torch.device(device) if device is not None else _module_device(encoder)
@@ -81,7 +77,7 @@ class PatchFeatures:
 
     def voxels(self, idx: Tensor) -> Tensor:
         """Linear voxel ids ``[B, P]`` (item ``b``'s ids offset by ``b * voxels``) of ``idx``."""
-        coords = torch.minimum(self.layout.to_coords(idx.cpu()), self._grid - 1)
+        coords = self.layout.grid_coords(idx.cpu())
         offsets = torch.arange(idx.shape[0])[:, None] * int(self._grid.prod())
         return (coords * self._strides).sum(-1) + offsets
 

@@ -280,14 +280,16 @@ class CPIC(nn.Module):
         read so far (the pivots' patches and pivot selection): training reads nothing more."""
         sources = _as_list(sources)
         latent = self.latent(sources, keys)
-        coords = torch.stack([self._sample(src.voxels_read(), voxels) for src in sources])
+        coords = torch.stack([self._sample_read(src, voxels) for src in sources])
         target = torch.stack([src.read(c) for src, c in zip(sources, coords)]).to(latent.device, latent.dtype)
         pred = self.query(latent, coords)
         return self.head.loss(pred, target), pred
 
-    def _sample(self, coords: Tensor, count: int) -> Tensor:
-        """``count`` rows of ``coords`` drawn at random (with replacement)."""
-        return coords[torch.randint(0, len(coords), (count,), generator=self._generator)]
+    def _sample_read(self, src: VolumeSource, count: int) -> Tensor:
+        """Coordinates ``[count, D]`` of voxels of ``src`` read so far, drawn with replacement."""
+        ids = src.stats.voxel_ids()
+        pick = torch.randint(0, len(ids), (count,), generator=self._generator).numpy()
+        return src.coords_of(torch.from_numpy(ids[pick]))
 
     # ------------------------------------------------------------------ checks
     def memory_estimate(self, batch: int) -> int:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from cpic.layout import Layout
-from cpic.sources import VolumeSource
+from cpic.sources import VolumeSource, check_same_grid
 
 
 class IntensityFunction:
@@ -36,18 +36,14 @@ class IntensityFunction:
         self.sources = list(sources)
         if not self.sources:
             raise ValueError("IntensityFunction needs at least one source.")
+        check_same_grid(self.sources, layout.grid_shape, "the layout's")
         for src in self.sources:
-            if src.shape != layout.grid_shape:
-                raise ValueError(
-                    f"{src.name}: grid {src.shape} differs from the layout's {layout.grid_shape}."
-                )
             if layout.features is not None and src.channels != layout.features:
                 raise ValueError(
                     f"{src.name}: has {src.channels} channels, the layout's feature mode {layout.features}."
                 )
         self.layout = layout
         self.device = device
-        self._limit = torch.tensor(layout.grid_shape) - 1
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -60,7 +56,7 @@ class IntensityFunction:
 
     def __call__(self, idx: Tensor) -> Tensor:
         B, P, _ = idx.shape
-        coords = torch.minimum(self.layout.to_coords(idx.cpu()), self._limit)
+        coords = self.layout.grid_coords(idx.cpu())
         out = []
         for b, src in enumerate(self.sources):  # one batched read per volume
             values = src.read(coords[b])

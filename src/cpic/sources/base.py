@@ -98,6 +98,19 @@ class Normalization:
         return (values - self.low) / (scale if scale != 0 else 1.0)
 
 
+def check_same_grid(sources, shape: tuple[int, ...], whose: str) -> None:
+    """A ``ValueError`` naming the first of ``sources`` whose grid is not ``shape`` (``whose``'s).
+
+    Example:
+        >>> import numpy as np
+        >>> from cpic import open_volume
+        >>> check_same_grid([open_volume(np.zeros((2, 3)))], (2, 3), "the model")
+    """
+    for src in sources:
+        if src.shape != tuple(shape):
+            raise ValueError(f"{src.name}: grid {src.shape} differs from {whose} {tuple(shape)}.")
+
+
 def reflect(coords: Tensor, size: Tensor) -> Tensor:
     """Mirror out-of-range coordinates without repeating the edge (numpy's ``reflect``).
 
@@ -280,7 +293,11 @@ class VolumeSource(ABC):
             >>> src.voxels_read().tolist()
             [[0, 0, 1], [3, 2, 1]]
         """
-        return self._unravel(torch.from_numpy(self.stats.voxel_ids().copy()))
+        return self.coords_of(torch.from_numpy(self.stats.voxel_ids().copy()))
+
+    def coords_of(self, linear: Tensor) -> Tensor:
+        """Coordinates ``[K, D]`` of C-order linear voxel ids ``[K]`` (as ``stats.voxel_ids()``)."""
+        return self._unravel(linear)
 
     def enable_cache(self, max_bytes: int) -> VolumeSource:
         """Keep voxels read, up to ``max_bytes``, so repeated patches are not read again.

@@ -81,3 +81,21 @@ def test_bad_arguments_are_refused():
         lesion_cohort(2, side=4)
     with pytest.raises(ValueError, match="lesions"):
         lesion_source(side=32, lesions=-1)
+
+
+def test_write_cohort_round_trips_through_a_manifest(tmp_path):
+    import numpy as np
+
+    from cpic.data import write_cohort
+    from cpic.train import VolumeDataset
+
+    sources, labels = lesion_cohort(2, side=16, seed=2)
+    manifest = write_cohort(sources, {"presence": labels["presence"], "region": labels["region"]}, tmp_path)
+    data = VolumeDataset.from_csv(manifest, target="presence")
+    assert data.targets.tolist() == labels["presence"].tolist()
+    coords = torch.randint(16, (300, 3))
+    assert torch.allclose(data.source(1).read(coords), sources[1].read(coords))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["colin27-0000.npy", "colin27-0001.npy", "manifest.csv"]
+    assert np.load(tmp_path / "colin27-0001.npy").shape == (16, 16, 16)
+    with pytest.raises(ValueError, match="values for 2 sources"):
+        write_cohort(sources, {"presence": [1]}, tmp_path / "bad")

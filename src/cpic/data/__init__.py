@@ -3,6 +3,7 @@
 Imports the sources layer only.
 """
 
+from cpic.data.cohort_files import write_cohort
 from cpic.data.lesions import ANATOMIES, Lesion, lesion_cohort, lesion_source
 from cpic.data.phantoms import band_limited_noise, blobs, shepp_logan
 from cpic.data.procedural import blob_field
@@ -26,4 +27,5 @@ __all__ = [
     "shape_cohort",
     "shape_source",
     "shepp_logan",
+    "write_cohort",
 ]

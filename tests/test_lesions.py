@@ -95,7 +95,8 @@ def test_write_cohort_round_trips_through_a_manifest(tmp_path):
     assert data.targets.tolist() == labels["presence"].tolist()
     coords = torch.randint(16, (300, 3))
     assert torch.allclose(data.source(1).read(coords), sources[1].read(coords))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["colin27-0000.npy", "colin27-0001.npy", "manifest.csv"]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["colin27-0000.npy", "colin27-0001.npy", "manifest.csv"]
     assert np.load(tmp_path / "colin27-0001.npy").shape == (16, 16, 16)
     with pytest.raises(ValueError, match="values for 2 sources"):
         write_cohort(sources, {"presence": [1]}, tmp_path / "bad")

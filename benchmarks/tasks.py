@@ -9,6 +9,8 @@ scored on the validation volumes:
 - ``cpic``: ``cpic.CPIC``, pivots kept per volume and refreshed (warm) every ``--refresh`` epochs;
 - ``random``: the same encoder and head on as many patches per volume as C-PIC encodes per
   step, drawn uniformly at random and mean-pooled (``cpic.nn.baselines.RandomPatches``);
+- ``random-max``: the same with the mean and the max of the features (as C-PIC with
+  ``--sampled-max``);
 - ``attention``: attention sampling with that many patches (``AttentionPatches``);
 - ``dense``: a small 3-D ResNet on the volume area-averaged to 64^3 (``DenseCNN``), which reads
   every voxel.
@@ -37,7 +39,7 @@ from cpic.nn import Classification
 from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
 from cpic.train.metrics import roc_auc
 
-METHODS = ("cpic", "random", "attention", "dense")
+METHODS = ("cpic", "random", "random-max", "attention", "dense")
 
 
 def cohort(task: str, count: int, side: int, seed: int):
@@ -54,10 +56,19 @@ def build(method: str, args, classes: int, samples: int):
     common = dict(features=args.features, patch=args.patch, positions=True, seed=args.seed)
     if method == "cpic":
         return cpic.CPIC(
-            grid, head, rank=args.rank, sweeps=2, background=0.0, projection=args.projection, **common
+            grid,
+            head,
+            rank=args.rank,
+            sweeps=2,
+            background=0.0,
+            projection=args.projection,
+            sampled_max=args.sampled_max,
+            **common,
         )
     if method == "random":
         return RandomPatches(grid, head, samples, **common)
+    if method == "random-max":
+        return RandomPatches(grid, head, samples, pool="mean+max", **common)
     if method == "attention":
         return AttentionPatches(grid, head, samples, view=args.view, **common)
     return DenseCNN(head, side=args.dense_side)
@@ -215,12 +226,13 @@ def resolution_sweep(args, sides: list[int], classes: int) -> list[dict]:
 
 
 def markdown(args, results: list[dict], sweep: list[dict], samples: int) -> str:
+    pooled = " + max over samples" if args.sampled_max else ""
     lines = [
         f"### {args.task} at {args.side}^3: {args.count} volumes (80/20 split), "
         f"{args.minutes:g} min of training per method",
         "",
         f"C-PIC: rank {args.rank}, {args.patch}^3 patches + position, {args.features} features, "
-        f"projection {args.projection}, refresh every {args.refresh} epochs; sampling baselines: "
+        f"projection {args.projection}{pooled}, refresh every {args.refresh} epochs; sampling baselines: "
         f"{samples} patches per volume per step; dense CNN on {args.dense_side}^3.",
         "",
         "| method | epochs | val AUC (last / best) | val accuracy | voxels read per volume | "
@@ -307,6 +319,9 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=3)
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--projection", default="moments")
+    parser.add_argument(
+        "--sampled-max", action="store_true", help="C-PIC: also the max of the features over its samples"
+    )
     parser.add_argument(
         "--refresh", type=int, default=5, help="C-PIC: re-select pivots every N epochs (0: never)"
     )

@@ -116,7 +116,8 @@ class DenseCNN(_LossMixin, nn.Module):
 
 
 class _PatchSampler(_LossMixin, nn.Module):
-    """Encoder + mean of the features of ``samples`` patches per volume + head."""
+    """Encoder + mean (``pool="mean"``; or mean and max, ``"mean+max"``) of the features of
+    ``samples`` patches per volume + head."""
 
     def __init__(
         self,
@@ -127,9 +128,12 @@ class _PatchSampler(_LossMixin, nn.Module):
         patch: int = 5,
         encoder: str | nn.Module = "mlp",
         positions: bool = False,
+        pool: str = "mean",
         seed: int = 0,
     ):
         super().__init__()
+        if pool not in ("mean", "mean+max"):
+            raise ValueError(f"pool must be 'mean' or 'mean+max', got {pool!r}.")
         if samples < 1:
             raise ValueError(f"samples must be a positive number of patches, got {samples!r}.")
         self.grid_shape, self.samples, self.patch, self.positions = (
@@ -140,8 +144,8 @@ class _PatchSampler(_LossMixin, nn.Module):
         )
         self.layout = PlainLayout(self.grid_shape, features=features)
         self.encoder = make_encoder(encoder, patch, features, 1, len(self.grid_shape), positions)
-        self.head = head
-        head.build(features)
+        self.head, self.pool = head, pool
+        head.build(features * (2 if pool == "mean+max" else 1))
         self.seed, self.draw = seed, 0
 
     def _generators(self, sources: Sequence[VolumeSource]) -> list[torch.Generator]:
@@ -160,7 +164,8 @@ class _PatchSampler(_LossMixin, nn.Module):
         self, sources: Sequence[VolumeSource], voxels: Tensor, weights: Tensor | None = None
     ) -> Tensor:
         """Mean features ``[B, F]`` of the patches at linear voxel ids ``voxels [B, S]``,
-        each multiplied by ``weights [B, S]`` when given."""
+        each multiplied by ``weights [B, S]`` when given (with ``pool="mean+max"`` also their
+        maximum: ``[B, 2F]``)."""
         f = PatchFeatures(sources, self.layout, self.encoder, self.patch, positions=self.positions)
         n = int(torch.tensor(self.grid_shape).prod())
         ids = voxels + torch.arange(len(sources))[:, None] * n
@@ -168,6 +173,8 @@ class _PatchSampler(_LossMixin, nn.Module):
         features = f.encode(unique)[inverse].reshape(*voxels.shape, -1)
         if weights is not None:
             features = features * weights[..., None]
+        if self.pool == "mean+max":
+            return torch.cat([features.mean(1), features.amax(1)], 1)
         return features.mean(1)
 
 

@@ -1,0 +1,215 @@
+"""Data-parallel training with torch.distributed: which volumes a rank owns, the gradient all-reduce.
+
+Each rank **owns** the training volumes whose index ``i`` has ``i % world == rank``: it alone
+opens, reads and keeps the pivots of those volumes. Every rank draws the same global batches
+(same seed), keeps the items it owns, runs ``model.loss`` on them, and one ``all_reduce`` per
+step sums ``n_r * grad_r`` (and ``n_r * loss_r``, ``n_r``) over the ranks, so the step applies
+``sum_r n_r grad_r / sum_r n_r``: the gradient of the global batch's mean loss, as one process
+would compute it. Ownership never changes between epochs, so a volume's pivots evolve exactly as
+in a one-process run, and the model trained on ``W`` processes equals the one-process model up to
+the order of float sums.
+
+Outside ``torchrun`` (or ``cpic train --nproc``) nothing here starts: :func:`current` is a
+one-process context whose collectives do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+#: the environment variables that torchrun (and ``cpic train --nproc``) set for each worker
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: seconds a collective waits for the other ranks before the job fails (a hung rank)
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the job: ``rank`` of ``world`` processes, ``local_rank`` on its node.
+
+    Example:
+        >>> one = Distributed()
+        >>> one.is_main, one.owns(5), one.shard([3, 1, 4])
+        (True, True, [3, 1, 4])
+        >>> second = Distributed(rank=1, world=2)
+        >>> second.is_main, second.shard([3, 1, 4, 0]), second.owned(5)
+        (False, [3, 1], [1, 3])
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this rank writes checkpoints, logs and the model (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether collectives run (more than one process in an initialised group)."""
+        return self.world > 1 and dist.is_available() and dist.is_initialized()
+
+    def owns(self, item: int) -> bool:
+        """Whether dataset item ``item`` belongs to this rank (``item % world == rank``)."""
+        return item % self.world == self.rank
+
+    def owned(self, n: int) -> list[int]:
+        """The items of a dataset of ``n`` volumes that this rank owns."""
+        return list(range(self.rank, n, self.world))
+
+    def shard(self, batch: list[int]) -> list[int]:
+        """This rank's part of a global batch (possibly empty), in the batch's order."""
+        return [i for i in batch if self.owns(i)]
+
+    # ------------------------------------------------------------------ collectives
+    def sync_gradients(self, model: nn.Module, loss: float | None, count: int) -> tuple[float | None, int]:
+        """All-reduce ``model``'s gradients to the mean over the global batch.
+
+        ``loss`` is this rank's mean loss over its ``count`` items (``None`` when its part was
+        skipped or empty: it then adds nothing). Afterwards every rank holds the same gradients
+        ``sum_r count_r grad_r / sum_r count_r``; returns ``(global mean loss, global count)``,
+        ``(None, 0)`` when no rank contributed. One collective per call, on every rank.
+        """
+        if loss is None:
+            count = 0
+        if not self.active:
+            return (loss if count else None), count
+        params = [p for p in model.parameters() if p.requires_grad]
+        device = params[0].device if params else torch.device("cpu")
+        grads = [
+            (p.grad.detach().reshape(-1) if p.grad is not None and count else torch.zeros(p.numel(), device=device))
+            for p in params
+        ]
+        # which parameters got a gradient anywhere (the others keep none, as in one process)
+        used = [float(p.grad is not None and count > 0) for p in params]
+        head = torch.tensor([*used, count * (loss or 0.0), float(count)], dtype=torch.float64, device=device)
+        flat = torch.cat([g.to(torch.float64) * count for g in grads] + [head])
+        dist.all_reduce(flat)
+        total = int(round(float(flat[-1])))
+        offset, used_anywhere = 0, (flat[-2 - len(params) : -2] > 0).tolist()
+        for p, has_grad in zip(params, used_anywhere):
+            n = p.numel()
+            if total and has_grad:
+                p.grad = (flat[offset : offset + n] / total).to(p.dtype).view_as(p).clone()
+            else:
+                p.grad = None
+            offset += n
+        return (float(flat[-2]) / total, total) if total else (None, 0)
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """The rows of all ``n`` items in dataset order, from each rank's rows of its owned items.
+
+        Every rank must own at least one item (``n >= world``); all ranks get the whole result.
+        """
+        if not self.active:
+            return local
+        size = -(-n // self.world)
+        padded = local.new_zeros((size, *local.shape[1:]))
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        out = local.new_empty((n, *local.shape[1:]))
+        for r, part in enumerate(parts):
+            out[r :: self.world] = part[: len(range(r, n, self.world))]
+        return out
+
+    def broadcast_parameters(self, model: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers to every rank (all start from the same model)."""
+        if not self.active:
+            return
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (e.g. the decision to stop after this epoch)."""
+        if not self.active:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0])
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def mean(self, values: list[float], weights: list[float]) -> float:
+        """The weighted mean of ``values`` over the items of every rank."""
+        pair = torch.tensor([sum(v * w for v, w in zip(values, weights)), float(sum(weights))], dtype=torch.float64)
+        if self.active:
+            dist.all_reduce(pair)
+        return float(pair[0] / pair[1]) if float(pair[1]) else 0.0
+
+
+def in_distributed_env() -> bool:
+    """Whether this process was started by torchrun or ``cpic train --nproc`` (``WORLD_SIZE`` set).
+
+    Example:
+        >>> import os
+        >>> in_distributed_env() == ("WORLD_SIZE" in os.environ)
+        True
+    """
+    return "WORLD_SIZE" in os.environ
+
+
+def current() -> Distributed:
+    """The context of the initialised process group, or the one-process context.
+
+    Example:
+        >>> current()
+        Distributed(rank=0, world=1, local_rank=0)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Distributed()
+
+
+def init(backend: str | None = None, device: str | torch.device = "cpu", timeout: float = DEFAULT_TIMEOUT):
+    """Join the job described by torchrun's environment variables; returns ``(context, device)``.
+
+    ``backend`` defaults to ``nccl`` for CUDA devices and ``gloo`` otherwise. With CUDA each rank
+    takes the GPU ``cuda:LOCAL_RANK``. A collective that waits longer than ``timeout`` seconds for
+    another rank fails (a rank that dies outright is noticed at once). Without ``WORLD_SIZE`` in
+    the environment (or with ``WORLD_SIZE=1``) no group starts.
+
+    Example:
+        >>> init()  # not under torchrun: one process
+        (Distributed(rank=0, world=1, local_rank=0), device(type='cpu'))
+    """
+    device = torch.device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world <= 1:
+        return Distributed(), device
+    missing = [name for name in ENV if name not in os.environ and name != "LOCAL_RANK"]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world} is set but {missing} are not: start the job with torchrun.")
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout),
+            **({"device_id": device} if backend == "nccl" else {}),
+        )
+    return Distributed(rank, world, local), device
+
+
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group, if one was started; with ``wait``, first wait for the other ranks
+    to finish too (a rank that has failed meanwhile is not waited for)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        with contextlib.suppress(dist.DistError):
+            dist.barrier()
+    dist.destroy_process_group()

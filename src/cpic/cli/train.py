@@ -400,7 +400,10 @@ def _train_on(args: argparse.Namespace, ctx: distributed.Distributed, device, st
         history = _fit(args, model, train, val, ctx)
     except TRAINING_FAILURES as err:
         if ctx.active and isinstance(err, torch.distributed.DistError):
-            err = f"lost contact with the other ranks (one stopped, or waited over {args.dist_timeout:g} s): {err}"
+            err = (
+                "lost contact with the other ranks (one stopped, or waited over "
+                f"{args.dist_timeout:g} s): {err}"
+            )
         return fail(command, f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(command, "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)

@@ -85,7 +85,11 @@ class Distributed:
         params = [p for p in model.parameters() if p.requires_grad]
         device = params[0].device if params else torch.device("cpu")
         grads = [
-            (p.grad.detach().reshape(-1) if p.grad is not None and count else torch.zeros(p.numel(), device=device))
+            (
+                p.grad.detach().reshape(-1)
+                if p.grad is not None and count
+                else torch.zeros(p.numel(), device=device)
+            )
             for p in params
         ]
         # which parameters got a gradient anywhere (the others keep none, as in one process)
@@ -139,7 +143,9 @@ class Distributed:
 
     def mean(self, values: list[float], weights: list[float]) -> float:
         """The weighted mean of ``values`` over the items of every rank."""
-        pair = torch.tensor([sum(v * w for v, w in zip(values, weights)), float(sum(weights))], dtype=torch.float64)
+        pair = torch.tensor(
+            [sum(v * w for v, w in zip(values, weights)), float(sum(weights))], dtype=torch.float64
+        )
         if self.active:
             dist.all_reduce(pair)
         return float(pair[0] / pair[1]) if float(pair[1]) else 0.0

@@ -398,12 +398,7 @@ def _train_on(args: argparse.Namespace, ctx: distributed.Distributed, device, st
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
     try:
         history = _fit(args, model, train, val, ctx)
-    except TRAINING_FAILURES as err:
-        if ctx.active and isinstance(err, torch.distributed.DistError):
-            err = (
-                "lost contact with the other ranks (one stopped, or waited over "
-                f"{args.dist_timeout:g} s): {err}"
-            )
+    except TRAINING_FAILURES as err:  # incl. distributed.RankLost
         return fail(command, f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(command, "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)

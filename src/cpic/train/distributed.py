@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,27 @@ from torch import nn
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 #: seconds a collective waits for the other ranks before the job fails (a hung rank)
 DEFAULT_TIMEOUT = 600.0
+
+
+class RankLost(RuntimeError):
+    """A collective failed: another rank died, or did not answer within the timeout."""
+
+
+def _collective(method):
+    """Turn the backend's error in a collective into :class:`RankLost` with a plain message."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as err:  # gloo and NCCL raise RuntimeError (or DistBackendError)
+            cause = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip()).split(". ")[0]
+            raise RankLost(
+                f"rank {self.rank} lost contact with the other ranks: one stopped, or did not answer "
+                f"within {'the timeout' if self.timeout is None else f'{self.timeout:g} s'} ({cause})"
+            ) from err
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -46,6 +69,8 @@ class Distributed:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    #: seconds a collective waits for the other ranks (as given to ``init_process_group``)
+    timeout: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -70,6 +95,7 @@ class Distributed:
         return [i for i in batch if self.owns(i)]
 
     # ------------------------------------------------------------------ collectives
+    @_collective
     def sync_gradients(self, model: nn.Module, loss: float | None, count: int) -> tuple[float | None, int]:
         """All-reduce ``model``'s gradients to the mean over the global batch.
 
@@ -108,6 +134,7 @@ class Distributed:
             offset += n
         return (float(flat[-2]) / total, total) if total else (None, 0)
 
+    @_collective
     def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
         """The rows of all ``n`` items in dataset order, from each rank's rows of its owned items.
 
@@ -125,6 +152,7 @@ class Distributed:
             out[r :: self.world] = part[: len(range(r, n, self.world))]
         return out
 
+    @_collective
     def broadcast_parameters(self, model: nn.Module) -> None:
         """Copy rank 0's parameters and buffers to every rank (all start from the same model)."""
         if not self.active:
@@ -133,6 +161,7 @@ class Distributed:
             for tensor in list(model.parameters()) + list(model.buffers()):
                 dist.broadcast(tensor.data, src=0)
 
+    @_collective
     def agree(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank (e.g. the decision to stop after this epoch)."""
         if not self.active:
@@ -141,6 +170,7 @@ class Distributed:
         dist.broadcast(value, src=0)
         return bool(value.item())
 
+    @_collective
     def mean(self, values: list[float], weights: list[float]) -> float:
         """The weighted mean of ``values`` over the items of every rank."""
         pair = torch.tensor(
@@ -149,6 +179,10 @@ class Distributed:
         if self.active:
             dist.all_reduce(pair)
         return float(pair[0] / pair[1]) if float(pair[1]) else 0.0
+
+
+#: what :func:`init` was given, for :func:`current`
+_joined: dict[str, float] = {}
 
 
 def in_distributed_env() -> bool:
@@ -170,7 +204,8 @@ def current() -> Distributed:
         Distributed(rank=0, world=1, local_rank=0)
     """
     if dist.is_available() and dist.is_initialized():
-        return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return Distributed(dist.get_rank(), dist.get_world_size(), local, _joined.get("timeout"))
     return Distributed()
 
 
@@ -199,6 +234,7 @@ def init(backend: str | None = None, device: str | torch.device = "cpu", timeout
     if missing:
         raise ValueError(f"WORLD_SIZE={world} is set but {missing} are not: start the job with torchrun.")
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    _joined["timeout"] = timeout
     if not dist.is_initialized():
         dist.init_process_group(
             backend,
@@ -207,7 +243,7 @@ def init(backend: str | None = None, device: str | torch.device = "cpu", timeout
             timeout=datetime.timedelta(seconds=timeout),
             **({"device_id": device} if backend == "nccl" else {}),
         )
-    return Distributed(rank, world, local), device
+    return Distributed(rank, world, local, timeout), device
 
 
 def shutdown(wait: bool = False) -> None:

@@ -1,0 +1,237 @@
+"""Data-parallel training (docs/scaling.md): 2 gloo processes on localhost against 1 process.
+
+Tolerance: parameters of the 2-process model equal the 1-process model's within 1e-5 (absolute;
+the parameters are of order 1). Only the order of float sums differs: the gradient all-reduce sums
+each rank's batch-weighted gradient in float64.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cpic
+from cpic.cli.main import main
+from cpic.train import Distributed, load_checkpoint
+from cpic.train.launch import free_port, worker_env
+
+SRC = str(Path(cpic.__file__).parents[1])  # the cpic under test, also in the workers
+TOLERANCE = 1e-5
+SIDE = 16
+SMALL = ["--rank", "3", "--features", "4", "--patch", "3", "--batch-size", "5", "--quiet"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [env.get("PYTHONPATH")])])
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def _write_zarr3_sharded(path: Path, volume: np.ndarray) -> None:
+    """The layout docs/scaling.md recommends: Zarr v3, 8^3 chunks inside one shard per volume here."""
+    ts = pytest.importorskip("tensorstore")
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd"}]
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {"driver": "file", "path": str(path)},
+        "metadata": {
+            "shape": list(volume.shape),
+            "data_type": "float32",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(volume.shape)}},
+            "codecs": [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {"chunk_shape": [8, 8, 8], "codecs": inner},
+                }
+            ],
+        },
+    }
+    ts.open(spec, create=True, delete_existing=True).result().write(volume).result()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """A manifest of 11 small volumes (balls of two sizes), memmapped .npy and sharded Zarr v3."""
+    root = tmp_path_factory.mktemp("cohort")
+    rng = np.random.default_rng(0)
+    grid = np.indices((SIDE,) * 3).astype(np.float32)
+    rows = ["path,label"]
+    for i in range(11):
+        centre = SIDE / 2 + rng.normal(size=3)
+        radius = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0))
+        volume = (radius < 3 + 2 * (i % 2)).astype(np.float32) + 0.1 * rng.normal(size=radius.shape)
+        volume = volume.astype(np.float32)
+        if i % 3 == 2:
+            _write_zarr3_sharded(root / f"v{i}.zarr", volume)
+            rows.append(f"v{i}.zarr,{i % 2}")
+        else:
+            np.save(root / f"v{i}.npy", volume)
+            rows.append(f"v{i}.npy,{i % 2}")
+    (root / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return root / "cohort.csv"
+
+
+def _train_in_processes(manifest: Path, out: Path, nproc: int, *extra: str, timeout: float = 120):
+    command = [sys.executable, "-m", "cpic.cli.main", "train", str(manifest), "-o", str(out)]
+    return subprocess.run(
+        [*command, *SMALL, "--nproc", str(nproc), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
+
+
+def _max_difference(a: Path, b: Path) -> float:
+    first, second = load_file(f"{a}.safetensors"), load_file(f"{b}.safetensors")
+    assert first.keys() == second.keys()
+    return max(float((first[k].double() - second[k].double()).abs().max()) for k in first)
+
+
+def test_ownership_splits_every_global_batch_across_ranks():
+    ranks = [Distributed(rank, 3) for rank in range(3)]
+    batch = [7, 2, 9, 4, 0, 5]
+    parts = [r.shard(batch) for r in ranks]
+    assert sorted(sum(parts, [])) == sorted(batch) and parts == [[9, 0], [7, 4], [2, 5]]
+    assert [len(r.owned(10)) for r in ranks] == [4, 3, 3]
+    # outside a process group the collectives are the identity
+    one = Distributed()
+    assert one.mean([1.0, 3.0], [1, 3]) == 2.5 and one.agree(True) and not one.active
+
+
+def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(cohort, tmp_path):
+    args = ["--epochs", "2", "--val", "0.25"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [str(cohort), *SMALL, *args]
+    assert main(["train", *common, "-o", str(one), "--checkpoint-dir", str(tmp_path / "c1")]) == 0
+    out = _train_in_processes(
+        cohort,
+        two,
+        2,
+        *args,
+        "--checkpoint-dir",
+        str(tmp_path / "c2"),
+        "--log-csv",
+        str(tmp_path / "log.csv"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert _max_difference(one, two) < TOLERANCE
+    history = [
+        json.loads(p.read_text())["meta"]["provenance"]["history"]
+        for p in (one.with_suffix(".json"), two.with_suffix(".json"))
+    ]
+    for a, b in zip(*history):  # validation is shared out too, and gives the same numbers
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_accuracy"] == b["val_accuracy"]
+    # rank 0 alone wrote the log (one header, one row per epoch) and the checkpoints
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
+    _, meta = load_checkpoint(tmp_path / "c2" / "last")
+    assert meta["epoch"] == 2
+
+    # the 2-process checkpoint resumes in 1 process exactly as the 1-process one does
+    for ckpt, name in (("c1", "r1"), ("c2", "r2")):
+        more = [
+            "--epochs",
+            "3",
+            "--resume",
+            "--checkpoint-dir",
+            str(tmp_path / ckpt),
+            "-o",
+            str(tmp_path / name),
+        ]
+        assert main(["train", str(cohort), *SMALL, "--val", "0.25", *more]) == 0
+    assert _max_difference(tmp_path / "r1", tmp_path / "r2") < TOLERANCE
+    assert len(json.loads((tmp_path / "r2.json").read_text())["meta"]["provenance"]["history"]) == 3
+
+
+def _children(pid: int) -> dict[int, int]:
+    """``{rank: pid}`` of the worker processes that ``pid`` started (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0") if ppid == pid else []
+        except (OSError, IndexError, ValueError):
+            continue
+        for item in environ:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(entry.name)
+    return found
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, limit: float = 90) -> None:
+    deadline = time.monotonic() + limit
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_a_rank_that_dies_fails_the_launched_job_with_a_message(cohort, tmp_path):
+    log = tmp_path / "log.csv"
+    command = [sys.executable, "-m", "cpic.cli.main", "train", str(cohort), "-o", str(tmp_path / "m")]
+    proc = subprocess.Popen(
+        [*command, *SMALL, "--nproc", "2", "--epochs", "1000", "--log-csv", str(log)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        _wait_for(log, proc)  # training is under way
+        os.kill(_children(proc.pid)[1], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "rank 1 of 2 was killed by SIGKILL; stopping the other 1 rank(s)." in stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_surviving_rank_of_a_torchrun_job_stops_with_a_message(cohort, tmp_path):
+    """Under torchrun the agent stops the job too; the surviving worker must not hang on its own."""
+    log, port = tmp_path / "log.csv", free_port()
+    command = [sys.executable, "-m", "cpic.train", str(cohort), "-o", str(tmp_path / "m"), *SMALL]
+    command += ["--epochs", "1000", "--log-csv", str(log), "--dist-timeout", "60"]
+    workers = [
+        subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=worker_env(r, 2, port, _env()))
+        for r in range(2)
+    ]
+    try:
+        _wait_for(log, workers[0])
+        workers[1].kill()
+        started = time.monotonic()
+        _, stderr = workers[0].communicate(timeout=30)
+        waited = time.monotonic() - started
+    finally:
+        for w in workers:
+            w.kill()
+            w.communicate()
+    assert workers[0].returncode == 1 and waited < 30, stderr
+    assert (
+        "cpic train: training failed, no model was written: rank 0 lost contact with the other ranks: "
+        in stderr
+    )
+    assert "one stopped, or did not answer within 60 s (" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_the_process_group_is_one_process_outside_a_job():
+    assert "WORLD_SIZE" not in os.environ
+    from cpic.train import distributed
+
+    ctx, device = distributed.init()
+    assert ctx == Distributed() and device == torch.device("cpu")

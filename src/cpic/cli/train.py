@@ -382,7 +382,10 @@ def _join(args: argparse.Namespace) -> tuple[distributed.Distributed, torch.devi
 def _train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _check_options(args)
-    ctx, device = _join(args)
+    try:
+        ctx, device = _join(args)
+    except distributed.RankLost as err:
+        return fail("train", str(err), EXIT_FAILED)
     code = EXIT_FAILED
     try:
         code = _train_on(args, ctx, device, started)

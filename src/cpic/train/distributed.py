@@ -95,44 +95,50 @@ class Distributed:
         return [i for i in batch if self.owns(i)]
 
     # ------------------------------------------------------------------ collectives
+    @property
+    def comm_device(self) -> torch.device:
+        """Where collective buffers live: this rank's GPU for NCCL, else the CPU (gloo)."""
+        if self.active and dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
     @_collective
     def sync_gradients(self, model: nn.Module, loss: float | None, count: int) -> tuple[float | None, int]:
         """All-reduce ``model``'s gradients to the mean over the global batch.
 
         ``loss`` is this rank's mean loss over its ``count`` items (``None`` when its part was
         skipped or empty: it then adds nothing). Afterwards every rank holds the same gradients
-        ``sum_r count_r grad_r / sum_r count_r``; returns ``(global mean loss, global count)``,
-        ``(None, 0)`` when no rank contributed. One collective per call, on every rank.
+        ``sum_r count_r grad_r / sum_r count_r`` (summed in float64); returns ``(global mean
+        loss, global count)``, ``(None, 0)`` when no rank contributed. One collective per call,
+        on every rank; a parameter that got no gradient on any rank keeps none.
         """
         if loss is None:
             count = 0
         if not self.active:
             return (loss if count else None), count
         params = [p for p in model.parameters() if p.requires_grad]
-        device = params[0].device if params else torch.device("cpu")
-        grads = [
-            (
-                p.grad.detach().reshape(-1)
-                if p.grad is not None and count
-                else torch.zeros(p.numel(), device=device)
-            )
+        comm = self.comm_device
+        parts = [
+            p.grad.detach().reshape(-1).to(comm, torch.float64) * count
+            if p.grad is not None and count
+            else torch.zeros(p.numel(), dtype=torch.float64, device=comm)
             for p in params
         ]
-        # which parameters got a gradient anywhere (the others keep none, as in one process)
         used = [float(p.grad is not None and count > 0) for p in params]
-        head = torch.tensor([*used, count * (loss or 0.0), float(count)], dtype=torch.float64, device=device)
-        flat = torch.cat([g.to(torch.float64) * count for g in grads] + [head])
+        parts.append(
+            torch.tensor([*used, count * (loss or 0.0), float(count)], dtype=torch.float64, device=comm)
+        )
+        flat = torch.cat(parts)
         dist.all_reduce(flat)
-        total = int(round(float(flat[-1])))
-        offset, used_anywhere = 0, (flat[-2 - len(params) : -2] > 0).tolist()
-        for p, has_grad in zip(params, used_anywhere):
+        tail = flat[-2 - len(params) :].tolist()
+        total = int(round(tail[-1]))
+        offset = 0
+        for p, anywhere in zip(params, tail[: len(params)]):
             n = p.numel()
-            if total and has_grad:
-                p.grad = (flat[offset : offset + n] / total).to(p.dtype).view_as(p).clone()
-            else:
-                p.grad = None
+            grad = flat[offset : offset + n] / total if total and anywhere else None
+            p.grad = None if grad is None else grad.to(p.device, p.dtype).view_as(p)
             offset += n
-        return (float(flat[-2]) / total, total) if total else (None, 0)
+        return (tail[-2] / total, total) if total else (None, 0)
 
     @_collective
     def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
@@ -143,13 +149,13 @@ class Distributed:
         if not self.active:
             return local
         size = -(-n // self.world)
-        padded = local.new_zeros((size, *local.shape[1:]))
-        padded[: len(local)] = local
+        padded = torch.zeros((size, *local.shape[1:]), dtype=local.dtype, device=self.comm_device)
+        padded[: len(local)] = local.detach()
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(parts, padded)
         out = local.new_empty((n, *local.shape[1:]))
         for r, part in enumerate(parts):
-            out[r :: self.world] = part[: len(range(r, n, self.world))]
+            out[r :: self.world] = part[: len(range(r, n, self.world))].to(local.device)
         return out
 
     @_collective
@@ -157,28 +163,33 @@ class Distributed:
         """Copy rank 0's parameters and buffers to every rank (all start from the same model)."""
         if not self.active:
             return
+        tensors = list(model.parameters()) + list(model.buffers())
+        flat = torch.cat([t.detach().reshape(-1).to(self.comm_device, torch.float64) for t in tensors])
+        dist.broadcast(flat, src=0)
+        offset = 0
         with torch.no_grad():
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor.data, src=0)
+            for t in tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
 
     @_collective
     def agree(self, flag: bool) -> bool:
         """Rank 0's ``flag`` on every rank (e.g. the decision to stop after this epoch)."""
         if not self.active:
             return flag
-        value = torch.tensor([1.0 if flag else 0.0])
+        value = torch.tensor([1.0 if flag else 0.0], device=self.comm_device)
         dist.broadcast(value, src=0)
         return bool(value.item())
 
     @_collective
     def mean(self, values: list[float], weights: list[float]) -> float:
-        """The weighted mean of ``values`` over the items of every rank."""
-        pair = torch.tensor(
-            [sum(v * w for v, w in zip(values, weights)), float(sum(weights))], dtype=torch.float64
-        )
+        """The weighted mean of ``values`` over the items of every rank (0 when there are none)."""
+        pair = [sum(v * w for v, w in zip(values, weights)), float(sum(weights))]
         if self.active:
-            dist.all_reduce(pair)
-        return float(pair[0] / pair[1]) if float(pair[1]) else 0.0
+            both = torch.tensor(pair, dtype=torch.float64, device=self.comm_device)
+            dist.all_reduce(both)
+            pair = both.tolist()
+        return pair[0] / pair[1] if pair[1] else 0.0
 
 
 #: what :func:`init` was given, for :func:`current`
@@ -236,13 +247,20 @@ def init(backend: str | None = None, device: str | torch.device = "cpu", timeout
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     _joined["timeout"] = timeout
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend,
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(seconds=timeout),
-            **({"device_id": device} if backend == "nccl" else {}),
-        )
+        try:
+            dist.init_process_group(
+                backend,
+                rank=rank,
+                world_size=world,
+                timeout=datetime.timedelta(seconds=timeout),
+                **({"device_id": device} if backend == "nccl" else {}),
+            )
+        except RuntimeError as err:  # incl. DistStoreError: the others never came
+            where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+            raise RankLost(
+                f"rank {rank} of {world} could not join the job at {where} with {backend} within "
+                f"{timeout:g} s: {str(err).strip().splitlines()[0]}"
+            ) from err
     return Distributed(rank, world, local, timeout), device
 
 
@@ -252,6 +270,6 @@ def shutdown(wait: bool = False) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if wait:
-        with contextlib.suppress(dist.DistError):
+        with contextlib.suppress(RuntimeError):  # incl. DistError
             dist.barrier()
     dist.destroy_process_group()

@@ -407,7 +407,7 @@ def _train_on(args: argparse.Namespace, ctx: distributed.Distributed, device, st
         return fail(command, "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)
     if not ctx.is_main:
         return 0
-    saved = _save(args, model, data, history)
+    saved = _save(args, model, data, history, ctx.world)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), data.classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started, processes=ctx.world)
     emit(args, summary, _lines(summary))
@@ -441,7 +441,7 @@ def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None, ctx
     return history
 
 
-def _save(args, model: CPIC, data: VolumeDataset, history) -> Path:
+def _save(args, model: CPIC, data: VolumeDataset, history, processes: int = 1) -> Path:
     return save_model(
         model,
         args.output,
@@ -458,6 +458,7 @@ def _save(args, model: CPIC, data: VolumeDataset, history) -> Path:
         optimizer=args.optimizer,
         lr=args.lr,
         batch_size=args.batch_size,
+        processes=processes,
         seed=args.seed,
         numerics=history.numerics,
         history=history.rows,

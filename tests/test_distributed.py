@@ -5,17 +5,21 @@ the parameters are of order 1). Only the order of float sums differs: the gradie
 each rank's batch-weighted gradient in float64.
 """
 
+import datetime
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 import cpic
@@ -107,6 +111,39 @@ def test_ownership_splits_every_global_batch_across_ranks():
     # outside a process group the collectives are the identity
     one = Distributed()
     assert one.mean([1.0, 3.0], [1, 3]) == 2.5 and one.agree(True) and not one.active
+
+
+def _collectives(rank: int, port: int, out: str) -> None:
+    """Rank ``rank`` of 2 (gloo): every collective of Distributed once, results to ``out``."""
+    dist.init_process_group(
+        "gloo", f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    ctx = Distributed(rank, 2)
+    model = torch.nn.Linear(2, 1)
+    model.weight.grad = torch.full_like(model.weight, [1.0, 5.0][rank])  # the bias gets none
+    step = ctx.sync_gradients(model, [0.5, 1.5][rank], [3, 1][rank])
+    result = {"step": step, "weight": model.weight.grad.tolist(), "bias": model.bias.grad}
+    model.weight.grad = torch.full_like(model.weight, 7.0)
+    result["skipped"] = ctx.sync_gradients(model, [0.5, None][rank], [2, 2][rank])  # rank 1 skipped
+    result["weight_skipped"] = model.weight.grad.tolist()
+    result["gather"] = ctx.gather(10 * torch.tensor(ctx.owned(5)), 5).tolist()
+    result["total"] = ctx.total(Counter(skipped_steps=rank + 1, drift=1), since=Counter(drift=1))
+    result["mean"] = ctx.mean([float(rank)] * (rank + 1), [1.0] * (rank + 1))
+    result["agree"] = ctx.agree(rank == 0)
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_the_collectives_weight_each_rank_by_its_items(tmp_path):
+    mp.spawn(_collectives, args=(free_port(), str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(2)]
+    assert results[0] == results[1]  # every rank ends with the same numbers
+    got = results[0]
+    assert got["step"] == [0.75, 4] and got["weight"] == [[2.0, 2.0]] and got["bias"] is None
+    assert got["skipped"] == [0.5, 2] and got["weight_skipped"] == [[7.0, 7.0]]
+    assert got["gather"] == [0, 10, 20, 30, 40]
+    assert got["total"] == {"skipped_steps": 3, "drift": 1}
+    assert got["mean"] == pytest.approx(2 / 3) and got["agree"] is True
 
 
 def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(cohort, tmp_path):

@@ -20,6 +20,7 @@ import datetime
 import functools
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,8 @@ from torch import nn
 
 #: the environment variables that torchrun (and ``cpic train --nproc``) set for each worker
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+#: the numerical events that fit and the model count (``History.numerics``), summed over ranks
+EVENTS = ("numerical_error", "nonfinite_loss", "skipped_steps", "refreshed", "lowered_rank", "drift")
 #: seconds a collective waits for the other ranks before the job fails (a hung rank)
 DEFAULT_TIMEOUT = 600.0
 
@@ -180,6 +183,27 @@ class Distributed:
         value = torch.tensor([1.0 if flag else 0.0], device=self.comm_device)
         dist.broadcast(value, src=0)
         return bool(value.item())
+
+    @_collective
+    def total(self, events: Counter, since: Counter) -> dict[str, int]:
+        """The counts of :data:`EVENTS` in ``events`` met since ``since`` summed over the ranks,
+        plus ``since`` (the totals of a resumed run); other names as counted on this rank.
+
+        Example:
+            >>> from collections import Counter
+            >>> Distributed().total(Counter(drift=3, skipped_steps=1), since=Counter(drift=1))
+            {'drift': 3, 'skipped_steps': 1}
+        """
+        if not self.active:
+            return dict(events)
+        new = torch.tensor([float(events[k] - since[k]) for k in EVENTS], dtype=torch.float64)
+        new = new.to(self.comm_device)
+        dist.all_reduce(new)
+        out = dict(events)
+        for name, count in zip(EVENTS, new.tolist()):
+            if since[name] + count:
+                out[name] = since[name] + int(round(count))
+        return out
 
     @_collective
     def mean(self, values: list[float], weights: list[float]) -> float:

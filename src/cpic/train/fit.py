@@ -275,6 +275,7 @@ def fit(
     writer = _tensorboard(tensorboard) if ctx.is_main else None
     monitor, sign = _monitor(model.head.task)
     events: Counter[str] = Counter(history.numerics)
+    resumed_events = Counter(history.numerics)  # totals over all ranks already
     started = time.perf_counter()
     opened: set[int] = set()
 
@@ -303,7 +304,7 @@ def fit(
         row["seconds"] = time.perf_counter() - t0
         row["fraction_read"] = _fraction_read(train, opened, ctx)
         history.rows.append(row)
-        history.numerics = dict(events)
+        history.numerics = ctx.total(events, since=resumed_events)
         if monitor in row:
             best = history.rows[history.best_epoch - 1][monitor] if history.best_epoch else None
             if best is None or sign * row[monitor] > sign * best:

@@ -261,6 +261,8 @@ def fit(
     model._check_memory(min(batch_size, len(train)))
 
     ctx = distributed or current()
+    if ctx.world > 1 and not ctx.active:
+        raise ValueError(f"{ctx} needs an initialised process group (see cpic.train.distributed.init).")
     torch.manual_seed(seed)
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -146,22 +146,25 @@ def test_the_collectives_weight_each_rank_by_its_items(tmp_path):
     assert got["mean"] == pytest.approx(2 / 3) and got["agree"] is True
 
 
-def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(cohort, tmp_path):
-    args = ["--epochs", "2", "--val", "0.25"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    common = [str(cohort), *SMALL, *args]
-    assert main(["train", *common, "-o", str(one), "--checkpoint-dir", str(tmp_path / "c1")]) == 0
-    out = _train_in_processes(
-        cohort,
-        two,
-        2,
-        *args,
-        "--checkpoint-dir",
-        str(tmp_path / "c2"),
-        "--log-csv",
-        str(tmp_path / "log.csv"),
-    )
+ARGS = ["--epochs", "2", "--val", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def reference(cohort, tmp_path_factory) -> Path:
+    """The one-process model (and its checkpoints in ``c1`` beside it)."""
+    root = tmp_path_factory.mktemp("reference")
+    one = root / "one"
+    common = [str(cohort), *SMALL, *ARGS]
+    assert main(["train", *common, "-o", str(one), "--checkpoint-dir", str(root / "c1")]) == 0
+    return one
+
+
+def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(cohort, reference, tmp_path):
+    one, two = reference, tmp_path / "two"
+    extra = ["--checkpoint-dir", str(tmp_path / "c2"), "--log-csv", str(tmp_path / "log.csv"), "--json"]
+    out = _train_in_processes(cohort, two, 2, *ARGS, *extra)
     assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["processes"] == 2  # rank 0 alone prints: one JSON object
     assert _max_difference(one, two) < TOLERANCE
     history = [
         json.loads(p.read_text())["meta"]["provenance"]["history"]
@@ -177,19 +180,35 @@ def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(c
     assert meta["epoch"] == 2
 
     # the 2-process checkpoint resumes in 1 process exactly as the 1-process one does
-    for ckpt, name in (("c1", "r1"), ("c2", "r2")):
+    for ckpt, name in ((one.parent / "c1", "r1"), (tmp_path / "c2", "r2")):
         more = [
             "--epochs",
             "3",
             "--resume",
             "--checkpoint-dir",
-            str(tmp_path / ckpt),
+            str(ckpt),
             "-o",
             str(tmp_path / name),
         ]
         assert main(["train", str(cohort), *SMALL, "--val", "0.25", *more]) == 0
     assert _max_difference(tmp_path / "r1", tmp_path / "r2") < TOLERANCE
     assert len(json.loads((tmp_path / "r2.json").read_text())["meta"]["provenance"]["history"]) == 3
+
+
+def test_torchrun_starts_the_same_training(cohort, reference, tmp_path):
+    """``torchrun -m cpic.train``: python -m torch.distributed.run is the torchrun command."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    out = subprocess.run(
+        [*run, "-m", "cpic.train", str(cohort), "-o", str(tmp_path / "m"), *SMALL, *ARGS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert _max_difference(reference, tmp_path / "m") < TOLERANCE
+    provenance = json.loads((tmp_path / "m.json").read_text())["meta"]["provenance"]
+    assert provenance["processes"] == 2
 
 
 def _children(pid: int) -> dict[int, int]:

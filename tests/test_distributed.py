@@ -1,8 +1,11 @@
 """Data-parallel training (docs/scaling.md): 2 gloo processes on localhost against 1 process.
 
-Tolerance: parameters of the 2-process model equal the 1-process model's within 1e-5 (absolute;
-the parameters are of order 1). Only the order of float sums differs: the gradient all-reduce sums
-each rank's batch-weighted gradient in float64.
+Tolerance: parameters of the 2-process model equal the 1-process model's within 1e-4 (absolute;
+the parameters are of order 1). Only the order of float sums differs (the all-reduce sums each
+rank's batch-weighted float32 gradient in float64), but AdamW divides by sqrt(v) + 1e-8, which
+magnifies last-bit differences of parameters whose gradients are tiny: over 7 cohort paths (the
+pivot seeds depend on the volumes' paths) the largest difference after 2 epochs was 5e-7 to
+9e-6. 1e-4 is a thirtieth of one AdamW step (lr 3e-3): the same model, not a similar one.
 """
 
 import datetime
@@ -28,7 +31,7 @@ from cpic.train import Distributed, load_checkpoint
 from cpic.train.launch import free_port, worker_env
 
 SRC = str(Path(cpic.__file__).parents[1])  # the cpic under test, also in the workers
-TOLERANCE = 1e-5
+TOLERANCE = 1e-4
 SIDE = 16
 SMALL = ["--rank", "3", "--features", "4", "--patch", "3", "--batch-size", "5", "--quiet"]
 
@@ -171,8 +174,8 @@ def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(c
         for p in (one.with_suffix(".json"), two.with_suffix(".json"))
     ]
     for a, b in zip(*history):  # validation is shared out too, and gives the same numbers
-        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=TOLERANCE)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOLERANCE)
         assert a["val_accuracy"] == b["val_accuracy"]
     # rank 0 alone wrote the log (one header, one row per epoch) and the checkpoints
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3

@@ -363,58 +363,58 @@ def run(args: argparse.Namespace) -> int:
             _check_options(args)
             argv = getattr(args, "argv", None) or sys.argv[1:]
             return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
-        return _train(args)
+        return _train_in_job(args)
     except KeyboardInterrupt:
         return fail("train", "interrupted; no model was written.", EXIT_FAILED)
 
 
-def _join(args: argparse.Namespace) -> tuple[distributed.Distributed, torch.device]:
-    """This process's place in a distributed job (one process outside torchrun) and its device."""
+def _train_in_job(args: argparse.Namespace) -> int:
+    """:func:`_train` as one rank of a distributed job (or alone outside one); the process
+    group is left at the end, after waiting for the other ranks when this one succeeded."""
     if not distributed.in_distributed_env():
-        return distributed.Distributed(), device_of(args)
-    device_of(args)  # a clear message when CUDA is asked for but absent
-    ctx, device = distributed.init(device=args.device, timeout=args.dist_timeout)
-    if not ctx.is_main:  # rank 0 alone prints progress and the summary
-        args.quiet, args.json = True, False
-    return ctx, device
-
-
-def _train(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
+        return _train(args)
     _check_options(args)
+    device_of(args)  # a clear message when CUDA is asked for but absent
     try:
-        ctx, device = _join(args)
+        ctx, device = distributed.init(device=args.device, timeout=args.dist_timeout)
     except distributed.RankLost as err:
         return fail("train", str(err), EXIT_FAILED)
+    args.device = str(device)  # cuda:LOCAL_RANK
+    if not ctx.is_main:  # rank 0 alone prints progress and the summary
+        args.quiet, args.json = True, False
     code = EXIT_FAILED
     try:
-        code = _train_on(args, ctx, device, started)
+        code = _train(args)
         return code
     finally:
         distributed.shutdown(wait=code == 0)
 
 
-def _train_on(args: argparse.Namespace, ctx: distributed.Distributed, device, started: float) -> int:
-    command = "train" if ctx.is_main else f"train [rank {ctx.rank}]"
+def _train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    resolve_options(args)
+    _check_options(args)
+    device = device_of(args)
     train, val, data = _datasets(args)
     model = build_model(args, train, data).to(device)
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
     try:
-        history = _fit(args, model, train, val, ctx)
+        history = _fit(args, model, train, val)
     except TRAINING_FAILURES as err:  # incl. distributed.RankLost
-        return fail(command, f"training failed, no model was written: {err}", EXIT_FAILED)
+        return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
-        return fail(command, "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)
-    if not ctx.is_main:
+        return fail("train", "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)
+    if not distributed.current().is_main:  # rank 0 writes the model
         return 0
-    saved = _save(args, model, data, history, ctx.world)
+    saved = _save(args, model, data, history)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), data.classes)
-    summary.update(resumed=resumed, seconds=time.perf_counter() - started, processes=ctx.world)
+    summary.update(resumed=resumed, seconds=time.perf_counter() - started)
+    summary["processes"] = distributed.current().world
     emit(args, summary, _lines(summary))
     return 0
 
 
-def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None, ctx=None):
+def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None):
     """:func:`cpic.train.fit` with the options; its warnings become one line each on stderr."""
     refresh = None if args.refresh == "none" else args.refresh
     with warnings.catch_warnings(record=True) as caught:
@@ -433,7 +433,6 @@ def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None, ctx
             resume=bool(args.resume),
             log_csv=args.log_csv,
             progress=not (args.quiet or args.json),
-            distributed=ctx,
         )
     if not args.quiet:
         for seen in {str(w.message) for w in caught}:
@@ -441,7 +440,7 @@ def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None, ctx
     return history
 
 
-def _save(args, model: CPIC, data: VolumeDataset, history, processes: int = 1) -> Path:
+def _save(args, model: CPIC, data: VolumeDataset, history) -> Path:
     return save_model(
         model,
         args.output,
@@ -458,7 +457,7 @@ def _save(args, model: CPIC, data: VolumeDataset, history, processes: int = 1) -
         optimizer=args.optimizer,
         lr=args.lr,
         batch_size=args.batch_size,
-        processes=processes,
+        processes=distributed.current().world,
         seed=args.seed,
         numerics=history.numerics,
         history=history.rows,

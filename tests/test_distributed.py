@@ -133,6 +133,7 @@ def _collectives(rank: int, port: int, out: str) -> None:
     result["total"] = ctx.total(Counter(skipped_steps=rank + 1, drift=1), since=Counter(drift=1))
     result["mean"] = ctx.mean([float(rank)] * (rank + 1), [1.0] * (rank + 1))
     result["agree"] = ctx.agree(rank == 0)
+    result["objects"] = ctx.gather_objects({"rank": rank})
     Path(out, f"{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
@@ -147,6 +148,7 @@ def test_the_collectives_weight_each_rank_by_its_items(tmp_path):
     assert got["gather"] == [0, 10, 20, 30, 40]
     assert got["total"] == {"skipped_steps": 3, "drift": 1}
     assert got["mean"] == pytest.approx(2 / 3) and got["agree"] is True
+    assert got["objects"] == [{"rank": 0}, {"rank": 1}]
 
 
 ARGS = ["--epochs", "2", "--val", "0.25"]

@@ -301,10 +301,13 @@ def _datasets(args) -> tuple[VolumeDataset, VolumeDataset | None, VolumeDataset]
     """``(train, val, all)`` from the manifest and ``--val`` or ``--val-manifest``."""
     options = (args.target, args.extra, args.path_column, args.task, args.normalize)
     data = load_manifest(args.manifest, *options)
-    open_all(data, args.manifest)
+    alone = distributed.current().world == 1  # a rank of a job opens only its own volumes (in fit)
+    if alone:
+        open_all(data, args.manifest)
     if args.val_manifest:
         val = load_manifest(args.val_manifest, *options)
-        open_all(val, args.val_manifest)
+        if alone:
+            open_all(val, args.val_manifest)
         if args.task == "classification":
             align_classes(val, data.classes, f"validation manifest {args.val_manifest!r}")
         return data, val, data

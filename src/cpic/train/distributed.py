@@ -93,6 +93,11 @@ class Distributed:
         """The items of a dataset of ``n`` volumes that this rank owns."""
         return list(range(self.rank, n, self.world))
 
+    def share(self, n: int) -> list[int]:
+        """The items of a dataset of ``n`` volumes that this rank evaluates (or checks): those it
+        owns, or all of them when there are fewer than ranks or no process group."""
+        return self.owned(n) if self.active and n >= self.world else list(range(n))
+
     def shard(self, batch: list[int]) -> list[int]:
         """This rank's part of a global batch (possibly empty), in the batch's order."""
         return [i for i in batch if self.owns(i)]

@@ -103,9 +103,9 @@ def evaluate(
     """
     model.eval()
     ctx = distributed or current()
-    if not ctx.active or len(data) < ctx.world:  # too few volumes to share: every rank does all
+    owned = ctx.share(len(data))
+    if len(owned) == len(data):  # one process, or too few volumes to share: every rank does all
         ctx = Distributed()
-    owned = ctx.owned(len(data))
     losses, weights, preds = [], [], []
     for chunk in _batches(len(owned), batch_size, None):
         items = [owned[j] for j in chunk]
@@ -130,7 +130,7 @@ def _fraction_read(data: VolumeDataset, opened: set[int], ctx: Distributed) -> f
     return ctx.mean(fractions, [1.0] * len(fractions))
 
 
-def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
+def _check_data(model: CPIC, data: VolumeDataset, name: str, items: list[int] | None = None) -> None:
     if model.head.task != "reconstruction":
         if data.targets is None:
             raise ValueError(f"the {name} dataset has no targets, but a {model.head.task} model needs them.")
@@ -146,7 +146,7 @@ def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
             f"the model takes {model.extra_features} extra features; the {name} dataset has {got}."
         )
     shape = tuple(model.grid_shape)
-    for i in range(len(data)):
+    for i in range(len(data)) if items is None else items:  # opens them
         src = data.source(i)
         if src.shape != shape:
             raise ValueError(f"{name} volume {data.names[i]!r} has grid {src.shape}, the model {shape}.")
@@ -247,9 +247,12 @@ def fit(
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    _check_data(model, train, "training")
+    ctx = distributed or current()
+    if ctx.world > 1 and not ctx.active:
+        raise ValueError(f"{ctx} needs an initialised process group (see cpic.train.distributed.init).")
+    _check_data(model, train, "training", ctx.share(len(train)))  # a rank opens its own volumes only
     if val is not None:
-        _check_data(model, val, "validation")
+        _check_data(model, val, "validation", ctx.share(len(val)))
     if isinstance(refresh, int) and not isinstance(refresh, bool):
         if refresh < 1:
             raise ValueError(f"refresh must be 'epoch', a positive number of uses, or None, got {refresh!r}.")
@@ -260,9 +263,6 @@ def fit(
         raise ValueError(f"schedule must be 'cosine' or None, got {schedule!r}.")
     model._check_memory(min(batch_size, len(train)))
 
-    ctx = distributed or current()
-    if ctx.world > 1 and not ctx.active:
-        raise ValueError(f"{ctx} needs an initialised process group (see cpic.train.distributed.init).")
     torch.manual_seed(seed)
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None

@@ -24,6 +24,7 @@ from cpic.cli.train import (
 from cpic.nn import CPIC
 from cpic.sources import VolumeSource, open_volume
 from cpic.train import checkpoint_paths, evaluate, load_model
+from cpic.util import write_text_atomic
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     document["predictions"] = rows
     if args.output:
         text = json.dumps(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
-        Path(args.output).write_text(text, encoding="utf-8")
+        write_text_atomic(args.output, text)
         emit(args, document | {"output": args.output}, [f"wrote {len(rows)} prediction(s) to {args.output}"])
     else:
         emit(args, document, [_csv_text(rows).rstrip("\n")])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cpic.cli.common import EXIT_FAILED, EXIT_USAGE, add_common, device_of, emit, fail, subparser
+from cpic.cli.common import EXIT_FAILED, EXIT_USAGE, add_common, byte_size, device_of, emit, fail, subparser
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
 from cpic.train import VolumeDataset, checkpoint_paths, fit, save_model
 
@@ -169,6 +169,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--checkpoint-dir", metavar="DIR", help="write DIR/last and DIR/best every epoch")
     _option(p, "--resume", action="store_true", help="continue from --checkpoint-dir/last if it exists")
     _option(p, "--log-csv", metavar="FILE", help="append one row of metrics per epoch")
+    _option(
+        p,
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="refuse to start when a step's estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+    )
 
 
 # ---------------------------------------------------------------------- --config
@@ -223,6 +230,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"-o {args.output!r} is a directory; give a file name such as {args.output}/model.")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (where the run's checkpoints are).")
+    if args.patch % 2 == 0:
+        raise ValueError(f"--patch must be odd (the patch is centred on a voxel), got {args.patch}.")
     if args.task == "quantile" and not args.quantiles:
         raise ValueError("--quantiles needs at least one quantile, e.g. 0.1,0.5,0.9.")
 
@@ -335,6 +344,7 @@ def _train(args: argparse.Namespace) -> int:
     device = device_of(args)
     train, val, data = _datasets(args)
     model = build_model(args, train, data).to(device)
+    model.memory_budget = args.memory_budget
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
     try:
         history = _fit(args, model, train, val)

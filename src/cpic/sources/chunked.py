@@ -90,6 +90,26 @@ class HDF5Source(VolumeSource):
             self.file = h5py.File(path, "r")
         except OSError as err:
             raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
+        try:
+            self.data, dataset = self._dataset(h5py, path, dataset)
+            data_shape, chunks = self.data.shape, self.data.chunks
+        except SourceError:
+            self.file.close()
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:  # a corrupt file
+            self.file.close()
+            raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
+        shape, channels = split_channels(data_shape, channel_axis, f"{path}:{dataset}")
+        super().__init__(f"{path}:{dataset}", shape, self.data.dtype, channels, nonfinite=nonfinite)
+        if channels is not None and channel_axis % self.data.ndim != self.data.ndim - 1:
+            raise SourceError(f"{self.name}: only a trailing channel axis is supported for HDF5.")
+        chunks = chunks or data_shape
+        self._chunks = tuple(chunks[: self.ndim])
+        self._grid = tuple(-(-n // c) for n, c in zip(self.shape, self._chunks))
+        self.chunk_bytes = int(np.prod(chunks)) * self.data.dtype.itemsize
+
+    def _dataset(self, h5py, path: Path, dataset: str | None):
+        """The dataset named, or the file's only one, and its name."""
         if dataset is None:
             names = []
             self.file.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
@@ -98,15 +118,7 @@ class HDF5Source(VolumeSource):
             dataset = names[0]
         if dataset not in self.file or not isinstance(self.file[dataset], h5py.Dataset):
             raise SourceError(f"{path}: has no dataset {dataset!r}.")
-        self.data = self.file[dataset]
-        shape, channels = split_channels(self.data.shape, channel_axis, f"{path}:{dataset}")
-        super().__init__(f"{path}:{dataset}", shape, self.data.dtype, channels, nonfinite=nonfinite)
-        if channels is not None and channel_axis % self.data.ndim != self.data.ndim - 1:
-            raise SourceError(f"{self.name}: only a trailing channel axis is supported for HDF5.")
-        chunks = self.data.chunks or self.data.shape
-        self._chunks = tuple(chunks[: self.ndim])
-        self._grid = tuple(-(-n // c) for n, c in zip(self.shape, self._chunks))
-        self.chunk_bytes = int(np.prod(chunks)) * self.data.dtype.itemsize
+        return self.file[dataset], dataset
 
     def _read(self, coords: Tensor) -> Tensor:
         coords = coords.numpy()
@@ -137,11 +149,14 @@ class TiffSource(VolumeSource):
             import tifffile
         except ImportError:
             raise SourceError(f"{path}: reading TIFF needs tifffile: pip install 'cpic[io]'.") from None
+        self.tif = None
         try:
             self.tif = tifffile.TiffFile(path)
             series = self.tif.series[0]
-        except (tifffile.TiffFileError, OSError, IndexError, ValueError) as err:
-            raise SourceError(f"{path}: not a readable TIFF ({err}).") from None
+        except Exception as err:  # tifffile's parser raises many kinds of error on a damaged file
+            self.close()
+            reason = "it holds no image" if isinstance(err, IndexError) else str(err)
+            raise SourceError(f"{path}: not a readable TIFF ({reason}).") from None
         shape = tuple(int(n) for n in series.shape)
         super().__init__(str(path), shape, series.dtype, nonfinite=nonfinite)
         self.pages = series.pages
@@ -154,7 +169,15 @@ class TiffSource(VolumeSource):
         self._pages_shape = shape[:-2]
 
     def _read(self, coords: Tensor) -> Tensor:
-        coords = coords.numpy()
+        try:
+            return self._read_pages(coords.numpy())
+        except Exception as err:  # a damaged file fails in tifffile's decoders in many ways
+            reason = f"{type(err).__name__}: {err}"
+            raise SourceError(
+                f"{self.name}: reading voxels failed, the file is truncated or corrupt ({reason})."
+            ) from None
+
+    def _read_pages(self, coords: np.ndarray) -> Tensor:
         if self.mapped is not None:
             return torch.from_numpy(np.ascontiguousarray(self.mapped[tuple(coords.T)]))
         if self.ndim == 2:
@@ -165,6 +188,15 @@ class TiffSource(VolumeSource):
             sel = page == p
             out[sel] = self.pages[int(p)].asarray()[tuple(coords[sel, -2:].T)]
         return torch.from_numpy(out)
+
+    def close(self) -> None:
+        """Close the file (also done when the source is garbage-collected)."""
+        if getattr(self, "tif", None) is not None:
+            self.tif.close()
+            self.tif = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def _chunk_ids(self, coords: Tensor) -> np.ndarray:
         if self.ndim == 2:

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import stat
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
                 else np.lib.format.read_array_header_2_0
             )
             shape, fortran, dtype = read(fh, max_header_size=1 << 16)
-        except (ValueError, SyntaxError, TypeError, EOFError) as err:
-            raise SourceError(f"{path}: the .npy header is corrupt ({err}).") from None
+        except Exception as err:  # numpy's header parser raises many kinds of error on garbage
+            raise SourceError(f"{path}: the .npy header is corrupt ({type(err).__name__}: {err}).") from None
         offset = fh.tell()
     if dtype.hasobject:
         raise SourceError(f"{path}: holds Python objects (a pickle); cpic never unpickles input files.")
@@ -163,7 +164,7 @@ def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "ra
             shape = tuple(int(n) for n in image.shape)
             dtype = header.get_data_dtype()
             offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
-    except (*failures, gzip.BadGzipFile, ValueError, OverflowError) as err:
+    except (*failures, gzip.BadGzipFile, zlib.error, ValueError, OverflowError) as err:
         raise SourceError(f"{path}: not a readable NIfTI image ({err}).") from None
     if not shape or any(n < 1 for n in shape):
         raise SourceError(f"{path}: the header declares shape {shape}; every axis must be >= 1.")
@@ -183,7 +184,7 @@ def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "ra
             )
         try:
             array = np.asarray(image.dataobj.get_unscaled())
-        except (EOFError, OSError, ValueError, gzip.BadGzipFile) as err:
+        except (EOFError, OSError, ValueError, gzip.BadGzipFile, zlib.error) as err:
             raise SourceError(f"{path}: the compressed data is truncated or corrupt ({err}).") from None
     else:
         needed = offset + math.prod(shape) * dtype.itemsize

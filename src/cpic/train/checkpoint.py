@@ -148,6 +148,8 @@ def _read_record(json_path: Path) -> dict:
         raise CheckpointError(f"{json_path} is not a {FORMAT} metadata file")
     if record.get("version") != VERSION:
         raise CheckpointError(f"{json_path} has version {record.get('version')}; this code reads {VERSION}")
+    if not isinstance(record.get("meta"), dict):
+        raise CheckpointError(f"{json_path} holds no metadata object (its 'meta' is not a JSON object)")
     return record
 
 

@@ -61,6 +61,17 @@ class VolumeDataset:
             self._items[i] = item
         return item
 
+    def opened(self) -> dict[int, VolumeSource]:
+        """The volumes opened so far, by position (what :meth:`source` has returned).
+
+        Example:
+            >>> import torch, cpic
+            >>> data = VolumeDataset([cpic.open_volume(torch.zeros(4, 4, 4)), "later.npy"])
+            >>> list(data.opened())
+            [0]
+        """
+        return {i: item for i, item in enumerate(self._items) if isinstance(item, VolumeSource)}
+
     def subset(self, indices: Sequence[int]) -> VolumeDataset:
         """The volumes at ``indices``, sharing opened sources."""
         indices = list(indices)

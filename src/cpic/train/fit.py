@@ -20,12 +20,11 @@ from cpic.train.checkpoint import (
     checkpoint_paths,
     flatten_state,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
     unflatten_state,
 )
 from cpic.train.dataset import VolumeDataset
+from cpic.train.resume_state import restore_state, save_state
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 
@@ -137,12 +136,13 @@ def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
             raise ValueError(f"{name} volume {data.names[i]!r} has grid {src.shape}, the model {shape}.")
 
 
-def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History) -> None:
+def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, gen, datasets) -> None:
+    """A checkpoint of everything the next epoch depends on (see :mod:`cpic.train.resume_state`)."""
     opt_tensors, skeleton = flatten_state(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"optim/{k}": v for k, v in opt_tensors.items()})
-    tensors["rng/global"] = rng_state()
-    tensors["rng/model"] = rng_state(model._generator)
+    state_tensors, state_meta = save_state(model, gen, datasets)
+    tensors.update(state_tensors)
     meta = {
         "config": model.config,
         "epoch": epoch,
@@ -150,11 +150,12 @@ def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History) -> N
         "best_epoch": history.best_epoch,
         "numerics": history.numerics,
         "optimizer": skeleton,
+        **state_meta,
     }
     save_checkpoint(path, tensors, meta)
 
 
-def _resume(path: Path, model: CPIC, optimizer) -> tuple[int, History]:
+def _resume(path: Path, model: CPIC, optimizer, gen, datasets) -> tuple[int, History]:
     tensors, meta = load_checkpoint(path)
     if meta.get("config") != json.loads(json.dumps(model.config)):
         raise ValueError(f"checkpoint {str(path)!r} was written by a model with config {meta.get('config')}.")
@@ -162,8 +163,7 @@ def _resume(path: Path, model: CPIC, optimizer) -> tuple[int, History]:
     optimizer.load_state_dict(
         unflatten_state({k[6:]: v for k, v in tensors.items() if k.startswith("optim/")}, meta["optimizer"])
     )
-    set_rng_state(tensors["rng/global"])
-    set_rng_state(tensors["rng/model"], model._generator)
+    restore_state(tensors, meta, model, gen, datasets)
     history = History(rows=meta["history"], best_epoch=meta["best_epoch"], numerics=meta["numerics"])
     return int(meta["epoch"]), history
 
@@ -242,12 +242,13 @@ def fit(
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start_epoch, history = 0, History()
+    gen = torch.Generator().manual_seed(seed)  # the batch order; its state travels in checkpoints
+    datasets = {"train": train, "val": val}
     if resume:
         if ckpt_dir is None:
             raise ValueError("resume=True needs checkpoint_dir=.")
         if checkpoint_paths(ckpt_dir / "last")[1].exists():
-            start_epoch, history = _resume(ckpt_dir / "last", model, opt)
-    gen = torch.Generator().manual_seed(seed + start_epoch)
+            start_epoch, history = _resume(ckpt_dir / "last", model, opt, gen, datasets)
     writer = _tensorboard(tensorboard)
     monitor, sign = _monitor(model.head.task)
     events: Counter[str] = Counter(history.numerics)
@@ -256,7 +257,7 @@ def fit(
 
     for epoch in range(start_epoch, epochs):
         model.train()
-        if refresh == "epoch" and epoch > start_epoch:
+        if refresh == "epoch" and epoch > 0:
             model.refresh_pivots()
         if schedule == "cosine":
             for group in opt.param_groups:
@@ -284,9 +285,9 @@ def fit(
             if best is None or sign * row[monitor] > sign * best:
                 history.best_epoch = epoch + 1
                 if ckpt_dir is not None:
-                    _save(ckpt_dir / "best", model, opt, epoch + 1, history)
+                    _save(ckpt_dir / "best", model, opt, epoch + 1, history, gen, datasets)
         if ckpt_dir is not None:
-            _save(ckpt_dir / "last", model, opt, epoch + 1, history)
+            _save(ckpt_dir / "last", model, opt, epoch + 1, history, gen, datasets)
         _log(log_csv, row, writer)
         if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
             break

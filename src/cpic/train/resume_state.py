@@ -1,0 +1,87 @@
+"""What a checkpoint needs beyond weights and optimiser for a resumed run to end bit-identical to an
+uninterrupted one: the pivots of every volume, the batch-order generator and the random states.
+
+Pivots are kept in memory keyed by the volume objects; in a checkpoint each is labelled by its
+dataset and position (``"train/3"``, ``"val/0"``), which the resumed run maps back to its own
+volume objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from cpic.nn import CPIC
+from cpic.train.checkpoint import flatten_state, rng_state, set_rng_state, unflatten_state
+from cpic.train.dataset import VolumeDataset
+
+#: tensor-name prefix of the pivots in a checkpoint
+PIVOTS = "pivots/"
+
+
+def _labels(datasets: Mapping[str, VolumeDataset | None]) -> dict[int, str]:
+    """``id(source) -> "name/position"`` for every opened volume of ``datasets``."""
+    labels = {}
+    for name, data in datasets.items():
+        if data is not None:
+            for i, source in data.opened().items():
+                labels.setdefault(id(source), f"{name}/{i}")
+    return labels
+
+
+def save_state(
+    model: CPIC, batches: torch.Generator, datasets: Mapping[str, VolumeDataset | None]
+) -> tuple[dict[str, Tensor], dict]:
+    """``(tensors, meta)`` of the run state: random generators and the model's pivots.
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.nn import Regression
+        >>> data = VolumeDataset([cpic.open_volume(torch.rand(8, 8, 8)) for _ in range(2)], [0.0, 1.0])
+        >>> model = cpic.CPIC((8, 8, 8), Regression(), features=2, patch=3, rank=2)
+        >>> _ = model([data.source(0), data.source(1)], keys=[data.source(0), data.source(1)])
+        >>> tensors, meta = save_state(model, torch.Generator(), {"train": data})
+        >>> sorted(meta["pivots"]["items"]), "rng/batches" in tensors
+        (['train/0', 'train/1'], True)
+    """
+    labels = _labels(datasets)
+    pivots = model.pivots.state(lambda key: labels.get(id(key)))
+    tensors, skeleton = flatten_state(pivots)
+    out = {PIVOTS + k: v for k, v in tensors.items()}
+    out["rng/global"] = rng_state()
+    out["rng/model"] = rng_state(model._generator)
+    out["rng/batches"] = rng_state(batches)
+    return out, {"pivots": skeleton}
+
+
+def restore_state(
+    tensors: dict[str, Tensor],
+    meta: dict,
+    model: CPIC,
+    batches: torch.Generator,
+    datasets: Mapping[str, VolumeDataset | None],
+) -> None:
+    """Put back what :func:`save_state` saved (a checkpoint without pivots or the batch
+    generator, from an older cpic, restores what it has)."""
+    set_rng_state(tensors["rng/global"])
+    set_rng_state(tensors["rng/model"], model._generator)
+    if "rng/batches" in tensors:
+        set_rng_state(tensors["rng/batches"], batches)
+    if "pivots" not in meta:
+        return
+    device = next(model.parameters()).device
+    flat = {k[len(PIVOTS) :]: v.to(device) for k, v in tensors.items() if k.startswith(PIVOTS)}
+    state = unflatten_state(flat, meta["pivots"])
+
+    def source_of(label: str):
+        name, _, position = label.rpartition("/")
+        data = datasets.get(name)
+        if data is None or not position.isdigit() or int(position) >= len(data):
+            raise ValueError(
+                f"the checkpoint holds pivots of volume {label!r}, which this run does not have."
+            )
+        return data.source(int(position))
+
+    model.pivots.load_state(state, source_of)

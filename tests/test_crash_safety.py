@@ -1,0 +1,90 @@
+"""Crash safety: a resumed run ends with the same model as an uninterrupted one, also when the
+training process is killed with SIGKILL at random moments (checkpoints are written atomically)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cpic.train import load_checkpoint
+from tests.crash_train import train
+
+ROOT = Path(__file__).parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("refresh", ["epoch", 3, None])
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path, refresh):
+    """Stopping after each epoch (max_minutes=0) and resuming gives the uninterrupted run's
+    weights, losses and pivots: pivots, batch order and random states travel in checkpoints."""
+    straight, history = train(tmp_path / "straight", 4, refresh=refresh)
+    for _ in range(3):
+        train(tmp_path / "stepwise", 4, refresh=refresh, max_minutes=0)
+    resumed, resumed_history = train(tmp_path / "stepwise", 4, refresh=refresh)
+    assert same_weights(straight.state_dict(), resumed.state_dict())
+    strip = [{k: v for k, v in row.items() if k not in ("seconds", "fraction_read")} for row in history.rows]
+    assert strip == [
+        {k: v for k, v in row.items() if k not in ("seconds", "fraction_read")}
+        for row in resumed_history.rows
+    ]
+    assert straight.pivots.counts == resumed.pivots.counts
+    keys = list(straight.pivots._items)
+    resumed_keys = list(resumed.pivots._items)
+    assert len(keys) == len(resumed_keys) == 8
+    for key, other in zip(keys, resumed_keys):
+        a, b = straight.pivots._items[key], resumed.pivots._items[other]
+        assert a.uses == b.uses and all(torch.equal(x, y) for x, y in zip(a.left + a.right, b.left + b.right))
+
+
+def _epoch(last: Path) -> int:
+    try:
+        return json.loads(last.read_text())["meta"]["epoch"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def _start(folder: Path, epochs: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.crash_train", str(folder), str(epochs)],
+        env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def test_sigkill_at_random_moments_resumes_to_the_same_model(tmp_path):
+    epochs = 12
+    reference = _start(tmp_path / "reference", epochs)
+    folder, rng, kills = tmp_path / "killed", random.Random(), []
+    last = folder / "ckpt" / "last.json"
+    for _ in range(3):
+        proc = _start(folder, epochs)
+        before, started = _epoch(last), time.monotonic()
+        while proc.poll() is None and _epoch(last) == before and time.monotonic() - started < 120:
+            time.sleep(0.01)  # until this run has written a checkpoint of its own
+        delay = rng.uniform(0.0, 0.4)  # then a random moment: a step, a validation or a save
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills.append((_epoch(last), round(delay, 3)))
+    final = _start(folder, epochs)
+    assert final.wait(timeout=300) == 0, final.stderr.read().decode()
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
+    assert len(kills) >= 2, kills  # the runs were killed part-way (checkpoint epoch, delay)
+    assert all(0 < epoch < epochs for epoch, _ in kills), kills
+    weights, meta = load_checkpoint(folder / "final")
+    expected, expected_meta = load_checkpoint(tmp_path / "reference" / "final")
+    assert meta == expected_meta == {"rows": epochs}
+    assert same_weights(weights, expected), kills

@@ -343,6 +343,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_options(args)
     device = device_of(args)
     train, val, data = _datasets(args)
+    torch.manual_seed(args.seed)  # the initial weights: the same seed gives the same model
     model = build_model(args, train, data).to(device)
     model.memory_budget = args.memory_budget
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
@@ -351,7 +352,12 @@ def _train(args: argparse.Namespace) -> int:
     except TRAINING_FAILURES as err:
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
-        return fail("train", "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)
+        return fail(
+            "train",
+            "every step of the last epoch was skipped (non-finite losses): normalise the volumes "
+            "(--normalize range or percentile) or lower --lr; no model was written.",
+            EXIT_FAILED,
+        )
     saved = _save(args, model, data, history)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), data.classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)

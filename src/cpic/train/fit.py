@@ -321,7 +321,8 @@ def _step(
         model.pivots.forget(keys)
     events["skipped_steps"] += 1
     warnings.warn(
-        f"skipped a step: it stayed non-finite after re-selecting pivots (volumes {items})",
+        f"skipped a step: it stayed non-finite after re-selecting pivots (volumes {items}); normalise "
+        "the volumes (normalize='range' or 'percentile') or lower the learning rate",
         stacklevel=2,
     )
     return None

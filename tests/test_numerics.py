@@ -277,3 +277,37 @@ def test_predict_cli_gives_identical_files(tmp_path):
             main(["predict", str(tmp_path / name), *volumes, "-o", str(tmp_path / f"{name}.csv"), "-q"]) == 0
         )
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+# ---------------------------------------------------------------------- what the command reports
+def _cli(capsys, *args):
+    from cpic.cli.main import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_reports_numerical_failure_and_memory_refusal_with_what_to_change(tmp_path, capsys):
+    rows = ["path,label"]
+    for i in range(4):
+        np.save(tmp_path / f"v{i}.npy", np.full((8, 8, 8), 1e30 * (1 + i), np.float32))
+        rows.append(f"v{i}.npy,{i % 2}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    small = ["--rank", "2", "--features", "2", "--patch", "3", "--epochs", "1", "--val", "0", "--quiet"]
+    code, err = _cli(capsys, "train", tmp_path / "m.csv", "-o", tmp_path / "raw", *small)
+    assert code == 1 and "--normalize" in err and len(err.strip().splitlines()) == 1, err
+    code, err = _cli(
+        capsys, "train", tmp_path / "m.csv", "-o", tmp_path / "ok", *small, "--normalize", "range"
+    )
+    assert code == 0, err
+    code, err = _cli(
+        capsys, "train", tmp_path / "m.csv", "-o", tmp_path / "big", *small, "--memory-budget", "1K"
+    )
+    assert code == 1 and "needs about" in err and "1.0 KiB is the memory budget" in err, err
+    assert "lower the rank" in err and len(err.strip().splitlines()) == 1
+    code, err = _cli(
+        capsys, "compress", tmp_path / "v0.npy", "-o", tmp_path / "c", "--memory-budget", "1K", "-q"
+    )
+    assert code == 1 and "refused before starting" in err, err
+    written = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("v"))
+    assert written == ["m.csv", "ok.json", "ok.safetensors"]

@@ -303,3 +303,49 @@ def broken_models(root: Path, model: Path) -> dict[str, tuple[Path, str]]:
     (root / "a_dir.json").mkdir(exist_ok=True)
     out["model paths are folders"] = (root / "a_dir", "a_dir")
     return out
+
+
+def broken_latents(root: Path, base: Path) -> dict[str, tuple[Path, str]]:
+    """Damaged copies of what ``cpic compress -o base`` wrote: ``{case: (base path, needle)}``."""
+    import safetensors.torch
+    import torch
+
+    from cpic.train.checkpoint import _sha256
+
+    root.mkdir(parents=True, exist_ok=True)
+    latent = base.with_name(base.name + ".latent")
+    cores = safetensors.torch.load_file(latent.with_name(latent.name + ".safetensors"))
+    record = json.loads(latent.with_name(latent.name + ".json").read_text())
+    out = {}
+
+    def write(
+        name: str, new_cores: dict | None, new_record: dict | None, needle: str, raw: bytes | None = None
+    ):
+        folder = root / name.replace(" ", "_")
+        folder.mkdir(exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            (folder / f"vol{suffix}").write_bytes(base.with_name(base.name + suffix).read_bytes())
+        st = folder / "vol.latent.safetensors"
+        if raw is not None:
+            st.write_bytes(raw)
+        else:
+            safetensors.torch.save_file(
+                cores if new_cores is None else new_cores, st, metadata={"format": "pt"}
+            )
+        rec = json.loads(json.dumps(record if new_record is None else new_record))
+        rec["sha256"] = _sha256(st)
+        (folder / "vol.latent.json").write_text(json.dumps(rec))
+        out[name] = (folder / "vol", needle)
+
+    write("latent with NaN", {**cores, "core_0": torch.full_like(cores["core_0"], float("nan"))}, None, "NaN")
+    write("latent of float64", {k: v.double() for k, v in cores.items()}, None, "float64")
+    write("latent core missing", {k: v for k, v in cores.items() if k != "core_1"}, None, "core")
+    write("latent core of the wrong shape", {**cores, "core_1": torch.zeros(2, 3, 4)}, None, "latent")
+    write("latent core of the wrong rank", {**cores, "core_1": torch.zeros(5)}, None, "latent")
+    write("latent pickle payload", None, None, "safetensors", raw=pickle.dumps({"core_0": [1.0]}))
+    write("latent of another version", None, {**record, "meta": {**record["meta"], "version": 7}}, "version")
+    (root / "no_latent").mkdir(exist_ok=True)
+    for suffix in (".safetensors", ".json"):
+        (root / "no_latent" / f"vol{suffix}").write_bytes(base.with_name(base.name + suffix).read_bytes())
+    out["latent files missing"] = (root / "no_latent" / "vol", "latent")
+    return out

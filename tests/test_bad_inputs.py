@@ -220,6 +220,16 @@ def test_model_file_loading_never_unpickles(world, monkeypatch):
     load_model(world.model)
 
 
+def test_every_broken_compressed_volume_is_refused(world, capsys, out):
+    code = main(["compress", str(world.root / "v0.npy"), "-o", str(world.root / "vol.cpic"), "--steps", "2",
+                 "--rank", "2", "--features", "2", "--quiet"])  # fmt: skip
+    assert code == 0
+    cases = bad_corpus.broken_latents(world.root / "latents", world.root / "vol.cpic")
+    assert len(cases) == 8
+    for path, needle in cases.values():
+        refused(cli(capsys, "reconstruct", path, "-o", out / "r.npy", "--figure", out / "r.png"), needle, out)
+
+
 # ---------------------------------------------------------------------- command flags
 FLAG_CASES = {
     "rank 0": (["train", "C", "--rank", "0"], "--rank"),
@@ -337,7 +347,7 @@ def _open_or_refuse(path: Path) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(text=st.text(alphabet="path,label\n\"ab01.npy -x", max_size=120))
+@given(text=st.text(alphabet='path,label\n"ab01.npy -x', max_size=120))
 def test_random_manifests_load_or_are_refused(tmp_path_factory, text):
     root = tmp_path_factory.mktemp("manifest")
     np.save(root / "a.npy", np.zeros((4, 4, 4), np.float32))

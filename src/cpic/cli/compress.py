@@ -360,9 +360,17 @@ def load_compressed(file: str | Path, device: torch.device) -> tuple[cpic.CPIC, 
         raise CheckpointError(f"{latent_path(file)}: not a cpic latent of version {LATENT_VERSION}.")
     if latent_meta.get("model_sha256") != _sha256(checkpoint_paths(file)[0]):
         raise CheckpointError(f"{latent_path(file)}: this latent was written with another model file.")
+    dtype = next(model.parameters()).dtype
+    for name, core in tensors.items():
+        if core.dtype != dtype or not bool(torch.isfinite(core).all()):
+            raise CheckpointError(
+                f"{latent_path(file)}: core {name!r} must hold finite {dtype} values, got {core.dtype}"
+                + ("" if core.dtype != dtype else " with NaN or Inf")
+                + "."
+            )
     try:
         latent = TT([tensors[f"core_{k}"][None] for k in range(len(tensors))])
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{latent_path(file)}: the TT cores are inconsistent ({err}).") from None
     if latent.shape[:-1] != model.layout.tensor_shape[:-1]:
         raise CheckpointError(f"{latent_path(file)}: TT modes {latent.shape} do not fit the model's layout.")

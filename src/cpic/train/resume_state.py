@@ -1,5 +1,6 @@
 """What a checkpoint needs beyond weights and optimiser for a resumed run to end bit-identical to an
-uninterrupted one: the pivots of every volume, the batch-order generator and the random states.
+uninterrupted one: the pivots of every volume, the batch-order generator and the random states,
+and for reconstruction models (whose loss samples the voxels read so far) each volume's read voxels.
 
 Pivots are kept in memory keyed by the volume objects; in a checkpoint each is labelled by its
 dataset and position (``"train/3"``, ``"val/0"``), which the resumed run maps back to its own
@@ -13,12 +14,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from cpic.nn import CPIC
+from cpic.nn import CPIC, Reconstruction
 from cpic.train.checkpoint import flatten_state, rng_state, set_rng_state, unflatten_state
 from cpic.train.dataset import VolumeDataset
 
-#: tensor-name prefix of the pivots in a checkpoint
-PIVOTS = "pivots/"
+#: tensor-name prefixes of the pivots and of the voxels read (reconstruction) in a checkpoint
+PIVOTS, READS = "pivots/", "reads/"
 
 
 def _labels(datasets: Mapping[str, VolumeDataset | None]) -> dict[int, str]:
@@ -53,6 +54,10 @@ def save_state(
     out["rng/global"] = rng_state()
     out["rng/model"] = rng_state(model._generator)
     out["rng/batches"] = rng_state(batches)
+    if isinstance(model.head, Reconstruction):  # its loss samples the voxels read so far
+        for name, data in datasets.items():
+            for i, source in ({} if data is None else data.opened()).items():
+                out[f"{READS}{name}/{i}"] = torch.from_numpy(source.stats.voxel_ids().copy())
     return out, {"pivots": skeleton}
 
 
@@ -69,19 +74,21 @@ def restore_state(
     set_rng_state(tensors["rng/model"], model._generator)
     if "rng/batches" in tensors:
         set_rng_state(tensors["rng/batches"], batches)
+    for key, ids in tensors.items():
+        if key.startswith(READS):
+            _source(datasets, key[len(READS) :]).stats.add_voxels(ids.numpy())
     if "pivots" not in meta:
         return
     device = next(model.parameters()).device
     flat = {k[len(PIVOTS) :]: v.to(device) for k, v in tensors.items() if k.startswith(PIVOTS)}
     state = unflatten_state(flat, meta["pivots"])
+    model.pivots.load_state(state, lambda label: _source(datasets, label))
 
-    def source_of(label: str):
-        name, _, position = label.rpartition("/")
-        data = datasets.get(name)
-        if data is None or not position.isdigit() or int(position) >= len(data):
-            raise ValueError(
-                f"the checkpoint holds pivots of volume {label!r}, which this run does not have."
-            )
-        return data.source(int(position))
 
-    model.pivots.load_state(state, source_of)
+def _source(datasets: Mapping[str, VolumeDataset | None], label: str):
+    """The volume a ``"name/position"`` label of :func:`save_state` stands for in this run."""
+    name, _, position = label.rpartition("/")
+    data = datasets.get(name)
+    if data is None or not position.isdigit() or int(position) >= len(data):
+        raise ValueError(f"the checkpoint holds state of volume {label!r}, which this run does not have.")
+    return data.source(int(position))

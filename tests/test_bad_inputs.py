@@ -255,6 +255,8 @@ FLAG_CASES = {
     "compress memory budget 0": (["compress", "V", "--memory-budget", "0"], "--memory-budget"),
     "compress unknown device": (["compress", "V", "--device", "quantum"], "quantum"),
     "predict batch size 0": (["predict", "M", "V", "--batch-size", "0"], "--batch-size"),
+    "predict memory budget 0": (["predict", "M", "V", "--memory-budget", "0"], "--memory-budget"),
+    "evaluate memory budget -1G": (["evaluate", "M", "C", "--memory-budget=-1G"], "--memory-budget"),
     "predict unknown device": (["predict", "M", "V", "--device", "tpu"], "tpu"),
     "predict bad output suffix": (["predict", "M", "V", "-o", "p.txt"], ".csv"),
     "inspect sample 0": (["inspect", "V", "--sample", "0"], "--sample"),

@@ -309,5 +309,10 @@ def test_cli_reports_numerical_failure_and_memory_refusal_with_what_to_change(tm
         capsys, "compress", tmp_path / "v0.npy", "-o", tmp_path / "c", "--memory-budget", "1K", "-q"
     )
     assert code == 1 and "refused before starting" in err, err
+    volume, budget = tmp_path / "v0.npy", ["--memory-budget", "1K"]
+    code, err = _cli(capsys, "predict", tmp_path / "ok", volume, "-o", tmp_path / "p.csv", *budget)
+    assert code == 1 and "1.0 KiB is the memory budget" in err, err
+    code, err = _cli(capsys, "evaluate", tmp_path / "ok", tmp_path / "m.csv", *budget)
+    assert code == 1 and "1.0 KiB is the memory budget" in err, err
     written = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("v"))
     assert written == ["m.csv", "ok.json", "ok.safetensors"]

@@ -4,7 +4,9 @@ against a corpus of bad files generated here (tests/bad_corpus.py) and hypothesi
 Each bad input must give exactly one line on stderr naming it, a non-zero exit code, no
 traceback or warning, no hang, and no output file (not even a temporary one). Commands run
 in-process (``main``) so that the hundreds of cases take seconds; a few run as real
-subprocesses to check what a user sees, library log messages included.
+subprocesses to check what a user sees, library log messages included. The hypothesis tests
+are derandomized (the same cases every run) so that CI is stable; docs/reliability.md records a
+longer randomized run.
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ def test_cross_budget_zero_and_too_small_are_refused():
 SUFFIXES = [".npy", ".nii", ".nii.gz", ".h5", ".tif"]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.binary(max_size=700), suffix=st.sampled_from(SUFFIXES))
 def test_random_bytes_never_crash_a_reader(tmp_path_factory, data, suffix):
     path = tmp_path_factory.mktemp("fuzz") / f"x{suffix}"
@@ -312,13 +314,19 @@ def valid_files(tmp_path_factory) -> dict[str, bytes]:
     nib.save(nib.Nifti1Image(array, np.eye(4)), root / "v.nii.gz")
     with h5py.File(root / "v.h5", "w") as h5:
         h5.create_dataset("v", data=array)
+    with h5py.File(root / "v.gz.h5", "w") as h5:
+        h5.create_dataset("v", data=array, chunks=(3, 5, 2), compression="gzip")
     tifffile.imwrite(root / "v.tif", array)
-    return {suffix: (root / f"v{suffix}").read_bytes() for suffix in SUFFIXES}
+    tifffile.imwrite(root / "v.zlib.tif", array, compression="zlib")
+    return {suffix: (root / f"v{suffix}").read_bytes() for suffix in DAMAGED}
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+DAMAGED = [*SUFFIXES, ".gz.h5", ".zlib.tif"]  # chunked gzip HDF5 and zlib TIFF too
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(
-    suffix=st.sampled_from(SUFFIXES),
+    suffix=st.sampled_from(DAMAGED),
     cut=st.integers(0, 10_000),
     flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
 )
@@ -348,7 +356,7 @@ def _open_or_refuse(path: Path) -> None:
     assert bool(torch.isfinite(values).all())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(text=st.text(alphabet='path,label\n"ab01.npy -x', max_size=120))
 def test_random_manifests_load_or_are_refused(tmp_path_factory, text):
     root = tmp_path_factory.mktemp("manifest")
@@ -365,7 +373,7 @@ def test_random_manifests_load_or_are_refused(tmp_path_factory, text):
     assert len(data) >= 1 and len(data.targets) == len(data)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(rank=st.integers(-5, 40), patch=st.integers(-3, 12), features=st.integers(-2, 5))
 def test_model_flags_parse_or_are_usage_errors(world, rank, patch, features):
     from cpic.cli import train

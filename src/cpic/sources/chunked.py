@@ -11,6 +11,7 @@ from torch import Tensor
 
 from cpic.sources.array import split_channels
 from cpic.sources.base import SourceError, VolumeSource
+from cpic.sources.files import quiet
 
 
 def _chunk_index(coords: np.ndarray, chunks: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
@@ -88,25 +89,25 @@ class HDF5Source(VolumeSource):
             raise SourceError(f"{path}: reading HDF5 needs h5py: pip install 'cpic[io]'.") from None
         try:
             self.file = h5py.File(path, "r")
-        except OSError as err:
+        except Exception as err:  # OSError mostly; h5py's parser may raise others on garbage
             raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
         try:
             self.data, dataset = self._dataset(h5py, path, dataset)
-            data_shape, chunks = self.data.shape, self.data.chunks
+            data_shape, chunks, dtype = self.data.shape, self.data.chunks, self.data.dtype
         except SourceError:
             self.file.close()
             raise
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:  # a corrupt file
+        except Exception as err:  # h5py raises many kinds of error on a corrupt file
             self.file.close()
             raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
         shape, channels = split_channels(data_shape, channel_axis, f"{path}:{dataset}")
-        super().__init__(f"{path}:{dataset}", shape, self.data.dtype, channels, nonfinite=nonfinite)
+        super().__init__(f"{path}:{dataset}", shape, dtype, channels, nonfinite=nonfinite)
         if channels is not None and channel_axis % self.data.ndim != self.data.ndim - 1:
             raise SourceError(f"{self.name}: only a trailing channel axis is supported for HDF5.")
         chunks = chunks or data_shape
         self._chunks = tuple(chunks[: self.ndim])
         self._grid = tuple(-(-n // c) for n, c in zip(self.shape, self._chunks))
-        self.chunk_bytes = int(np.prod(chunks)) * self.data.dtype.itemsize
+        self.chunk_bytes = int(np.prod(chunks)) * dtype.itemsize
 
     def _dataset(self, h5py, path: Path, dataset: str | None):
         """The dataset named, or the file's only one, and its name."""
@@ -121,7 +122,15 @@ class HDF5Source(VolumeSource):
         return self.file[dataset], dataset
 
     def _read(self, coords: Tensor) -> Tensor:
-        coords = coords.numpy()
+        try:
+            return self._read_chunks(coords.numpy())
+        except Exception as err:  # a damaged file fails inside h5py in many ways
+            reason = f"{type(err).__name__}: {err}"
+            raise SourceError(
+                f"{self.name}: reading voxels failed, the file is truncated or corrupt ({reason})."
+            ) from None
+
+    def _read_chunks(self, coords: np.ndarray) -> Tensor:
         ids = _chunk_index(coords, self._chunks, self._grid)
         order = np.argsort(ids, kind="stable")
         bounds = np.flatnonzero(np.diff(ids[order])) + 1
@@ -170,7 +179,8 @@ class TiffSource(VolumeSource):
 
     def _read(self, coords: Tensor) -> Tensor:
         try:
-            return self._read_pages(coords.numpy())
+            with quiet("tifffile"):
+                return self._read_pages(coords.numpy())
         except Exception as err:  # a damaged file fails in tifffile's decoders in many ways
             reason = f"{type(err).__name__}: {err}"
             raise SourceError(

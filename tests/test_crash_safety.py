@@ -110,3 +110,18 @@ def test_reconstruction_resume_is_exact_too(tmp_path):
     for _ in range(2):
         run(tmp_path / "stepwise", max_minutes=0)
     assert same_weights(straight.state_dict(), run(tmp_path / "stepwise").state_dict())
+
+
+def test_the_csv_log_matches_the_checkpoint_after_a_resume(tmp_path):
+    """Killed after its checkpoint but before its log line, or after logging an epoch it redoes:
+    on resume the log is made to hold exactly the checkpointed epochs, then continues."""
+    log = tmp_path / "log.csv"
+    train(tmp_path, 3, log_csv=log, max_minutes=0)
+    train(tmp_path, 3, log_csv=log, max_minutes=0)
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-1]) + "\n")  # epoch 2 checkpointed, its log line lost
+    train(tmp_path, 3, log_csv=log)
+    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["epoch", "1", "2", "3"]
+    log.write_text(log.read_text() + "4,0.1,0.1,0.5,0.5,1.0,0.1\n")  # an epoch the checkpoint lacks
+    train(tmp_path, 3, log_csv=log)
+    assert [line.split(",")[0] for line in log.read_text().splitlines()] == ["epoch", "1", "2", "3"]

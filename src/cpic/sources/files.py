@@ -23,7 +23,15 @@ _MAX_DECOMPRESSED = 16 * 2**30
 
 @contextlib.contextmanager
 def quiet(logger: str) -> Iterator[None]:
-    """Silence a reader library's logger: its complaints become one SourceError, not stderr noise."""
+    """Silence a reader library's logger: its complaints become one SourceError, not stderr noise.
+
+    Example:
+        >>> import logging
+        >>> with quiet("nibabel"):
+        ...     logging.getLogger("nibabel").warning("not shown")
+        >>> logging.getLogger("nibabel").level
+        0
+    """
     log = logging.getLogger(logger)
     level = log.level
     log.setLevel(logging.CRITICAL + 1)

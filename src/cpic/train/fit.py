@@ -24,7 +24,7 @@ from cpic.train.checkpoint import (
     unflatten_state,
 )
 from cpic.train.dataset import VolumeDataset
-from cpic.train.resume_state import restore_state, save_state
+from cpic.train.resume_state import restore_state, save_state, sync_log
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 
@@ -249,6 +249,8 @@ def fit(
             raise ValueError("resume=True needs checkpoint_dir=.")
         if checkpoint_paths(ckpt_dir / "last")[1].exists():
             start_epoch, history = _resume(ckpt_dir / "last", model, opt, gen, datasets)
+            if log_csv is not None:
+                sync_log(log_csv, history.rows)  # the log may be an epoch behind or ahead of it
     writer = _tensorboard(tensorboard)
     monitor, sign = _monitor(model.head.task)
     events: Counter[str] = Counter(history.numerics)

@@ -9,7 +9,10 @@ volume objects.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -17,6 +20,7 @@ from torch import Tensor
 from cpic.nn import CPIC, Reconstruction
 from cpic.train.checkpoint import flatten_state, rng_state, set_rng_state, unflatten_state
 from cpic.train.dataset import VolumeDataset
+from cpic.util import write_text_atomic
 
 #: tensor-name prefixes of the pivots and of the voxels read (reconstruction) in a checkpoint
 PIVOTS, READS = "pivots/", "reads/"
@@ -69,7 +73,20 @@ def restore_state(
     datasets: Mapping[str, VolumeDataset | None],
 ) -> None:
     """Put back what :func:`save_state` saved (a checkpoint without pivots or the batch
-    generator, from an older cpic, restores what it has)."""
+    generator, from an older cpic, restores what it has).
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.nn import Regression
+        >>> data = VolumeDataset([cpic.open_volume(torch.rand(8, 8, 8)) for _ in range(2)], [0.0, 1.0])
+        >>> model = cpic.CPIC((8, 8, 8), Regression(), features=2, patch=3, rank=2)
+        >>> _ = model([data.source(0)], keys=[data.source(0)])
+        >>> tensors, meta = save_state(model, torch.Generator(), {"train": data})
+        >>> again = cpic.CPIC((8, 8, 8), Regression(), features=2, patch=3, rank=2)
+        >>> restore_state(tensors, meta, again, torch.Generator(), {"train": data})
+        >>> data.source(0) in again.pivots, again.pivots.counts == model.pivots.counts
+        (True, True)
+    """
     set_rng_state(tensors["rng/global"])
     set_rng_state(tensors["rng/model"], model._generator)
     if "rng/batches" in tensors:
@@ -92,3 +109,36 @@ def _source(datasets: Mapping[str, VolumeDataset | None], label: str):
     if data is None or not position.isdigit() or int(position) >= len(data):
         raise ValueError(f"the checkpoint holds state of volume {label!r}, which this run does not have.")
     return data.source(int(position))
+
+
+def sync_log(path: str | Path, rows: list[dict]) -> None:
+    """Make a CSV log (one line per epoch, as ``fit(log_csv=...)`` appends) hold exactly the
+    epochs of a resumed checkpoint's ``rows``: a run killed between its checkpoint and its log
+    line leaves the log an epoch behind, one killed after logging an epoch it then redoes would
+    log that epoch twice. Rewritten atomically, and only when it differs.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     log = Path(d) / "log.csv"
+        ...     _ = log.write_text("epoch,train_loss\\n1,0.5\\n2,0.4\\n3,0.3\\n")   # epoch 3 was lost
+        ...     sync_log(log, [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.4}])
+        ...     log.read_text().split()
+        ['epoch,train_loss', '1,0.5', '2,0.4']
+    """
+    path = Path(path)
+    header, logged = None, []
+    if path.exists():
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            logged = [row.get("epoch") for row in reader]
+            header = reader.fieldnames
+    if logged == [str(row["epoch"]) for row in rows]:
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=header or list(rows[0]), extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, out.getvalue())

@@ -71,7 +71,7 @@ def broken_volumes(root: Path) -> dict[str, Path | str]:
     np.save(root / "complex.npy", good.astype(np.complex64))
     c["npy complex"] = root / "complex.npy"
     big = good.astype(np.float64)
-    big[1, 1, 1] = 1e300
+    big[::2, ::2, ::2] = 1e300  # every 3^3 patch and one voxel in 8: whatever the pivots, they are read
     np.save(root / "beyond_float32.npy", big)
     c["npy beyond float32"] = root / "beyond_float32.npy"
     (root / "dir.npy").mkdir(exist_ok=True)
@@ -163,16 +163,18 @@ def odd_volumes(root: Path) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     good = np.random.default_rng(1).normal(size=GRID).astype(np.float32)
     c = {}
+    # cpic reads only the voxels its pivots need, so a bad voxel is met when read: these are spread
+    # so that every 3^3 patch, and one voxel in 8, holds one (whatever pivots a run selects)
     nan = good.copy()
-    nan[3, 4, 5] = np.nan
+    nan[::2, ::2, ::2] = np.nan
     np.save(root / "nan.npy", nan)
-    c["NaN voxel"] = root / "nan.npy"
+    c["NaN voxels"] = root / "nan.npy"
     inf = good.copy()
-    inf[:, 2] = np.inf
+    inf[1::2, 1::2, 1::2] = np.inf
     np.save(root / "inf.npy", inf)
     c["Inf voxels"] = root / "inf.npy"
     nib.save(nib.Nifti1Image(nan, np.eye(4)), root / "nan.nii.gz")
-    c["nii.gz NaN voxel"] = root / "nan.nii.gz"
+    c["nii.gz NaN voxels"] = root / "nan.nii.gz"
     np.save(root / "one.npy", np.ones((1, 1, 1), np.float32))
     c["1 voxel"] = root / "one.npy"
     np.save(root / "flat.npy", good[0])

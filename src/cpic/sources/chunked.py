@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -162,11 +163,14 @@ class TiffSource(VolumeSource):
         try:
             self.tif = tifffile.TiffFile(path)
             series = self.tif.series[0]
+            shape = tuple(int(n) for n in series.shape)
+            self._check_complete(path, series, shape)
+        except SourceError:
+            raise
         except Exception as err:  # tifffile's parser raises many kinds of error on a damaged file
             self.close()
             reason = "it holds no image" if isinstance(err, IndexError) else str(err)
             raise SourceError(f"{path}: not a readable TIFF ({reason}).") from None
-        shape = tuple(int(n) for n in series.shape)
         super().__init__(str(path), shape, series.dtype, nonfinite=nonfinite)
         self.pages = series.pages
         try:
@@ -198,6 +202,25 @@ class TiffSource(VolumeSource):
             sel = page == p
             out[sel] = self.pages[int(p)].asarray()[tuple(coords[sel, -2:].T)]
         return torch.from_numpy(out)
+
+    def _check_complete(self, path: Path, series, shape: tuple[int, ...]) -> None:
+        """Refuse a truncated file whose pages cannot hold the series' shape, or whose data lies
+        beyond the end of the file (found now, not at the first read of a missing page)."""
+        size, held = path.stat().st_size, 0
+        for page in series.pages:
+            if page is None:
+                continue
+            held += math.prod(page.shape)
+            if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+                self.close()
+                raise SourceError(
+                    f"{path}: truncated: image data lies beyond the end of the file ({size} bytes)."
+                )
+        if held < math.prod(shape):
+            self.close()
+            raise SourceError(
+                f"{path}: truncated: its pages hold {held} of the {math.prod(shape)} values of shape {shape}."
+            )
 
     def close(self) -> None:
         """Close the file (also done when the source is garbage-collected)."""

@@ -56,20 +56,42 @@ def _epoch(last: Path) -> int:
         return 0
 
 
-def _start(folder: Path, epochs: int) -> subprocess.Popen:
+def _cohort(root: Path) -> Path:
+    """Eight 8^3 volumes (noise, every other one with a bright cube) and their manifest."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label"]
+    for i in range(8):
+        volume = 0.1 * rng.normal(size=(8, 8, 8)).astype(np.float32)
+        volume[2:6, 2:6, 2:6] += i % 2
+        np.save(root / f"v{i}.npy", volume)
+        rows.append(f"v{i}.npy,{'ab'[i % 2]}")
+    (root / "cohort.csv").write_text("\n".join(rows) + "\n")
+    return root / "cohort.csv"
+
+
+def _train(manifest: Path, name: str, epochs: int) -> subprocess.Popen:
+    """``cpic train --resume`` writing checkpoints to ``name-ckpt`` and the model to ``name``."""
+    folder = manifest.parent
+    args = ["train", manifest, "-o", folder / name, "--checkpoint-dir", folder / f"{name}-ckpt", "--resume",
+            "--epochs", epochs, "--rank", 2, "--features", 3, "--patch", 3, "--batch-size", 2, "--val", 0.25,
+            "--log-csv", folder / f"{name}.csv", "--quiet"]  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.crash_train", str(folder), str(epochs)],
+        [sys.executable, "-m", "cpic.cli.main", *map(str, args)],
         env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
 def test_sigkill_at_random_moments_resumes_to_the_same_model(tmp_path):
-    epochs = 10
-    reference = _start(tmp_path / "reference", epochs)
-    folder, rng, kills = tmp_path / "killed", random.Random(), []
-    last = folder / "ckpt" / "last.json"
+    """``cpic train --resume`` killed with SIGKILL three times at random moments, then run to
+    the end, writes the same model (and log) as a run never interrupted."""
+    epochs, manifest = 12, _cohort(tmp_path)
+    reference = _train(manifest, "reference", epochs)
+    rng, kills = random.Random(), []
+    last = tmp_path / "killed-ckpt" / "last.json"
     for _ in range(3):
-        proc = _start(folder, epochs)
+        proc = _train(manifest, "killed", epochs)
         before, started = _epoch(last), time.monotonic()
         while proc.poll() is None and _epoch(last) == before and time.monotonic() - started < 120:
             time.sleep(0.01)  # until this run has written a checkpoint of its own
@@ -79,15 +101,20 @@ def test_sigkill_at_random_moments_resumes_to_the_same_model(tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills.append((_epoch(last), round(delay, 3)))
-    final = _start(folder, epochs)
+            if kills[-1][0] < epochs:  # killed before its last checkpoint: no model file yet
+                assert not (tmp_path / "killed.safetensors").exists(), kills
+    final = _train(manifest, "killed", epochs)
     assert final.wait(timeout=300) == 0, final.stderr.read().decode()
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
-    assert len(kills) >= 2, kills  # the runs were killed part-way (checkpoint epoch, delay)
-    assert all(0 < epoch < epochs for epoch, _ in kills), kills
-    weights, meta = load_checkpoint(folder / "final")
-    expected, expected_meta = load_checkpoint(tmp_path / "reference" / "final")
-    assert meta == expected_meta == {"rows": epochs}
+    # at least two runs were killed part-way: (epoch of the last checkpoint, delay) of each kill
+    assert sum(0 < epoch < epochs for epoch, _ in kills) >= 2, kills
+    weights, meta = load_checkpoint(tmp_path / "killed")
+    expected, expected_meta = load_checkpoint(tmp_path / "reference")
     assert same_weights(weights, expected), kills
+    losses = [[row["train_loss"], row["val_loss"]] for row in meta["provenance"]["history"]]
+    assert losses == [[row["train_loss"], row["val_loss"]] for row in expected_meta["provenance"]["history"]]
+    log = [line.split(",")[:3] for line in (tmp_path / "killed.csv").read_text().splitlines()]
+    assert log == [line.split(",")[:3] for line in (tmp_path / "reference.csv").read_text().splitlines()]
     print("kills (checkpoint epoch, delay):", kills)
 
 

@@ -1,4 +1,4 @@
-"""A small training run for the crash-safety tests (also a script: ``python -m tests.crash_train DIR [EPOCHS]``).
+"""A small training run for the crash-safety tests; also a script: ``python -m tests.crash_train DIR``.
 
 It trains with checkpoints in ``DIR/ckpt`` and ``resume=True`` (so a killed run, started again,
 continues from its last checkpoint), then writes the final weights to ``DIR/final``.

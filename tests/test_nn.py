@@ -325,3 +325,21 @@ def test_a_volume_gets_the_same_prediction_in_any_batch():
         keyed = model([srcs[1], srcs[0]], keys=[srcs[1], srcs[0]])
     torch.testing.assert_close(alone[0], together[2])
     torch.testing.assert_close(alone[0], keyed[1])
+
+
+def test_sampled_max_is_the_largest_feature_over_the_interpolated_patches():
+    torch.manual_seed(0)
+    model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=1, rank=3, sampled_max=True)
+    src = ArraySource(torch.rand(16, 16, 16))
+    model.embed([src], keys=[0])  # selects and keeps the pivots
+    src.stats.reset()
+    z = model.embed([src], keys=[0])  # reads exactly the interpolation's patches
+    read = src.voxels_read()
+    features = model.encoder(src.read(read)[:, None, None, None, None])
+    assert z.shape == (1, model.projection.out_features(4) + 4)
+    assert torch.allclose(z[0, -4:], features.max(0).values, atol=1e-6)
+    # a bright voxel where the cross samples raises the maximum of some feature
+    volume = src.array.copy()
+    volume[tuple(read[0].tolist())] = 50.0
+    bright = model.embed([ArraySource(volume)], keys=[1])
+    assert not torch.allclose(bright[0, -4:], z[0, -4:])

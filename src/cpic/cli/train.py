@@ -18,7 +18,8 @@ import torch
 
 from cpic.cli.common import EXIT_FAILED, EXIT_USAGE, add_common, byte_size, device_of, emit, fail, subparser
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
-from cpic.train import VolumeDataset, checkpoint_paths, fit, save_model
+from cpic.train import VolumeDataset, checkpoint_paths, distributed, fit, save_model
+from cpic.train.launch import launch
 
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
 _OPTIONS: dict[str, tuple[argparse.Action, object]] = {}
@@ -48,6 +49,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
     return value
 
 
@@ -176,6 +188,22 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="refuse to start when a step's estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
     )
+    _option(
+        p,
+        "--nproc",
+        default=1,
+        type=positive_int,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (torch.distributed; see docs/scaling.md)",
+    )
+    _option(
+        p,
+        "--dist-timeout",
+        default=distributed.DEFAULT_TIMEOUT,
+        type=_seconds,
+        metavar="SECONDS",
+        help="a distributed job fails when a rank waits this long for the others",
+    )
 
 
 # ---------------------------------------------------------------------- --config
@@ -282,10 +310,13 @@ def _datasets(args) -> tuple[VolumeDataset, VolumeDataset | None, VolumeDataset]
     """``(train, val, all)`` from the manifest and ``--val`` or ``--val-manifest``."""
     options = (args.target, args.extra, args.path_column, args.task, args.normalize)
     data = load_manifest(args.manifest, *options)
-    open_all(data, args.manifest)
+    alone = distributed.current().world == 1  # a rank of a job opens only its own volumes (in fit)
+    if alone:
+        open_all(data, args.manifest)
     if args.val_manifest:
         val = load_manifest(args.val_manifest, *options)
-        open_all(val, args.val_manifest)
+        if alone:
+            open_all(val, args.val_manifest)
         if args.task == "classification":
             align_classes(val, data.classes, f"validation manifest {args.val_manifest!r}")
         return data, val, data
@@ -310,8 +341,10 @@ def _head(args, data: VolumeDataset):
 
 
 def build_model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
-    """The model the options describe, for the grid of the first training volume."""
+    """The model the options describe, for the grid of the first training volume; its initial
+    weights depend on ``--seed`` only (every rank of a distributed job builds the same model)."""
     first = train.source(0)
+    torch.manual_seed(args.seed)
     return CPIC(
         first.shape,
         _head(args, data),
@@ -330,11 +363,43 @@ def build_model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
 
 # ---------------------------------------------------------------------- the command
 def run(args: argparse.Namespace) -> int:
-    """Train, save, summarise; an interrupt (Ctrl-C) anywhere writes no model (exit code 1)."""
+    """Train, save, summarise; an interrupt (Ctrl-C) anywhere writes no model (exit code 1).
+
+    With ``--nproc N`` (N > 1) outside a distributed job, start N workers running this same
+    command line (:func:`cpic.train.launch.launch`); under torchrun or as such a worker, join
+    the job (:func:`cpic.train.distributed.init`) and train data-parallel.
+    """
     try:
-        return _train(args)
+        resolve_options(args)
+        if args.nproc > 1 and not distributed.in_distributed_env():
+            _check_options(args)
+            argv = getattr(args, "argv", None) or sys.argv[1:]
+            return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
+        return _train_in_job(args)
     except KeyboardInterrupt:
         return fail("train", "interrupted; no model was written.", EXIT_FAILED)
+
+
+def _train_in_job(args: argparse.Namespace) -> int:
+    """:func:`_train` as one rank of a distributed job (or alone outside one); the process
+    group is left at the end, after waiting for the other ranks when this one succeeded."""
+    if not distributed.in_distributed_env():
+        return _train(args)
+    _check_options(args)
+    device_of(args)  # a clear message when CUDA is asked for but absent
+    try:
+        ctx, device = distributed.init(device=args.device, timeout=args.dist_timeout)
+    except distributed.RankLost as err:
+        return fail("train", str(err), EXIT_FAILED)
+    args.device = str(device)  # cuda:LOCAL_RANK
+    if not ctx.is_main:  # rank 0 alone prints progress and the summary
+        args.quiet, args.json = True, False
+    code = EXIT_FAILED
+    try:
+        code = _train(args)
+        return code
+    finally:
+        distributed.shutdown(wait=code == 0)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -343,13 +408,12 @@ def _train(args: argparse.Namespace) -> int:
     _check_options(args)
     device = device_of(args)
     train, val, data = _datasets(args)
-    torch.manual_seed(args.seed)  # the initial weights: the same seed gives the same model
     model = build_model(args, train, data).to(device)
     model.memory_budget = args.memory_budget
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
     try:
         history = _fit(args, model, train, val)
-    except TRAINING_FAILURES as err:
+    except TRAINING_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(
@@ -358,9 +422,12 @@ def _train(args: argparse.Namespace) -> int:
             "(--normalize range or percentile) or lower --lr; no model was written.",
             EXIT_FAILED,
         )
+    if not distributed.current().is_main:  # rank 0 writes the model
+        return 0
     saved = _save(args, model, data, history)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), data.classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)
+    summary["processes"] = distributed.current().world
     emit(args, summary, _lines(summary))
     return 0
 
@@ -408,6 +475,7 @@ def _save(args, model: CPIC, data: VolumeDataset, history) -> Path:
         optimizer=args.optimizer,
         lr=args.lr,
         batch_size=args.batch_size,
+        processes=distributed.current().world,
         seed=args.seed,
         numerics=history.numerics,
         history=history.rows,
@@ -441,6 +509,8 @@ def _lines(summary: dict) -> list[str]:
         f"  epochs              {summary['epochs']} (best {summary['best_epoch']})"
         + (" (resumed)" if summary["resumed"] else ""),
     ]
+    if summary.get("processes", 1) > 1:
+        lines.append(f"  processes           {summary['processes']} (data-parallel)")
     lines += [f"  {name:<19} {value:.4f}" for name, value in summary["metrics"].items()]
     lines += [
         f"  voxels read         {100 * summary['fraction_read']:.2f}% of each training volume",

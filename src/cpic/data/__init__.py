@@ -3,12 +3,18 @@
 Imports the sources layer only.
 """
 
+from cpic.data.cohort_files import write_cohort
+from cpic.data.lesions import ANATOMIES, Lesion, lesion_cohort, lesion_source
 from cpic.data.phantoms import band_limited_noise, blobs, shepp_logan
 from cpic.data.procedural import blob_field
 from cpic.data.real import DataUnavailable, colin27, head_ct, mean_head, mni152
 from cpic.data.shapes import SHAPE_CLASSES, shape_cohort, shape_source
 
 __all__ = [
+    "ANATOMIES",
+    "Lesion",
+    "lesion_cohort",
+    "lesion_source",
     "SHAPE_CLASSES",
     "DataUnavailable",
     "band_limited_noise",
@@ -21,4 +27,5 @@ __all__ = [
     "shape_cohort",
     "shape_source",
     "shepp_logan",
+    "write_cohort",
 ]

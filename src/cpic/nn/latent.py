@@ -57,6 +57,8 @@ class PatchFeatures:
         self.device = torch.device(device) if device is not None else _module_device(encoder)
         self.dtype = _module_dtype(encoder)
         self.encoded = 0
+        #: ``(voxel ids [U], features [U, F])`` of the latest call's patches (ids as :meth:`voxels`)
+        self.last: tuple[Tensor, Tensor] | None = None
         self._grid = torch.tensor(layout.grid_shape)
         self._strides = _strides(layout.grid_shape)
 
@@ -107,10 +109,33 @@ class PatchFeatures:
             )
         return features
 
+    def sampled_max(self) -> Tensor:
+        """Per volume, the largest value of each feature over the patches of the latest call
+        ``[B, F]`` (the patches cross picked, when that call was :func:`cpic.interpolate`'s).
+
+        Example:
+            >>> import torch, cpic
+            >>> from cpic.layout import QTTLayout
+            >>> from cpic.nn import PatchMLP
+            >>> src = cpic.open_volume(torch.rand(8, 8, 8))
+            >>> f = PatchFeatures([src] * 2, QTTLayout(src.shape, features=3), PatchMLP(1, 3), patch=1)
+            >>> _ = f(torch.zeros(2, 4, len(f.shape), dtype=torch.long))
+            >>> f.sampled_max().shape
+            torch.Size([2, 3])
+        """
+        if self.last is None:
+            raise RuntimeError("sampled_max() needs a call of the function first.")
+        ids, features = self.last
+        volume = (ids // int(self._grid.prod())).to(features.device)
+        out = features.new_full((self.batch, features.shape[1]), float("-inf"))
+        out = out.scatter_reduce(0, volume[:, None].expand_as(features), features, "amax")
+        return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+
     def __call__(self, idx: Tensor) -> Tensor:
         B, P, _ = idx.shape
         unique, inverse = torch.unique(self.voxels(idx).flatten(), return_inverse=True)
         features = self.encode(unique)
+        self.last = (unique, features)
         rows = inverse.to(self.device) * features.shape[1] + idx[..., -1].flatten().to(self.device)
         return features.flatten().index_select(0, rows).reshape(B, P)
 

@@ -39,6 +39,10 @@ class CPIC(nn.Module):
     exceeds ``refresh_tol``; refreshes are warm-started (one sweep). Without keys, each call
     selects afresh.
 
+    ``sampled_max=True`` appends to the projection the largest value of each feature over the
+    patches the cross picked (the interpolation's fibers): whole-grid averages dilute a small
+    anomaly (a lesion) to nothing, a maximum over the cherry-picked samples keeps it.
+
     Example:
         >>> import torch, cpic
         >>> from cpic.nn import Classification
@@ -64,6 +68,7 @@ class CPIC(nn.Module):
         positions: bool = False,
         background: float | None = None,
         projection: str | nn.Module = "mean",
+        sampled_max: bool = False,
         rank: int = 10,
         sweeps: int = 3,
         refresh_every: int | None = None,
@@ -90,7 +95,9 @@ class CPIC(nn.Module):
         self.encoder = make_encoder(encoder, patch, features, channels, ndim, positions)
         self.projection = make_projection(projection, features, ndim)
         self.head = head
+        self.sampled_max = sampled_max and not isinstance(head, Reconstruction)
         in_features = features if isinstance(head, Reconstruction) else self.projection.out_features(features)
+        in_features += features if self.sampled_max else 0
         head.build(in_features + extra_features)
         self.pivots = PivotStore(rank, sweeps=sweeps, refresh_every=refresh_every, seed=seed)
         #: numerical failures met and how they were handled ("refreshed", "lowered_rank"), and
@@ -109,6 +116,7 @@ class CPIC(nn.Module):
             "positions": positions,
             "background": background,
             "projection": projection if isinstance(projection, str) else type(projection).__name__,
+            "sampled_max": self.sampled_max,
             "rank": rank,
             "sweeps": sweeps,
             "refresh_every": refresh_every,
@@ -146,8 +154,10 @@ class CPIC(nn.Module):
         """
         return self._latent(sources, keys)[0]
 
-    def _latent(self, sources, keys) -> tuple[TT, PatchFeatures]:
-        """The latent TT and the feature function that sampled it."""
+    def _latent(self, sources, keys, interpolated: bool = False) -> tuple[TT, PatchFeatures]:
+        """The latent TT and the feature function that sampled it; ``f.sampled`` holds the
+        largest features over the patches of the interpolation (always run when
+        ``interpolated``, even without gradients)."""
         sources = _as_list(sources)
         if keys is not None and len(keys) != len(sources):
             raise ValueError(
@@ -157,13 +167,16 @@ class CPIC(nn.Module):
         f = self.feature_function(sources)
         if keys is None:
             tt, info = self._select(f, self.rank, self._item_seeds(sources))
-            if not torch.is_grad_enabled():
+            if not (torch.is_grad_enabled() or interpolated):
                 return tt, f
-            return self._interpolate(f, info, keys), f
+            tt = self._interpolate(f, info, keys)
+            f.sampled = f.sampled_max()
+            return tt, f
         info = self.pivots.pivots(
             f.subset, f.shape, list(keys), dtype=f.dtype, device=f.device, seeds=self._item_seeds(sources)
         )
         tt = self._interpolate(f, info, keys)
+        f.sampled = f.sampled_max()
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
         return tt, f
@@ -228,7 +241,10 @@ class CPIC(nn.Module):
     def embed(self, sources, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None) -> Tensor:
         """The head's input ``[B, in_features]``: the projection plus any extra features."""
         sources = _as_list(sources)
-        z = self.projection(self.latent(sources, keys), self.layout)
+        tt, f = self._latent(sources, keys, interpolated=self.sampled_max)
+        z = self.projection(tt, self.layout)
+        if self.sampled_max:
+            z = torch.cat([z, f.sampled], 1)
         if self.extra_features:
             if extra is None:
                 raise ValueError(

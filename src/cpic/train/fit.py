@@ -24,6 +24,7 @@ from cpic.train.checkpoint import (
     unflatten_state,
 )
 from cpic.train.dataset import VolumeDataset
+from cpic.train.distributed import Distributed, current
 from cpic.train.resume_state import restore_state, save_state, sync_log
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
@@ -78,8 +79,17 @@ def _task_metrics(model: CPIC, pred: Tensor, target: Tensor | None, prefix: str)
 
 
 @torch.no_grad()
-def evaluate(model: CPIC, data: VolumeDataset, batch_size: int = 8, split: str = "val") -> dict:
+def evaluate(
+    model: CPIC,
+    data: VolumeDataset,
+    batch_size: int = 8,
+    split: str = "val",
+    distributed: Distributed | None = None,
+) -> dict:
     """Loss and the task's metrics of ``model`` on ``data`` (keys ``"<split>_loss"``, ...).
+
+    In a distributed job (``distributed``, default the current process group) each rank
+    evaluates the volumes it owns and every rank gets the metrics of all of them.
 
     Example:
         >>> import torch, cpic
@@ -91,30 +101,35 @@ def evaluate(model: CPIC, data: VolumeDataset, batch_size: int = 8, split: str =
         ['val_loss', 'val_mae']
     """
     model.eval()
+    ctx = distributed or current()
+    owned = ctx.share(len(data))
+    if len(owned) == len(data):  # one process, or too few volumes to share: every rank does all
+        ctx = Distributed()
     losses, weights, preds = [], [], []
-    for items in _batches(len(data), batch_size, None):
+    for chunk in _batches(len(owned), batch_size, None):
+        items = [owned[j] for j in chunk]
         sources, targets, extra = _batch(data, items)
         loss, pred = model.loss(sources, targets, keys=sources, extra=extra)
         losses.append(float(loss))
         weights.append(len(items))
         preds.append(pred)
-    out = {f"{split}_loss": sum(lo * w for lo, w in zip(losses, weights)) / sum(weights)}
+    out = {f"{split}_loss": ctx.mean(losses, weights)}
     if model.head.task != "reconstruction":
         target = model.head.check_targets(data.targets, name=f"{split} targets")
-        out.update(_task_metrics(model, torch.cat(preds), target, f"{split}_"))
+        out.update(_task_metrics(model, ctx.gather(torch.cat(preds), len(data)), target, f"{split}_"))
     return out
 
 
-def _fraction_read(data: VolumeDataset, opened: set[int]) -> float:
-    """Mean fraction of voxels read per opened volume (since each was opened)."""
+def _fraction_read(data: VolumeDataset, opened: set[int], ctx: Distributed) -> float:
+    """Mean fraction of voxels read per opened volume (since each was opened), over all ranks."""
     fractions = []
     for i in opened:
         src = data.source(i)
         fractions.append(src.stats.fraction(math.prod(src.shape)))
-    return sum(fractions) / max(len(fractions), 1)
+    return ctx.mean(fractions, [1.0] * len(fractions))
 
 
-def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
+def _check_data(model: CPIC, data: VolumeDataset, name: str, items: list[int] | None = None) -> None:
     if model.head.task != "reconstruction":
         if data.targets is None:
             raise ValueError(f"the {name} dataset has no targets, but a {model.head.task} model needs them.")
@@ -130,18 +145,19 @@ def _check_data(model: CPIC, data: VolumeDataset, name: str) -> None:
             f"the model takes {model.extra_features} extra features; the {name} dataset has {got}."
         )
     shape = tuple(model.grid_shape)
-    for i in range(len(data)):
+    for i in range(len(data)) if items is None else items:  # opens them
         src = data.source(i)
         if src.shape != shape:
             raise ValueError(f"{name} volume {data.names[i]!r} has grid {src.shape}, the model {shape}.")
 
 
-def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, gen, datasets) -> None:
-    """A checkpoint of everything the next epoch depends on (see :mod:`cpic.train.resume_state`)."""
+def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, run_state) -> None:
+    """A checkpoint of everything the next epoch depends on: ``run_state`` is
+    :func:`cpic.train.resume_state.save_state`'s pivots, batch order and random states."""
     opt_tensors, skeleton = flatten_state(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"optim/{k}": v for k, v in opt_tensors.items()})
-    state_tensors, state_meta = save_state(model, gen, datasets)
+    state_tensors, state_meta = run_state
     tensors.update(state_tensors)
     meta = {
         "config": model.config,
@@ -155,7 +171,7 @@ def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, gen,
     save_checkpoint(path, tensors, meta)
 
 
-def _resume(path: Path, model: CPIC, optimizer, gen, datasets) -> tuple[int, History]:
+def _resume(path: Path, model: CPIC, optimizer, gen, datasets, ctx: Distributed) -> tuple[int, History]:
     tensors, meta = load_checkpoint(path)
     if meta.get("config") != json.loads(json.dumps(model.config)):
         raise ValueError(f"checkpoint {str(path)!r} was written by a model with config {meta.get('config')}.")
@@ -163,7 +179,7 @@ def _resume(path: Path, model: CPIC, optimizer, gen, datasets) -> tuple[int, His
     optimizer.load_state_dict(
         unflatten_state({k[6:]: v for k, v in tensors.items() if k.startswith("optim/")}, meta["optimizer"])
     )
-    restore_state(tensors, meta, model, gen, datasets)
+    restore_state(tensors, meta, model, gen, datasets, ctx)
     history = History(rows=meta["history"], best_epoch=meta["best_epoch"], numerics=meta["numerics"])
     return int(meta["epoch"]), history
 
@@ -198,6 +214,7 @@ def fit(
     tensorboard: str | Path | None = None,
     progress: bool = True,
     max_minutes: float | None = None,
+    distributed: Distributed | None = None,
 ) -> History:
     """Train ``model`` on ``train`` with AdamW or RAdam; validate on ``val`` after each epoch.
 
@@ -210,6 +227,12 @@ def fit(
     ``max_minutes`` stops after the epoch that crosses the limit. ``schedule="cosine"`` decays
     the learning rate from ``lr`` towards 0 over ``epochs`` (set per epoch, so a resumed run
     continues the same curve); ``None`` keeps it constant.
+
+    In a torch.distributed job (``distributed``, default: the current process group, see
+    :mod:`cpic.train.distributed`) every rank draws the same global batches of ``batch_size``
+    volumes, computes the loss of the ones it owns, and the gradients are all-reduced before each
+    step; rank 0 alone writes checkpoints and logs. Checkpoints do not depend on the number of
+    ranks, so a run may resume on another number.
 
     Example:
         >>> import torch, cpic
@@ -225,9 +248,12 @@ def fit(
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    _check_data(model, train, "training")
+    ctx = distributed or current()
+    if ctx.world > 1 and not ctx.active:
+        raise ValueError(f"{ctx} needs an initialised process group (see cpic.train.distributed.init).")
+    _check_data(model, train, "training", ctx.share(len(train)))  # a rank opens its own volumes only
     if val is not None:
-        _check_data(model, val, "validation")
+        _check_data(model, val, "validation", ctx.share(len(val)))
     if isinstance(refresh, int) and not isinstance(refresh, bool):
         if refresh < 1:
             raise ValueError(f"refresh must be 'epoch', a positive number of uses, or None, got {refresh!r}.")
@@ -248,12 +274,14 @@ def fit(
         if ckpt_dir is None:
             raise ValueError("resume=True needs checkpoint_dir=.")
         if checkpoint_paths(ckpt_dir / "last")[1].exists():
-            start_epoch, history = _resume(ckpt_dir / "last", model, opt, gen, datasets)
-            if log_csv is not None:
+            start_epoch, history = _resume(ckpt_dir / "last", model, opt, gen, datasets, ctx)
+            if log_csv is not None and ctx.is_main:
                 sync_log(log_csv, history.rows)  # the log may be an epoch behind or ahead of it
-    writer = _tensorboard(tensorboard)
+    ctx.broadcast_parameters(model)
+    writer = _tensorboard(tensorboard) if ctx.is_main else None
     monitor, sign = _monitor(model.head.task)
     events: Counter[str] = Counter(history.numerics)
+    resumed_events = Counter(history.numerics)  # totals over all ranks already
     started = time.perf_counter()
     opened: set[int] = set()
 
@@ -266,32 +294,38 @@ def fit(
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         t0, total, count = time.perf_counter(), 0.0, 0
         before = Counter(model.numerics)
-        for items in _progress(
-            _batches(len(train), batch_size, gen), progress, f"epoch {epoch + 1}/{epochs}"
+        for batch in _progress(
+            _batches(len(train), batch_size, gen), progress and ctx.is_main, f"epoch {epoch + 1}/{epochs}"
         ):
+            items = ctx.shard(batch)  # this rank's volumes of the global batch
             opened.update(items)
-            loss = _step(model, opt, train, items, grad_clip, events)
+            loss = _step(model, opt, train, items, grad_clip, events, ctx)
             if loss is not None:
-                total, count = total + loss * len(items), count + len(items)
+                total, count = total + loss * len(batch), count + len(batch)
         events.update(Counter(model.numerics) - before)
         # an epoch whose every step was skipped has no loss (not a perfect one)
         row = {"epoch": epoch + 1, "train_loss": total / count if count else math.nan}
         if val is not None:
             row.update(evaluate(model, val, batch_size))
         row["seconds"] = time.perf_counter() - t0
-        row["fraction_read"] = _fraction_read(train, opened)
+        row["fraction_read"] = _fraction_read(train, opened, ctx)
         history.rows.append(row)
-        history.numerics = dict(events)
+        history.numerics = ctx.total(events, since=resumed_events)
         if monitor in row:
             best = history.rows[history.best_epoch - 1][monitor] if history.best_epoch else None
             if best is None or sign * row[monitor] > sign * best:
                 history.best_epoch = epoch + 1
                 if ckpt_dir is not None:
-                    _save(ckpt_dir / "best", model, opt, epoch + 1, history, gen, datasets)
+                    run_state = save_state(model, gen, datasets, ctx)  # collective: every rank
+                    if ctx.is_main:
+                        _save(ckpt_dir / "best", model, opt, epoch + 1, history, run_state)
         if ckpt_dir is not None:
-            _save(ckpt_dir / "last", model, opt, epoch + 1, history, gen, datasets)
-        _log(log_csv, row, writer)
-        if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+            run_state = save_state(model, gen, datasets, ctx)
+            if ctx.is_main:
+                _save(ckpt_dir / "last", model, opt, epoch + 1, history, run_state)
+        if ctx.is_main:
+            _log(log_csv, row, writer)
+        if max_minutes is not None and ctx.agree(time.perf_counter() - started > 60 * max_minutes):
             break
     if writer is not None:
         writer.close()
@@ -299,10 +333,36 @@ def fit(
 
 
 def _step(
-    model: CPIC, opt, data: VolumeDataset, items: list[int], grad_clip, events: Counter
+    model: CPIC,
+    opt,
+    data: VolumeDataset,
+    items: list[int],
+    grad_clip,
+    events: Counter,
+    ctx: Distributed | None = None,
 ) -> float | None:
     """One optimiser step; a non-finite loss, or non-finite features met while selecting pivots,
-    is retried once with fresh pivots, then the step is skipped (counted and warned about)."""
+    is retried once with fresh pivots, then the step is skipped (counted and warned about).
+
+    In a distributed job ``items`` are this rank's part of the global batch (maybe none); the
+    gradients are all-reduced before clipping, and a part skipped here adds nothing to them.
+    """
+    ctx = ctx or Distributed()
+    value = None
+    opt.zero_grad(set_to_none=True)
+    if items:
+        value = _backward(model, opt, data, items, events)
+    value, _ = ctx.sync_gradients(model, value, len(items))
+    if value is None:
+        return None
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return value
+
+
+def _backward(model: CPIC, opt, data: VolumeDataset, items: list[int], events: Counter) -> float | None:
+    """The loss of ``items`` and its gradients (retried once with fresh pivots); ``None`` if skipped."""
     sources, targets, extra = _batch(data, items)
     keys = sources  # pivots are kept per volume
     for _attempt in range(2):
@@ -315,17 +375,15 @@ def _step(
             continue
         if torch.isfinite(loss):
             loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
             return float(loss.detach())
         events["nonfinite_loss"] += 1
         model.pivots.forget(keys)
+    opt.zero_grad(set_to_none=True)
     events["skipped_steps"] += 1
     warnings.warn(
         f"skipped a step: it stayed non-finite after re-selecting pivots (volumes {items}); normalise "
         "the volumes (normalize='range' or 'percentile') or lower the learning rate",
-        stacklevel=2,
+        stacklevel=3,
     )
     return None
 

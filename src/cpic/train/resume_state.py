@@ -4,7 +4,9 @@ and for reconstruction models (whose loss samples the voxels read so far) each v
 
 Pivots are kept in memory keyed by the volume objects; in a checkpoint each is labelled by its
 dataset and position (``"train/3"``, ``"val/0"``), which the resumed run maps back to its own
-volume objects.
+volume objects. In a distributed job every rank keeps the pivots of the volumes it owns: they are
+gathered for rank 0's checkpoint, and on resume each rank takes back those of its own volumes
+(on any number of ranks).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 from cpic.nn import CPIC, Reconstruction
 from cpic.train.checkpoint import flatten_state, rng_state, set_rng_state, unflatten_state
 from cpic.train.dataset import VolumeDataset
+from cpic.train.distributed import Distributed
 from cpic.util import write_text_atomic
 
 #: tensor-name prefixes of the pivots and of the voxels read (reconstruction) in a checkpoint
@@ -37,9 +40,13 @@ def _labels(datasets: Mapping[str, VolumeDataset | None]) -> dict[int, str]:
 
 
 def save_state(
-    model: CPIC, batches: torch.Generator, datasets: Mapping[str, VolumeDataset | None]
+    model: CPIC,
+    batches: torch.Generator,
+    datasets: Mapping[str, VolumeDataset | None],
+    distributed: Distributed | None = None,
 ) -> tuple[dict[str, Tensor], dict]:
-    """``(tensors, meta)`` of the run state: random generators and the model's pivots.
+    """``(tensors, meta)`` of the run state: random generators and the model's pivots (in a
+    distributed job, those of every rank: a collective, called on every rank).
 
     Example:
         >>> import torch, cpic
@@ -52,17 +59,42 @@ def save_state(
         (['train/0', 'train/1'], True)
     """
     labels = _labels(datasets)
-    pivots = model.pivots.state(lambda key: labels.get(id(key)))
-    tensors, skeleton = flatten_state(pivots)
-    out = {PIVOTS + k: v for k, v in tensors.items()}
-    out["rng/global"] = rng_state()
-    out["rng/model"] = rng_state(model._generator)
-    out["rng/batches"] = rng_state(batches)
+    pivots = _to_cpu(model.pivots.state(lambda key: labels.get(id(key))))
+    reads = {}
     if isinstance(model.head, Reconstruction):  # its loss samples the voxels read so far
         for name, data in datasets.items():
             for i, source in ({} if data is None else data.opened()).items():
-                out[f"{READS}{name}/{i}"] = torch.from_numpy(source.stats.voxel_ids().copy())
+                reads[f"{name}/{i}"] = torch.from_numpy(source.stats.voxel_ids().copy())
+    if distributed is not None and distributed.active:
+        pivots, reads = _merge(distributed.gather_objects((pivots, reads)))
+    tensors, skeleton = flatten_state(pivots)
+    out = {PIVOTS + k: v for k, v in tensors.items()}
+    out.update({READS + k: v for k, v in reads.items()})
+    out["rng/global"] = rng_state()
+    out["rng/model"] = rng_state(model._generator)
+    out["rng/batches"] = rng_state(batches)
     return out, {"pivots": skeleton}
+
+
+def _to_cpu(state: dict) -> dict:
+    """A pivot state with its index tensors on the CPU (to travel between ranks and to disk)."""
+    items = {
+        name: {**item, "left": [t.cpu() for t in item["left"]], "right": [t.cpu() for t in item["right"]]}
+        for name, item in state["items"].items()
+    }
+    return {**state, "items": items}
+
+
+def _merge(gathered: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """One pivot state and one set of reads from every rank's (rank 0's counters, all items)."""
+    pivots = {**gathered[0][0], "items": {}}
+    reads: dict = {}
+    for rank_pivots, rank_reads in gathered:
+        for name, item in rank_pivots["items"].items():
+            pivots["items"].setdefault(name, item)
+        for name, ids in rank_reads.items():
+            reads.setdefault(name, ids)
+    return pivots, reads
 
 
 def restore_state(
@@ -71,9 +103,11 @@ def restore_state(
     model: CPIC,
     batches: torch.Generator,
     datasets: Mapping[str, VolumeDataset | None],
+    distributed: Distributed | None = None,
 ) -> None:
     """Put back what :func:`save_state` saved (a checkpoint without pivots or the batch
-    generator, from an older cpic, restores what it has).
+    generator, from an older cpic, restores what it has). In a distributed job each rank takes
+    the pivots and reads of the volumes it evaluates (``distributed.share``) and opens no other.
 
     Example:
         >>> import torch, cpic
@@ -91,15 +125,30 @@ def restore_state(
     set_rng_state(tensors["rng/model"], model._generator)
     if "rng/batches" in tensors:
         set_rng_state(tensors["rng/batches"], batches)
+    mine = _ownership(datasets, distributed)
     for key, ids in tensors.items():
-        if key.startswith(READS):
+        if key.startswith(READS) and mine(key[len(READS) :]):
             _source(datasets, key[len(READS) :]).stats.add_voxels(ids.numpy())
     if "pivots" not in meta:
         return
     device = next(model.parameters()).device
     flat = {k[len(PIVOTS) :]: v.to(device) for k, v in tensors.items() if k.startswith(PIVOTS)}
     state = unflatten_state(flat, meta["pivots"])
+    state["items"] = {label: item for label, item in state["items"].items() if mine(label)}
     model.pivots.load_state(state, lambda label: _source(datasets, label))
+
+
+def _ownership(datasets: Mapping[str, VolumeDataset | None], distributed: Distributed | None):
+    """Whether a ``"name/position"`` label is a volume this rank evaluates (every one without a job)."""
+    if distributed is None or not distributed.active:
+        return lambda label: True
+    shares = {name: set(distributed.share(len(data))) for name, data in datasets.items() if data is not None}
+
+    def mine(label: str) -> bool:
+        name, _, position = label.rpartition("/")
+        return position.isdigit() and int(position) in shares.get(name, ())
+
+    return mine
 
 
 def _source(datasets: Mapping[str, VolumeDataset | None], label: str):

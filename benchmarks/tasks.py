@@ -1,0 +1,354 @@
+"""Whole-volume tasks: C-PIC against a dense 3-D CNN, random patches and attention sampling.
+
+Task ``lesion``: presence of 0..3 ellipsoidal lesions in a real head (Colin27 T1, deformed,
+bias field and noise; ``cpic.data.lesion_cohort``) on a ``--side^3`` grid. Task ``shapes``: the
+10 classes of ``cpic.data.shape_cohort``. Every method trains under the same wall-clock budget
+(``--minutes``) on the same 80/20 split, with the same batch size and optimiser, and is then
+scored on the validation volumes:
+
+- ``cpic``: ``cpic.CPIC``, pivots kept per volume and refreshed (warm) every ``--refresh`` epochs;
+- ``random``: the same encoder and head on as many patches per volume as C-PIC encodes per
+  step, drawn uniformly at random and mean-pooled (``cpic.nn.baselines.RandomPatches``);
+- ``random-max``: the same with the mean and the max of the features (as C-PIC with
+  ``--sampled-max``);
+- ``attention``: attention sampling with that many patches (``AttentionPatches``);
+- ``dense``: a small 3-D ResNet on the volume area-averaged to 64^3 (``DenseCNN``), which reads
+  every voxel.
+
+Reported per method: validation ROC AUC and accuracy (the best epoch's and the last), the
+fraction of each volume's voxels read over the whole run, the memory of one training step
+(input plus what autograd saves, per volume) and the time per volume of a training step.
+``--sweep 64,128,256,512`` adds a table of voxels read and step memory against resolution.
+
+Run: ``python benchmarks/tasks.py --task lesion --side 256 --count 240 --minutes 4``
+(``--write docs/results.md`` writes the report and figures next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import cpic
+from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
+from cpic.nn import Classification
+from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
+from cpic.train.metrics import roc_auc
+
+METHODS = ("cpic", "random", "random-max", "attention", "dense")
+
+
+def cohort(task: str, count: int, side: int, seed: int):
+    if task == "lesion":
+        sources, labels = lesion_cohort(count, side=side, seed=seed)
+        return sources, labels["presence"], 2
+    sources, labels = shape_cohort(count, side=side, seed=seed)
+    return sources, labels, len(SHAPE_CLASSES)
+
+
+def build(method: str, args, classes: int, samples: int):
+    head = Classification(classes)
+    grid = (args.side,) * 3
+    common = dict(features=args.features, patch=args.patch, positions=True, seed=args.seed)
+    if method == "cpic":
+        return cpic.CPIC(
+            grid,
+            head,
+            rank=args.rank,
+            sweeps=2,
+            background=0.0,
+            projection=args.projection,
+            sampled_max=args.sampled_max,
+            **common,
+        )
+    if method == "random":
+        return RandomPatches(grid, head, samples, **common)
+    if method == "random-max":
+        return RandomPatches(grid, head, samples, pool="mean+max", **common)
+    if method == "attention":
+        return AttentionPatches(grid, head, samples, view=args.view, **common)
+    return DenseCNN(head, side=args.dense_side)
+
+
+def predict(model, sources, batch: int) -> torch.Tensor:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sources), batch):
+            part = sources[i : i + batch]
+            out.append(model(part, keys=part) if isinstance(model, cpic.CPIC) else model(part))
+    model.train()
+    return torch.cat(out)
+
+
+def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    prob = logits.softmax(1)
+    return {
+        "auc": roc_auc(prob if prob.shape[1] > 2 else prob[:, 1], labels),
+        "accuracy": float((prob.argmax(1) == labels).float().mean()),
+    }
+
+
+def step_memory(model, sources, labels) -> int:
+    """Bytes per volume of one training step: the model's input and what autograd saves."""
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = model.loss(sources, labels, keys=sources)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return saved // len(sources)
+
+
+def train(method: str, args, sources, labels, classes: int, samples: int) -> dict:
+    """Train under the time budget; the learning curve is scored after every epoch."""
+    n_val = max(len(sources) // 5, 2)
+    train_idx, val_idx = list(range(n_val, len(sources))), list(range(n_val))
+    val_sources, val_labels = [sources[i] for i in val_idx], labels[val_idx]
+    torch.manual_seed(args.seed)
+    model = build(method, args, classes, samples)
+    read_seconds = dense_views(model, args, sources) if isinstance(model, DenseCNN) else 0.0
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(args.seed)
+    curve, started, step_seconds, steps = [], time.perf_counter(), 0.0, 0
+    epoch = 0
+    while time.perf_counter() - started < 60 * args.minutes:
+        epoch += 1
+        if args.refresh and epoch > 1 and (epoch - 1) % args.refresh == 0:
+            if isinstance(model, cpic.CPIC):
+                model.refresh_pivots()
+            elif hasattr(model, "refresh"):  # the sampling baselines draw new positions as often
+                model.refresh()
+        order = torch.randperm(len(train_idx), generator=gen).tolist()
+        for i in range(0, len(order), args.batch):
+            items = [train_idx[j] for j in order[i : i + args.batch]]
+            part = [sources[j] for j in items]
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss, _ = model.loss(part, labels[items], keys=part)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step_seconds += (time.perf_counter() - t0) / len(items)
+            steps += 1
+            if time.perf_counter() - started > 60 * args.minutes:
+                break
+        curve.append(
+            {
+                "epoch": epoch,
+                "minutes": (time.perf_counter() - started) / 60,
+                **scores(predict(model, val_sources, args.batch), val_labels),
+            }
+        )
+        print(f"  {method} epoch {epoch}: {curve[-1]}", flush=True)
+    voxels = math.prod(sources[0].shape)
+    read = [s.stats.unique_voxels / voxels for s in sources]
+    best = max(curve, key=lambda r: r["auc"])
+    return {
+        "method": method,
+        "epochs": epoch,
+        "auc": curve[-1]["auc"],
+        "accuracy": curve[-1]["accuracy"],
+        "best_auc": best["auc"],
+        "read": sum(read) / len(read),
+        "memory": step_memory(model, [sources[i] for i in train_idx[:2]], labels[train_idx[:2]]),
+        "seconds_per_volume": step_seconds / max(steps, 1),
+        "read_seconds": read_seconds,
+        "curve": curve,
+    }
+
+
+def dense_views(model: DenseCNN, args, sources) -> float:
+    """Fill the dense CNN's downsampled views, from ``--cache`` when an earlier run wrote them
+    (every voxel is read, which for a procedural cohort means computed: slow, so done once).
+    Returns the seconds per volume that reading and downsampling took when it was measured."""
+    path = Path(args.cache) / f"{args.task}-{args.side}-{args.seed}-{args.count}-{args.dense_side}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        model.views.update(saved["views"])
+        for s in sources:  # the reads happened when the cache was written
+            s.stats.unique_voxels = math.prod(s.shape)
+        return saved["seconds"]
+    started = time.perf_counter()
+    for s in sources:
+        model.view(s)
+    seconds = (time.perf_counter() - started) / len(sources)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"views": model.views, "seconds": seconds}, path)
+    return seconds
+
+
+def patches_per_step(args, sources, labels, classes: int) -> int:
+    """How many distinct patches C-PIC encodes per volume in a training step (the budget the
+    sampling baselines get)."""
+    model = build("cpic", args, classes, 1)
+    part = sources[: min(4, len(sources))]
+    f = model.feature_function(part)
+    info = model.pivots.pivots(f.subset, f.shape, list(part), dtype=f.dtype, device=f.device)
+    tt = cpic.interpolate(f, info)
+    del tt
+    return max(f.encoded // len(part), 1)
+
+
+def resolution_sweep(args, sides: list[int], classes: int) -> list[dict]:
+    """Voxels read and step memory of C-PIC and of the dense CNN at full resolution, per side."""
+    rows = []
+    for side in sides:
+        sub = argparse.Namespace(**{**vars(args), "side": side})
+        sources, labels, _ = cohort(args.task, 2, side, args.seed)
+        model = build("cpic", sub, classes, 1)
+        memory = step_memory(model, sources, labels)
+        read = sum(s.stats.unique_voxels for s in sources) / len(sources) / side**3
+        dense_input = side**3 * 4
+        # the first stage of DenseCNN at full resolution: 8 channels at side/2, two norms/convs saved
+        dense_full = dense_input + 4 * 8 * 4 * (side // 2) ** 3
+        rows.append(
+            {
+                "side": side,
+                "cpic_read": read,
+                "cpic_memory": memory,
+                "cpic_voxels": read * side**3,
+                "dense_memory_full": dense_full,
+                "dense_read": 1.0,
+            }
+        )
+        print(f"  sweep {side}: {rows[-1]}", flush=True)
+    return rows
+
+
+def markdown(args, results: list[dict], sweep: list[dict], samples: int) -> str:
+    pooled = " + max over samples" if args.sampled_max else ""
+    lines = [
+        f"### {args.task} at {args.side}^3: {args.count} volumes (80/20 split), "
+        f"{args.minutes:g} min of training per method",
+        "",
+        f"C-PIC: rank {args.rank}, {args.patch}^3 patches + position, {args.features} features, "
+        f"projection {args.projection}{pooled}, refresh every {args.refresh} epochs; sampling baselines: "
+        f"{samples} patches per volume per step; dense CNN on {args.dense_side}^3.",
+        "",
+        "| method | epochs | val AUC (last / best) | val accuracy | voxels read per volume | "
+        "step memory per volume | train step per volume | read + downsample per volume |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['method']} | {r['epochs']} | {r['auc']:.3f} / {r['best_auc']:.3f} | {r['accuracy']:.3f} | "
+            f"{100 * r['read']:.3f}% | {r['memory'] / 2**20:.1f} MiB | "
+            f"{1000 * r['seconds_per_volume']:.0f} ms | {r['read_seconds']:.2f} s |"
+        )
+    if sweep:
+        lines += [
+            "",
+            "Against resolution (2 volumes; dense CNN at full resolution: input + first stage, estimated):",
+            "",
+            "| side | C-PIC voxels read | C-PIC fraction read | C-PIC step memory | dense CNN read | "
+            "dense CNN memory at full resolution |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sweep:
+            lines.append(
+                f"| {r['side']}^3 | {r['cpic_voxels']:.0f} | {100 * r['cpic_read']:.3f}% | "
+                f"{r['cpic_memory'] / 2**20:.1f} MiB | 100% | {r['dense_memory_full'] / 2**20:.0f} MiB |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def figures(results: list[dict], sweep: list[dict], folder: Path, task: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for r in results:
+        axes[0].plot([c["minutes"] for c in r["curve"]], [c["auc"] for c in r["curve"]], label=r["method"])
+        axes[1].scatter(100 * r["read"], r["best_auc"], label=r["method"])
+    axes[0].set(xlabel="training minutes", ylabel="val ROC AUC", title="learning curves")
+    axes[1].set(
+        xscale="log",
+        xlabel="% of voxels read per volume",
+        ylabel="best val ROC AUC",
+        title="accuracy against voxels read",
+    )
+    axes[0].legend()
+    fig.tight_layout()
+    names.append(f"results_{task}_curves.png")
+    fig.savefig(folder / names[-1], dpi=110)
+    if sweep:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        sides = [r["side"] ** 3 for r in sweep]
+        axes[0].loglog(sides, [r["cpic_voxels"] for r in sweep], "o-", label="C-PIC")
+        axes[0].loglog(sides, sides, "s--", label="dense (every voxel)")
+        axes[1].loglog(sides, [r["cpic_memory"] / 2**20 for r in sweep], "o-", label="C-PIC step")
+        axes[1].loglog(
+            sides, [r["dense_memory_full"] / 2**20 for r in sweep], "s--", label="dense CNN, full res."
+        )
+        axes[0].set(xlabel="voxels in the volume", ylabel="voxels read", title="reads against size")
+        axes[1].set(xlabel="voxels in the volume", ylabel="MiB per volume", title="memory against size")
+        axes[0].legend()
+        axes[1].legend()
+        fig.tight_layout()
+        names.append(f"results_{task}_resolution.png")
+        fig.savefig(folder / names[-1], dpi=110)
+    plt.close("all")
+    return names
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", choices=("lesion", "shapes"), default="lesion")
+    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--count", type=int, default=240)
+    parser.add_argument("--minutes", type=float, default=4.0, help="training budget per method")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=3)
+    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--projection", default="moments")
+    parser.add_argument(
+        "--sampled-max", action="store_true", help="C-PIC: also the max of the features over its samples"
+    )
+    parser.add_argument(
+        "--refresh", type=int, default=5, help="C-PIC: re-select pivots every N epochs (0: never)"
+    )
+    parser.add_argument("--view", type=int, default=32, help="attention sampling: low-resolution side")
+    parser.add_argument("--dense-side", type=int, default=64)
+    parser.add_argument("--sweep", default="", help="sides for the resolution table, e.g. 64,128,256,512")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=".cache/tasks", help="where the dense CNN's views are kept")
+    parser.add_argument("--write", default="", help="write the markdown report here (figures next to it)")
+    args = parser.parse_args()
+
+    sources, labels, classes = cohort(args.task, args.count, args.side, args.seed)
+    samples = patches_per_step(args, sources, labels, classes)
+    print(f"C-PIC encodes {samples} patches per volume per step", flush=True)
+    results = []
+    for method in args.methods.split(","):
+        sources, labels, classes = cohort(args.task, args.count, args.side, args.seed)  # fresh read counters
+        results.append(train(method, args, sources, labels, classes, samples))
+    sweep = resolution_sweep(args, [int(s) for s in args.sweep.split(",") if s], classes)
+    report = markdown(args, results, sweep, samples)
+    print("\n" + report)
+    if args.write:
+        path = Path(args.write)
+        names = figures(results, sweep, path.parent, args.task)
+        with path.open("a") as out:
+            out.write("\n" + report + "\n" + "\n".join(f"![{n}]({n})" for n in names) + "\n")
+
+
+if __name__ == "__main__":
+    main()

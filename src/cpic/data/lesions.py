@@ -1,0 +1,303 @@
+"""Lesion cohorts on real anatomy: a deformed, bias-corrupted, noisy real head with 0..k lesions.
+
+Every volume is a :class:`~cpic.sources.ProceduralSource` on a ``side^3`` grid: a voxel's value
+is computed from its coordinates when it is read (the real anatomy is resampled through a smooth
+random deformation, ellipsoidal lesions are added in anatomy space so they deform with it, then a
+multiplicative bias field and per-voxel noise from a hash of the voxel index). Nothing depends on
+the order or number of reads, so a volume is identical however much of it a model looks at, and
+the same seed gives the same volume at any ``side``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from numbers import Integral
+
+import torch
+from torch import Tensor
+
+from cpic.data.real import MRICRON, colin27, head_ct, mean_head, mni152
+from cpic.sources import ProceduralSource
+
+#: anatomies a cohort can be built on, and the loader of each (all from installed packages)
+ANATOMIES = ("colin27", "mni152", "mean_head", "head_ct")
+#: lesion radii in millimetres of the anatomy (uniform between the two)
+RADIUS_MM = (6.0, 12.0)
+#: lesion contrast added to the normalised intensity (uniform between the two)
+CONTRAST = (0.3, 0.7)
+#: smooth deformation amplitude (anatomy voxels) and bias-field amplitude (log scale)
+DEFORM_VOXELS, BIAS = 3.0, 0.15
+#: standard deviation of the per-voxel Gaussian noise
+NOISE = 0.03
+#: lesion edge width in anatomy voxels
+EDGE = 1.0
+#: voxels computed at once
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One ellipsoid in anatomy voxel coordinates: centre, radii (voxels), added contrast, region."""
+
+    centre: tuple[float, float, float]
+    radii: tuple[float, float, float]
+    contrast: float
+    region: str
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    volume: Tensor  # [X, Y, Z] float32 in [0, 1]
+    tissue: Tensor  # [N, 3] voxel coordinates where a lesion centre may go
+    regions: Tensor | None  # [X, Y, Z] atlas labels, or None
+    names: dict[int, str]
+
+
+@functools.lru_cache(maxsize=4)
+def _anatomy(name: str) -> _Anatomy:
+    """The dense anatomy (loaded once per process), where lesions may sit, and its atlas."""
+    loaders = {
+        "colin27": lambda: colin27("t1_1mm"),
+        "mni152": mni152,
+        "mean_head": mean_head,
+        "head_ct": head_ct,
+    }
+    if name not in loaders:
+        raise ValueError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {name!r}.")
+    source = loaders[name]()
+    volume = _dense(source).clamp(0, 1)
+    regions, names = None, {}
+    if name == "colin27":  # the AAL atlas shares Colin27's 1 mm grid
+        brain = _dense(colin27("brain"))
+        regions = _dense(colin27("aal")).round().to(torch.int16)
+        names = _aal_names()
+        allowed = (brain > 0.15) & (regions > 0)
+    else:  # soft tissue: above a fifth of the intensity range, away from the border
+        allowed = volume > 0.2
+    tissue = _erode(allowed, 6).nonzero()
+    if len(tissue) == 0:
+        raise ValueError(f"{name}: found no tissue to place lesions in.")
+    return _Anatomy(volume, tissue, regions, names)
+
+
+def _dense(source) -> Tensor:
+    grids = torch.meshgrid(*(torch.arange(n) for n in source.shape), indexing="ij")
+    return source.read(torch.stack(grids, -1).reshape(-1, source.ndim)).reshape(source.shape).float()
+
+
+def _erode(mask: Tensor, radius: int) -> Tensor:
+    """Voxels whose whole ``(2 radius + 1)^3`` neighbourhood is in ``mask``."""
+    grown = (~mask).float()[None, None]
+    for axis in range(3):  # a cube is separable: three 1-D max filters
+        kernel = [1, 1, 1]
+        kernel[axis] = 2 * radius + 1
+        padding = [k // 2 for k in kernel]
+        grown = torch.nn.functional.max_pool3d(grown, kernel, stride=1, padding=padding)
+    return grown[0, 0] == 0
+
+
+def _aal_names() -> dict[int, str]:
+    path = MRICRON / "aal.nii.txt"
+    names = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+# ------------------------------------------------------------------ the random draws of one volume
+def _draw_lesions(anatomy: _Anatomy, count: int, gen: torch.Generator) -> list[Lesion]:
+    """``count`` non-overlapping ellipsoids centred in tissue (a few tries each)."""
+    lesions: list[Lesion] = []
+    for _ in range(50 * max(count, 1)):
+        if len(lesions) == count:
+            break
+        centre = anatomy.tissue[torch.randint(len(anatomy.tissue), (1,), generator=gen)].squeeze(0)
+        radii = RADIUS_MM[0] + (RADIUS_MM[1] - RADIUS_MM[0]) * torch.rand(
+            3, generator=gen, dtype=torch.float64
+        )
+        contrast = CONTRAST[0] + (CONTRAST[1] - CONTRAST[0]) * float(
+            torch.rand(1, generator=gen, dtype=torch.float64)
+        )
+        c = tuple(float(v) for v in centre)
+        if any(_distance(c, other.centre) < max(radii.max().item(), *other.radii) * 2 for other in lesions):
+            continue
+        region = "unknown"
+        if anatomy.regions is not None:
+            region = anatomy.names.get(int(anatomy.regions[tuple(centre.tolist())]), "unknown")
+        lesions.append(Lesion(c, tuple(radii.tolist()), contrast, region))
+    return lesions
+
+
+def _distance(a, b) -> float:
+    return math.dist(a, b)
+
+
+def _smooth_field(gen: torch.Generator, outputs: int, terms: int = 3) -> tuple[Tensor, Tensor, Tensor]:
+    """Random low-frequency sinusoids: frequencies ``[outputs, terms, 3]``, phases, amplitudes."""
+    freq = torch.randint(-2, 3, (outputs, terms, 3), generator=gen).double()
+    freq[..., 0] += (freq.abs().sum(-1) == 0).double()  # no constant term
+    phase = 2 * math.pi * torch.rand(outputs, terms, generator=gen, dtype=torch.float64)
+    amp = torch.randn(outputs, terms, generator=gen, dtype=torch.float64) / math.sqrt(terms)
+    return freq, phase, amp
+
+
+def _evaluate_field(field: tuple[Tensor, Tensor, Tensor], u: Tensor) -> Tensor:
+    """``u: [K, 3]`` in the unit cube -> ``[K, outputs]``."""
+    freq, phase, amp = (t.to(u.dtype) for t in field)
+    angles = 2 * math.pi * torch.einsum("kd,otd->kot", u, freq) + phase
+    return (torch.sin(angles) * amp).sum(-1)
+
+
+def _noise(linear: Tensor, seed: int) -> Tensor:
+    """Standard normal noise that is a pure function of (voxel index, seed): a 32-bit integer hash."""
+    mask = 0xFFFFFFFF
+
+    def mix(x: Tensor) -> Tensor:  # multipliers < 2^31 keep every product inside int64
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & mask
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & mask
+        return x ^ (x >> 16)
+
+    base = (linear * 2) ^ ((seed * 0x9E3779B1) & mask)
+    u1 = (mix(base & mask ^ (base >> 32)).double() + 1) / (mask + 2)
+    u2 = (mix((base + 1) & mask ^ ((base + 1) >> 32)).double() + 1) / (mask + 2)
+    return torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+
+def _trilinear(volume: Tensor, p: Tensor) -> Tensor:
+    """Sample ``volume [X, Y, Z]`` at continuous voxel positions ``p [K, 3]`` (zero outside)."""
+    size = torch.tensor(volume.shape, dtype=p.dtype)
+    grid = (2 * p / (size - 1) - 1).flip(-1).to(torch.float32)  # grid_sample wants (z, y, x) order
+    sampled = torch.nn.functional.grid_sample(
+        volume[None, None],
+        grid[None, :, None, None],
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )
+    return sampled.reshape(-1)
+
+
+class LesionVolume:
+    """The voxel function of one cohort member: ``coords [K, 3] -> float32 [K]``."""
+
+    def __init__(self, anatomy: str, side: int, seed: int, lesions: int):
+        self.anatomy_name, self.side, self.seed = anatomy, side, seed
+        anat = _anatomy(anatomy)
+        self.volume = anat.volume
+        gen = torch.Generator().manual_seed(seed % 2**63)
+        self.lesions = _draw_lesions(anat, lesions, gen)
+        self.deformation = _smooth_field(gen, 3)
+        self.bias = _smooth_field(gen, 1)
+        # the anatomy fits the cube isotropically and centred
+        extent = max(anat.volume.shape)
+        self.scale = extent / side  # anatomy voxels per grid voxel
+        self.offset = torch.tensor([(n - extent) / 2 for n in anat.volume.shape])
+
+    def to_anatomy(self, coords: Tensor) -> Tensor:
+        """Grid coordinates ``[K, 3]`` -> deformed anatomy voxel positions ``[K, 3]`` (float32)."""
+        u = (coords.float() + 0.5) / self.side
+        p = self.offset + u * self.scale * self.side - 0.5
+        return p + DEFORM_VOXELS * _evaluate_field(self.deformation, u)
+
+    def lesion_mask(self, p: Tensor) -> Tensor:
+        """Soft occupancy of all lesions at anatomy positions ``p [K, 3]``, weighted by contrast."""
+        total = torch.zeros(len(p), dtype=torch.float32)
+        for lesion in self.lesions:
+            q = (p - torch.tensor(lesion.centre, dtype=p.dtype)) / torch.tensor(lesion.radii, dtype=p.dtype)
+            r = q.norm(dim=1)
+            edge = EDGE / min(lesion.radii)
+            total += lesion.contrast * torch.sigmoid((1 - r) / edge)
+        return total
+
+    def __call__(self, coords: Tensor, with_lesions: bool = True, noise: bool = True) -> Tensor:
+        if len(coords) > CHUNK:  # bounds the temporaries of a large read
+            return torch.cat([self(part, with_lesions, noise) for part in coords.split(CHUNK)])
+        p = self.to_anatomy(coords)
+        values = _trilinear(self.volume, p)
+        if with_lesions and self.lesions:
+            values = values + self.lesion_mask(p)
+        u = (coords.float() + 0.5) / self.side
+        values = values * torch.exp(BIAS * _evaluate_field(self.bias, u)[:, 0])
+        if noise:
+            linear = (coords[:, 0] * self.side + coords[:, 1]) * self.side + coords[:, 2]
+            values = values + NOISE * _noise(linear, self.seed).float()
+        return values
+
+    @property
+    def lesion_voxels(self) -> float:
+        """Total lesion volume in grid voxels (ellipsoid volumes; the deformation is volume-neutral
+        to first order)."""
+        return sum(4 / 3 * math.pi * math.prod(lesion.radii) for lesion in self.lesions) / self.scale**3
+
+
+def _check(count: int, side: int, max_lesions: int) -> None:
+    for name, value, low in (("count", count, 0), ("side", side, 8), ("max_lesions", max_lesions, 1)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def lesion_source(
+    anatomy: str = "colin27", side: int = 256, seed: int = 0, lesions: int = 1
+) -> ProceduralSource:
+    """One volume: ``anatomy`` (see ``ANATOMIES``) on a ``side^3`` grid with ``lesions`` lesions.
+
+    The returned source's ``.function`` is a :class:`LesionVolume`; its ``.lesions`` list says
+    what was inserted (centre, radii, contrast, AAL region on Colin27) and ``.lesion_voxels``
+    their total volume in grid voxels.
+
+    Example:
+        >>> src = lesion_source("colin27", side=64, seed=1, lesions=2)   # doctest: +SKIP
+        >>> len(src.function.lesions), src.shape                         # doctest: +SKIP
+        (2, (64, 64, 64))
+    """
+    _check(0, side, 1)
+    if isinstance(lesions, bool) or not isinstance(lesions, Integral) or lesions < 0:
+        raise ValueError(f"lesions must be an integer >= 0, got {lesions!r}.")
+    function = LesionVolume(anatomy, int(side), seed, int(lesions))
+    return ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
+
+
+def lesion_cohort(
+    count: int, side: int = 256, seed: int = 0, anatomy: str = "colin27", max_lesions: int = 3
+) -> tuple[list[ProceduralSource], dict[str, Tensor | list[str]]]:
+    """``count`` volumes, every other one lesion-free, and their labels.
+
+    Item ``i`` has ``0`` lesions when ``i`` is even, else ``1..max_lesions`` (drawn from its seed),
+    so presence is balanced. Labels: ``presence`` (0/1), ``count``, ``volume`` (total lesion
+    volume in grid voxels) and ``region`` (the AAL region holding the largest lesion on Colin27,
+    ``"unknown"`` on other anatomies, ``"none"`` without lesions). Item ``i`` does not depend on
+    ``count``.
+
+    Example:
+        >>> sources, labels = lesion_cohort(4, side=32)            # doctest: +SKIP
+        >>> labels["presence"].tolist()                            # doctest: +SKIP
+        [0, 1, 0, 1]
+    """
+    _check(count, side, max_lesions)
+    sources, presence, counts, volumes, regions = [], [], [], [], []
+    for index in range(count):
+        item_seed = (seed * 1_000_003 + index) % 2**63
+        k = 0
+        if index % 2:
+            k = 1 + int(torch.randint(max_lesions, (1,), generator=torch.Generator().manual_seed(item_seed)))
+        source = lesion_source(anatomy, side, item_seed, k)
+        source.name = f"{anatomy}-{index:04d}"
+        function: LesionVolume = source.function
+        found = function.lesions
+        sources.append(source)
+        presence.append(int(bool(found)))
+        counts.append(len(found))
+        volumes.append(function.lesion_voxels)
+        largest = max(found, key=lambda lesion: math.prod(lesion.radii)) if found else None
+        regions.append(largest.region if largest else "none")
+    labels = {
+        "presence": torch.tensor(presence, dtype=torch.long),
+        "count": torch.tensor(counts, dtype=torch.long),
+        "volume": torch.tensor(volumes, dtype=torch.float32),
+        "region": regions,
+    }
+    return sources, labels

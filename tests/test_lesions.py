@@ -1,0 +1,102 @@
+"""Lesion cohorts on real anatomy: labels agree with what was inserted; determinism."""
+
+import math
+
+import pytest
+import torch
+
+from cpic.data import DataUnavailable, lesion_cohort, lesion_source
+
+try:
+    from cpic.data.lesions import _aal_names, _anatomy
+
+    _anatomy("colin27")
+except DataUnavailable as err:  # pragma: no cover - CI installs mricron-data (make data)
+    pytest.skip(f"Colin27 not installed: {err}", allow_module_level=True)
+
+
+def _grid(side: int) -> torch.Tensor:
+    axes = torch.meshgrid(*(torch.arange(side),) * 3, indexing="ij")
+    return torch.stack(axes, -1).reshape(-1, 3)
+
+
+def test_labels_balanced_and_consistent():
+    sources, labels = lesion_cohort(8, side=32, seed=3, max_lesions=3)
+    assert labels["presence"].tolist() == [0, 1] * 4
+    for src, present, count, volume, region in zip(
+        sources, labels["presence"], labels["count"], labels["volume"], labels["region"]
+    ):
+        lesions = src.function.lesions
+        assert len(lesions) == int(count) and bool(lesions) == bool(present)
+        assert (region == "none") == (not lesions)
+        assert math.isclose(float(volume), src.function.lesion_voxels, rel_tol=1e-5)
+        if lesions:
+            assert 1 <= len(lesions) <= 3
+            assert region in _aal_names().values()  # Colin27 lesions sit in an AAL region
+
+
+def test_inserted_lesions_are_where_and_as_large_as_the_labels_say():
+    sources, labels = lesion_cohort(4, side=64, seed=1, max_lesions=2)
+    coords = _grid(64)
+    for src, volume in zip(sources, labels["volume"].tolist()):
+        f = src.function
+        difference = f(coords) - f(coords, with_lesions=False)
+        if not f.lesions:
+            assert difference.abs().max() == 0
+            continue
+        # voxels where the lesion adds more than half its contrast (bias field within +-50%)
+        inside = difference > 0.5 * min(lesion.contrast for lesion in f.lesions) * 0.9
+        assert 0.6 * volume < int(inside.sum()) < 1.6 * volume
+        for lesion in f.lesions:  # each lesion's centre, mapped to the grid, is bright
+            p = f.to_anatomy(coords)
+            nearest = ((p - torch.tensor(lesion.centre)) ** 2).sum(1).argmin()
+            assert difference[nearest] > 0.6 * lesion.contrast
+
+
+def test_same_seed_same_volume_in_any_read_order_and_count():
+    a, _ = lesion_cohort(4, side=48, seed=5)
+    b, _ = lesion_cohort(6, side=48, seed=5)
+    coords = torch.randint(48, (5000, 3))
+    whole = a[3].read(coords)
+    in_parts = torch.cat([b[3].read(part) for part in coords.split(777)])
+    assert torch.equal(whole, in_parts)
+    assert not torch.equal(whole, a[1].read(coords))
+    c, _ = lesion_cohort(4, side=48, seed=6)
+    assert not torch.equal(whole, c[3].read(coords))
+
+
+def test_noise_and_bias_vary_between_volumes_but_anatomy_stays():
+    x = lesion_source(side=32, seed=1, lesions=0)
+    y = lesion_source(side=32, seed=2, lesions=0)
+    coords = _grid(32)
+    vx, vy = x.read(coords), y.read(coords)
+    assert (vx - vy).abs().mean() > 0.01  # deformation, bias and noise differ
+    assert torch.corrcoef(torch.stack([vx, vy]))[0, 1] > 0.8  # the same head
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="anatomy"):
+        lesion_source("liver", side=32)
+    with pytest.raises(ValueError, match="side"):
+        lesion_cohort(2, side=4)
+    with pytest.raises(ValueError, match="lesions"):
+        lesion_source(side=32, lesions=-1)
+
+
+def test_write_cohort_round_trips_through_a_manifest(tmp_path):
+    import numpy as np
+
+    from cpic.data import write_cohort
+    from cpic.train import VolumeDataset
+
+    sources, labels = lesion_cohort(2, side=16, seed=2)
+    manifest = write_cohort(sources, {"presence": labels["presence"], "region": labels["region"]}, tmp_path)
+    data = VolumeDataset.from_csv(manifest, target="presence")
+    assert data.targets.tolist() == labels["presence"].tolist()
+    coords = torch.randint(16, (300, 3))
+    assert torch.allclose(data.source(1).read(coords), sources[1].read(coords))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["colin27-0000.npy", "colin27-0001.npy", "manifest.csv"]
+    assert np.load(tmp_path / "colin27-0001.npy").shape == (16, 16, 16)
+    with pytest.raises(ValueError, match="values for 2 sources"):
+        write_cohort(sources, {"presence": [1]}, tmp_path / "bad")

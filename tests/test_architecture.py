@@ -14,7 +14,7 @@ ALLOWED = {
     "data": {"data", "sources"},
     "sampling": {"sampling", "layout", "sources"},
     "nn": {"nn", "tt", "layout", "cross", "sources"},
-    "train": {"train", "nn", "tt", "layout", "cross", "sources", "data", "_version"},
+    "train": {"train", "nn", "tt", "layout", "cross", "sources", "data", "util", "_version"},
     "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "nn", "train", "util", "_version"},
 }
 

@@ -166,7 +166,7 @@ def test_json_is_replaced_last(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, {"version": "old"})
     real_replace = os.replace
 
-    def save_failing_on_second_replace(name):
+    def save_failing_on_second_replace(name, undo):
         calls = []
 
         def replace(src, dst):
@@ -179,17 +179,47 @@ def test_json_is_replaced_last(tmp_path, monkeypatch):
         with pytest.raises(OSError, match="disk full"):
             save_checkpoint(tmp_path / name, {"w": torch.ones(3)}, {"version": "new"})
         monkeypatch.setattr(os, "replace", real_replace)
-        assert calls == [f"{name}.safetensors", f"{name}.json"]
+        assert calls == [f"{name}.safetensors", f"{name}.json"] + undo
 
-    save_failing_on_second_replace("ckpt")
-    save_failing_on_second_replace("fresh")
+    save_failing_on_second_replace("ckpt", undo=["ckpt.safetensors"])  # the previous tensors put back
+    save_failing_on_second_replace("fresh", undo=[])
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["ckpt.json", "ckpt.safetensors", "fresh.safetensors"]  # no temporary files left
-    # new tensors beside old metadata: the hash tells them apart
-    with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint(tmp_path / "ckpt")
+    assert names == ["ckpt.json", "ckpt.safetensors"]  # no temporary or half-saved files left
+    # the failed save was undone: the previous checkpoint loads as it was
+    tensors, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta == {"version": "old"} and tensors["w"].tolist() == [0.0]
     with pytest.raises(CheckpointError, match="fresh.json"):
         load_checkpoint(tmp_path / "fresh")
+
+
+def test_a_save_killed_between_its_renames_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """SIGKILL between the two renames runs no clean-up: new tensors, old JSON, the old tensors
+    in the hidden backup. Loading falls back to the previous pair; the next save cleans up."""
+    save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, {"epoch": 1})
+    real_replace = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    dead = []
+
+    def replace(src, dst):  # the process dies at the JSON's rename and does nothing after it
+        if dead or str(dst).endswith(".json"):
+            dead.append(dst)
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(type(tmp_path), "unlink", lambda self, missing_ok=False: None)  # no clean-up
+    with pytest.raises(Killed):
+        save_checkpoint(tmp_path / "ckpt", {"w": torch.ones(1)}, {"epoch": 2})
+    monkeypatch.undo()
+    assert len(list(tmp_path.glob(".ckpt.json.*.tmp"))) == 1  # what the killed save left
+    tensors, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta == {"epoch": 1} and tensors["w"].tolist() == [0.0]
+    save_checkpoint(tmp_path / "ckpt", {"w": torch.full((1,), 3.0)}, {"epoch": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.json", "ckpt.safetensors"]
+    assert load_checkpoint(tmp_path / "ckpt")[1] == {"epoch": 3}
 
 
 def test_unserialisable_meta_writes_nothing(tmp_path):

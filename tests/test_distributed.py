@@ -233,6 +233,10 @@ def test_two_processes_train_the_same_model_as_one_and_resume_on_another_count(c
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
     _, meta = load_checkpoint(tmp_path / "c2" / "last")
     assert meta["epoch"] == 2
+    # each rank's pivots were gathered into rank 0's checkpoint: every volume's, train and val
+    _, one_meta = load_checkpoint(one.parent / "c1" / "last")
+    assert sorted(meta["pivots"]["items"]) == sorted(one_meta["pivots"]["items"])
+    assert len(meta["pivots"]["items"]) == 11
 
     # the 2-process checkpoint resumes in 1 process exactly as the 1-process one does
     for ckpt, name in ((one.parent / "c1", "r1"), (tmp_path / "c2", "r2")):

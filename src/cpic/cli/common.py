@@ -23,6 +23,28 @@ def add_common(parser: argparse.ArgumentParser, device: bool = True, seed: bool 
         parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """A positive number of bytes: ``"512M"``, ``"4G"``, ``"1.5T"`` or plain ``"1000000"``.
+
+    Example:
+        >>> byte_size("4G"), byte_size("512M"), byte_size("1000")
+        (4294967296, 536870912, 1000)
+    """
+    raw = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1:] if raw[-1:] in _UNITS and raw[-1:] else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 4G, got {text!r}") from None
+    size = value * _UNITS[unit]
+    if not size >= 1 or size == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive size such as 512M or 4G, got {text!r}")
+    return int(size)
+
+
 def subparser(commands, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
     """A command's parser with its one-line help, description and example epilog."""
     return commands.add_parser(
@@ -35,9 +57,29 @@ def subparser(commands, name: str, help: str, description: str, example: str) ->
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
-    device = torch.device(getattr(args, "device", "cpu"))
+    """The ``--device`` as a torch device; a usage error for a name torch does not know, a CUDA
+    device this machine lacks, or any other backend (cpic runs on the CPU and CUDA).
+
+    Example:
+        >>> device_of(argparse.Namespace(device="cpu"))
+        device(type='cpu')
+        >>> try:
+        ...     device_of(argparse.Namespace(device="tpu"))
+        ... except ValueError as err:
+        ...     print(err)
+        --device 'tpu' is not a device; use cpu, cuda or cuda:N.
+    """
+    name = getattr(args, "device", "cpu") or "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: cpic runs on cpu or cuda, not {device.type}.")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but this torch build sees no CUDA device.")
+        raise ValueError(f"--device {name} was asked for, but this torch build sees no CUDA device.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return device
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import cpic
-from cpic.cli.common import EXIT_FAILED, add_common, device_of, emit, fail, subparser
+from cpic.cli.common import EXIT_FAILED, add_common, byte_size, device_of, emit, fail, subparser
 from cpic.nn import Reconstruction
 from cpic.sources import VolumeSource, open_volume
 from cpic.train import (
@@ -37,6 +37,7 @@ from cpic.train import (
     save_model,
 )
 from cpic.tt import TT
+from cpic.util import atomic_path
 
 KIND = "compressed-volume"
 LATENT_FORMAT, LATENT_VERSION = "cpic-latent", 1
@@ -71,6 +72,12 @@ def _register_compress(commands) -> None:
     p.add_argument("--rank", type=int, default=12, help="TT rank of the latent (default 12)")
     p.add_argument("--features", type=int, default=16, help="latent features per voxel (default 16)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="refuse to start when a step's estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+    )
     p.add_argument(
         "--normalize",
         choices=("range", "percentile", "none"),
@@ -163,6 +170,8 @@ def run_compress(args: argparse.Namespace) -> int:
     src = open_volume(args.volume, normalize=None if args.normalize == "none" else args.normalize, ndim=3)
     if src.channels:
         raise ValueError(f"{args.volume}: has {src.channels} channels; compress takes one-channel volumes.")
+    if min(src.shape) < 2:
+        raise ValueError(f"{args.volume}: grid {src.shape} is too thin; compress needs 2+ voxels per axis.")
     torch.manual_seed(args.seed)
     model = cpic.CPIC(
         src.shape,
@@ -173,6 +182,11 @@ def run_compress(args: argparse.Namespace) -> int:
         positions=True,
         seed=args.seed,
     ).to(device)
+    model.memory_budget = args.memory_budget
+    try:
+        model.check_memory(1)
+    except MemoryError as err:
+        return fail("compress", f"refused before starting: {err}", EXIT_FAILED)
     started = time.perf_counter()
     try:
         _train(model, src, args)
@@ -346,9 +360,17 @@ def load_compressed(file: str | Path, device: torch.device) -> tuple[cpic.CPIC, 
         raise CheckpointError(f"{latent_path(file)}: not a cpic latent of version {LATENT_VERSION}.")
     if latent_meta.get("model_sha256") != _sha256(checkpoint_paths(file)[0]):
         raise CheckpointError(f"{latent_path(file)}: this latent was written with another model file.")
+    dtype = next(model.parameters()).dtype
+    for name, core in tensors.items():
+        if core.dtype != dtype or not bool(torch.isfinite(core).all()):
+            raise CheckpointError(
+                f"{latent_path(file)}: core {name!r} must hold finite {dtype} values, got {core.dtype}"
+                + ("" if core.dtype != dtype else " with NaN or Inf")
+                + "."
+            )
     try:
         latent = TT([tensors[f"core_{k}"][None] for k in range(len(tensors))])
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, IndexError, RuntimeError) as err:
         raise CheckpointError(f"{latent_path(file)}: the TT cores are inconsistent ({err}).") from None
     if latent.shape[:-1] != model.layout.tensor_shape[:-1]:
         raise CheckpointError(f"{latent_path(file)}: TT modes {latent.shape} do not fit the model's layout.")
@@ -472,7 +494,8 @@ def _writer(output: str):
 
 def _write_npy(path: str, block: torch.Tensor, cut, box, affine) -> None:
     array = block.numpy()
-    np.save(path, array.squeeze(cut[0]) if cut is not None else array)
+    with atomic_path(path) as temp:
+        np.save(temp, array.squeeze(cut[0]) if cut is not None else array)
 
 
 def _write_nifti(path: str, block: torch.Tensor, cut, box, affine) -> None:
@@ -482,7 +505,8 @@ def _write_nifti(path: str, block: torch.Tensor, cut, box, affine) -> None:
     origin = np.array([lo for lo, _ in box] + [1.0])
     shifted = affine.copy()
     shifted[:, 3] = affine @ origin  # the region's first voxel sits where it sat in the volume
-    nib.save(nib.Nifti1Image(block.numpy().astype(np.float32), shifted), path)
+    with atomic_path(path) as temp:
+        nib.save(nib.Nifti1Image(block.numpy().astype(np.float32), shifted), temp)
 
 
 def _reconstruct_lines(s: dict) -> list[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpic.util import atomic_path
+
 AXES = ("x", "y", "z")
 
 
@@ -30,7 +32,8 @@ def pyplot():
 def _save(fig, path: str | Path) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as temp:
+        fig.savefig(temp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     pyplot().close(fig)
     return str(path)
 

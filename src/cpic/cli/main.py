@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         module.register(commands)
+    for name, sub in commands.choices.items():  # usage errors: one line on stderr, exit code 2
+        train.one_line_errors(sub, name)
+    parser.error = lambda message: parser.exit(EXIT_USAGE, f"cpic: {message} (see cpic --help)\n")
     return parser
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from cpic.cli.common import EXIT_FAILED, add_common, device_of, emit, fail, subparser
+from cpic.cli.common import EXIT_FAILED, add_common, byte_size, device_of, emit, fail, subparser
 from cpic.cli.train import (
     TRAINING_FAILURES,
     align_classes,
@@ -24,6 +24,7 @@ from cpic.cli.train import (
 from cpic.nn import CPIC
 from cpic.sources import VolumeSource, open_volume
 from cpic.train import checkpoint_paths, evaluate, load_model
+from cpic.util import write_text_atomic
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 
@@ -50,6 +51,12 @@ def register(commands) -> None:
         help='extra features in training order (e.g. "61,1"): once for all volumes or once per volume',
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
+    p.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="refuse a batch whose estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+    )
     add_common(p, seed=False)
     one_line_errors(p, "predict")
     p.set_defaults(handler=run)
@@ -72,6 +79,12 @@ def register(commands) -> None:
     )
     e.add_argument("--path-column", metavar="COLUMN", help="the path column (default: as in training)")
     e.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
+    e.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="refuse a batch whose estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+    )
     add_common(e, seed=False)
     one_line_errors(e, "evaluate")
     e.set_defaults(handler=run_evaluate)
@@ -90,9 +103,10 @@ def check_grid(model: CPIC, source: VolumeSource, name: str) -> None:
         )
 
 
-def _load(path: str, device) -> tuple[CPIC, dict]:
+def _load(path: str, device, memory_budget: int | None = None) -> tuple[CPIC, dict]:
     model, meta = load_model(path, device=device)
     model.eval()
+    model.memory_budget = memory_budget
     return model, meta.get("provenance", {})
 
 
@@ -177,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     suffix = Path(args.output).suffix.lower() if args.output else None
     if args.output and suffix not in OUTPUT_SUFFIXES:
         return fail("predict", f"-o {args.output!r}: the file name must end in .csv or .json.")
-    model, provenance = _load(args.model, device_of(args))
+    model, provenance = _load(args.model, device_of(args), args.memory_budget)
     if model.head.task == "reconstruction":
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
     extra = _extra(model, args.extra, len(args.volumes))
@@ -192,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     document["predictions"] = rows
     if args.output:
         text = json.dumps(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
-        Path(args.output).write_text(text, encoding="utf-8")
+        write_text_atomic(args.output, text)
         emit(args, document | {"output": args.output}, [f"wrote {len(rows)} prediction(s) to {args.output}"])
     else:
         emit(args, document, [_csv_text(rows).rstrip("\n")])
@@ -201,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- evaluate
 def run_evaluate(args: argparse.Namespace) -> int:
-    model, provenance = _load(args.model, device_of(args))
+    model, provenance = _load(args.model, device_of(args), args.memory_budget)
     task = model.head.task
     target = args.target or provenance.get("target", "label")
     extra = args.extra if args.extra is not None else provenance.get("extra", [])

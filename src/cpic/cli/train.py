@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cpic.cli.common import EXIT_FAILED, EXIT_USAGE, add_common, device_of, emit, fail, subparser
+from cpic.cli.common import EXIT_FAILED, EXIT_USAGE, add_common, byte_size, device_of, emit, fail, subparser
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
 from cpic.train import VolumeDataset, checkpoint_paths, distributed, fit, save_model
 from cpic.train.launch import launch
@@ -183,6 +183,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--log-csv", metavar="FILE", help="append one row of metrics per epoch")
     _option(
         p,
+        "--memory-budget",
+        type=byte_size,
+        metavar="SIZE",
+        help="refuse to start when a step's estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+    )
+    _option(
+        p,
         "--nproc",
         default=1,
         type=positive_int,
@@ -251,6 +258,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"-o {args.output!r} is a directory; give a file name such as {args.output}/model.")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (where the run's checkpoints are).")
+    if args.patch % 2 == 0:
+        raise ValueError(f"--patch must be odd (the patch is centred on a voxel), got {args.patch}.")
     if args.task == "quantile" and not args.quantiles:
         raise ValueError("--quantiles needs at least one quantile, e.g. 0.1,0.5,0.9.")
 
@@ -400,13 +409,19 @@ def _train(args: argparse.Namespace) -> int:
     device = device_of(args)
     train, val, data = _datasets(args)
     model = build_model(args, train, data).to(device)
+    model.memory_budget = args.memory_budget
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
     try:
         history = _fit(args, model, train, val)
     except TRAINING_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
-        return fail("train", "every step of the last epoch was skipped; no model was written.", EXIT_FAILED)
+        return fail(
+            "train",
+            "every step of the last epoch was skipped (non-finite losses): normalise the volumes "
+            "(--normalize range or percentile) or lower --lr; no model was written.",
+            EXIT_FAILED,
+        )
     if not distributed.current().is_main:  # rank 0 writes the model
         return 0
     saved = _save(args, model, data, history)

@@ -165,6 +165,63 @@ class PivotStore:
             item.uses += 1
         return stack_infos(shape, items)
 
+    def state(self, label: Callable[[Hashable], str | None]) -> dict:
+        """Everything the store holds, as plain values and index tensors, for a checkpoint:
+        each item under ``label(key)`` (items whose label is ``None`` are left out), their use
+        counters and stale flags, the counts and the seed counter of refreshes.
+
+        Example:
+            >>> import torch
+            >>> from cpic.cross import PivotStore
+            >>> def function_for(items):
+            ...     return lambda idx: torch.cos(idx.float().sum(-1) / 5).expand(len(items), -1)
+            >>> store = PivotStore(rank=2, seed=0)
+            >>> _ = store.pivots(function_for, (4, 4, 4), ["a", "b"])
+            >>> state = store.state(str)
+            >>> copy = PivotStore(rank=2, seed=0)
+            >>> copy.load_state(state, str)
+            >>> torch.equal(copy.pivots(function_for, (4, 4, 4), ["a"]).left[1],
+            ...             store.pivots(function_for, (4, 4, 4), ["a"]).left[1])
+            True
+        """
+        items = {}
+        for key, item in self._items.items():
+            name = label(key)
+            if name is not None:
+                items[name] = {
+                    "left": list(item.left),
+                    "right": list(item.right),
+                    "direction": item.direction,
+                    "uses": item.uses,
+                    "stale": item.stale,
+                }
+        counts = self.counts
+        return {
+            "rank": self.rank,
+            "runs": self._runs,
+            "counts": [counts.selected, counts.refreshed, counts.evaluations],
+            "items": items,
+        }
+
+    def load_state(self, state: dict, key: Callable[[str], Hashable]) -> None:
+        """Replace the store's contents with a :meth:`state`; ``key(label)`` gives each item's key."""
+        if state.get("rank") != self.rank:
+            raise ValueError(
+                f"the saved pivots are of rank {state.get('rank')}, this store's rank is {self.rank}."
+            )
+        self._items = {
+            key(name): _ItemPivots(
+                left=list(item["left"]),
+                right=list(item["right"]),
+                direction=item["direction"],
+                uses=int(item["uses"]),
+                stale=bool(item["stale"]),
+            )
+            for name, item in state["items"].items()
+        }
+        self._runs = int(state["runs"])
+        self.counts = PivotCounts(*(int(c) for c in state["counts"]))
+
     def _seeds(self, seeds: Sequence[int] | None, items: list[int]) -> int | list[int]:
         return self._next_seed() if seeds is None else [int(seeds[i]) for i in items]
 

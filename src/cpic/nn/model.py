@@ -105,6 +105,7 @@ class CPIC(nn.Module):
         self.numerics: Counter[str] = Counter()
         self.seed = seed
         self._memory_checked: set[int] = set()
+        self._memory_budget: int | None = None
         self._generator = torch.Generator().manual_seed(seed)
         self.config = {
             "grid_shape": list(grid_shape),
@@ -320,17 +321,49 @@ class CPIC(nn.Module):
         per_entry = 4 * self.channels * self.patch ** len(self.grid_shape) + _BYTES_PER_ENTRY
         return batch * entries * per_entry
 
-    def _check_memory(self, batch: int) -> None:
+    @property
+    def memory_budget(self) -> int | None:
+        """Bytes a step may use for its samples (``None``: what the device has free). A step whose
+        :meth:`memory_estimate` exceeds it is refused before anything is read.
+
+        Example:
+            >>> import cpic
+            >>> from cpic.nn import Regression
+            >>> model = cpic.CPIC((64, 64, 64), Regression(), features=8, patch=5, rank=8)
+            >>> model.memory_budget = 2**20
+            >>> try:
+            ...     model.check_memory(batch=16)
+            ... except MemoryError as err:
+            ...     print(str(err)[:60])
+            rank=8, features=8, patch=5, 16 volumes per step needs about
+        """
+        return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"memory_budget must be a positive number of bytes or None, got {value!r}.")
+        self._memory_budget = value
+        self._memory_checked.clear()
+
+    def check_memory(self, batch: int) -> None:
+        """Raise :class:`MemoryError` with the estimate when a step over ``batch`` volumes needs more
+        than :attr:`memory_budget` or the device's free memory."""
         if batch in self._memory_checked:
             return
         need, have = self.memory_estimate(batch), _available_memory(next(self.parameters()).device)
+        what = "is available"
+        if self._memory_budget is not None and (have is None or self._memory_budget < have):
+            have, what = self._memory_budget, "is the memory budget"
         if have is not None and need > have:
             raise MemoryError(
                 f"rank={self.rank}, features={self.features}, patch={self.patch}, {batch} volumes per step "
-                f"needs about {need / 2**30:.1f} GiB for its samples, but only {have / 2**30:.1f} GiB is "
-                "available: lower the rank, the features, the patch or the batch size."
+                f"needs about {_size(need)} for its samples, but {_size(have)} {what}: lower the rank, the "
+                "features, the patch or the batch size."
             )
         self._memory_checked.add(batch)
+
+    _check_memory = check_memory  # the name fit() and older callers use
 
     def _item_seeds(self, sources: Sequence[VolumeSource]) -> list[int]:
         """One seed per volume from the model's seed and the volume's name: a volume gets the
@@ -378,6 +411,15 @@ def _check_sizes(grid_shape, features, patch, rank, extra_features) -> None:
         )
     if patch > min(grid_shape):
         raise ValueError(f"patch={patch} is larger than the volume's smallest side ({min(grid_shape)}).")
+
+
+def _size(n: float) -> str:
+    """``3 * 2**30`` -> ``'3.0 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _available_memory(device: torch.device) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -15,10 +16,38 @@ from cpic.util import KeyStore
 
 BORDERS = ("reflect", "edge", "zero")
 NONFINITE_POLICIES = ("raise", "zero")
+#: the most voxels a grid may declare: linear voxel ids must fit an int64
+MAX_VOXELS = 2**62
+#: what a backend may raise on a truncated or corrupt file while reading voxels
+READ_FAILURES = (OSError, EOFError, ValueError, RuntimeError, IndexError, KeyError)
 
 
 class SourceError(ValueError):
     """A volume cannot be opened or read as asked; the message names the input."""
+
+
+def check_dtype(name: str, dtype) -> None:
+    """Refuse values that are not real numbers (strings, records, objects, complex numbers).
+
+    Example:
+        >>> check_dtype("v.npy", "float32")
+        >>> try:
+        ...     check_dtype("v.npy", "complex64")
+        ... except SourceError as err:
+        ...     print(err)
+        v.npy: holds complex64 values; expected real numbers (integers, floats or booleans).
+    """
+    if isinstance(dtype, torch.dtype):
+        ok = not dtype.is_complex
+    else:
+        try:
+            ok = np.dtype(dtype).kind in "biuf"
+        except TypeError:
+            ok = False
+    if not ok:
+        raise SourceError(
+            f"{name}: holds {dtype} values; expected real numbers (integers, floats or booleans)."
+        )
 
 
 @dataclass
@@ -156,6 +185,11 @@ class VolumeSource(ABC):
         self.shape = tuple(int(n) for n in shape)
         if not self.shape or any(n < 1 for n in self.shape):
             raise SourceError(f"{name}: the grid shape {self.shape} must have at least one axis, each >= 1.")
+        if math.prod(self.shape) >= MAX_VOXELS:
+            raise SourceError(
+                f"{name}: the declared grid {self.shape} is absurdly large (2^62 voxels or more)."
+            )
+        check_dtype(name, dtype)
         self.dtype = dtype
         self.channels = channels
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
@@ -273,7 +307,15 @@ class VolumeSource(ABC):
             missing = unique[~hit]
             self.stats.cache_hits += int(hit.sum())
         coords = self._unravel(missing)
-        fresh = self._handle_nonfinite(torch.as_tensor(self._read(coords)).to(torch.float32))
+        try:
+            raw = torch.as_tensor(self._read(coords))
+        except SourceError:
+            raise
+        except READ_FAILURES as err:
+            raise SourceError(
+                f"{self.name}: reading voxels failed, the file is truncated or corrupt ({err})."
+            ) from None
+        fresh = self._handle_nonfinite(raw.to(torch.float32), raw)
         self._account(unique, coords, delivered)
         if self.cache is None:
             return fresh
@@ -352,11 +394,16 @@ class VolumeSource(ABC):
             out.append((linear // stride) % n)
         return torch.stack(out, 1)
 
-    def _handle_nonfinite(self, values: Tensor) -> Tensor:
+    def _handle_nonfinite(self, values: Tensor, raw: Tensor | None = None) -> Tensor:
         bad = ~torch.isfinite(values)
         count = int(bad.sum())
         if not count:
             return values
+        if raw is not None and raw.is_floating_point() and bool(torch.isfinite(raw[bad]).any()):
+            raise SourceError(
+                f"{self.name}: holds values beyond the float32 range (|x| > 3.4e38, e.g. "
+                f"{float(raw[bad & torch.isfinite(raw)][0]):.3g}); rescale the volume."
+            )
         self.stats.nonfinite += count
         if self.nonfinite == "raise":
             raise SourceError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from cpic.sources.array import split_channels
 from cpic.sources.base import SourceError, VolumeSource
+from cpic.sources.files import quiet
 
 
 def _chunk_index(coords: np.ndarray, chunks: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
@@ -88,8 +90,28 @@ class HDF5Source(VolumeSource):
             raise SourceError(f"{path}: reading HDF5 needs h5py: pip install 'cpic[io]'.") from None
         try:
             self.file = h5py.File(path, "r")
-        except OSError as err:
+        except Exception as err:  # OSError mostly; h5py's parser may raise others on garbage
             raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
+        try:
+            self.data, dataset = self._dataset(h5py, path, dataset)
+            data_shape, chunks, dtype = self.data.shape, self.data.chunks, self.data.dtype
+        except SourceError:
+            self.file.close()
+            raise
+        except Exception as err:  # h5py raises many kinds of error on a corrupt file
+            self.file.close()
+            raise SourceError(f"{path}: not a readable HDF5 file ({err}).") from None
+        shape, channels = split_channels(data_shape, channel_axis, f"{path}:{dataset}")
+        super().__init__(f"{path}:{dataset}", shape, dtype, channels, nonfinite=nonfinite)
+        if channels is not None and channel_axis % self.data.ndim != self.data.ndim - 1:
+            raise SourceError(f"{self.name}: only a trailing channel axis is supported for HDF5.")
+        chunks = chunks or data_shape
+        self._chunks = tuple(chunks[: self.ndim])
+        self._grid = tuple(-(-n // c) for n, c in zip(self.shape, self._chunks))
+        self.chunk_bytes = int(np.prod(chunks)) * dtype.itemsize
+
+    def _dataset(self, h5py, path: Path, dataset: str | None):
+        """The dataset named, or the file's only one, and its name."""
         if dataset is None:
             names = []
             self.file.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
@@ -98,18 +120,18 @@ class HDF5Source(VolumeSource):
             dataset = names[0]
         if dataset not in self.file or not isinstance(self.file[dataset], h5py.Dataset):
             raise SourceError(f"{path}: has no dataset {dataset!r}.")
-        self.data = self.file[dataset]
-        shape, channels = split_channels(self.data.shape, channel_axis, f"{path}:{dataset}")
-        super().__init__(f"{path}:{dataset}", shape, self.data.dtype, channels, nonfinite=nonfinite)
-        if channels is not None and channel_axis % self.data.ndim != self.data.ndim - 1:
-            raise SourceError(f"{self.name}: only a trailing channel axis is supported for HDF5.")
-        chunks = self.data.chunks or self.data.shape
-        self._chunks = tuple(chunks[: self.ndim])
-        self._grid = tuple(-(-n // c) for n, c in zip(self.shape, self._chunks))
-        self.chunk_bytes = int(np.prod(chunks)) * self.data.dtype.itemsize
+        return self.file[dataset], dataset
 
     def _read(self, coords: Tensor) -> Tensor:
-        coords = coords.numpy()
+        try:
+            return self._read_chunks(coords.numpy())
+        except Exception as err:  # a damaged file fails inside h5py in many ways
+            reason = f"{type(err).__name__}: {err}"
+            raise SourceError(
+                f"{self.name}: reading voxels failed, the file is truncated or corrupt ({reason})."
+            ) from None
+
+    def _read_chunks(self, coords: np.ndarray) -> Tensor:
         ids = _chunk_index(coords, self._chunks, self._grid)
         order = np.argsort(ids, kind="stable")
         bounds = np.flatnonzero(np.diff(ids[order])) + 1
@@ -137,12 +159,18 @@ class TiffSource(VolumeSource):
             import tifffile
         except ImportError:
             raise SourceError(f"{path}: reading TIFF needs tifffile: pip install 'cpic[io]'.") from None
+        self.tif = None
         try:
             self.tif = tifffile.TiffFile(path)
             series = self.tif.series[0]
-        except (tifffile.TiffFileError, OSError, IndexError, ValueError) as err:
-            raise SourceError(f"{path}: not a readable TIFF ({err}).") from None
-        shape = tuple(int(n) for n in series.shape)
+            shape = tuple(int(n) for n in series.shape)
+            self._check_complete(path, series, shape)
+        except SourceError:
+            raise
+        except Exception as err:  # tifffile's parser raises many kinds of error on a damaged file
+            self.close()
+            reason = "it holds no image" if isinstance(err, IndexError) else str(err)
+            raise SourceError(f"{path}: not a readable TIFF ({reason}).") from None
         super().__init__(str(path), shape, series.dtype, nonfinite=nonfinite)
         self.pages = series.pages
         try:
@@ -154,7 +182,16 @@ class TiffSource(VolumeSource):
         self._pages_shape = shape[:-2]
 
     def _read(self, coords: Tensor) -> Tensor:
-        coords = coords.numpy()
+        try:
+            with quiet("tifffile"):
+                return self._read_pages(coords.numpy())
+        except Exception as err:  # a damaged file fails in tifffile's decoders in many ways
+            reason = f"{type(err).__name__}: {err}"
+            raise SourceError(
+                f"{self.name}: reading voxels failed, the file is truncated or corrupt ({reason})."
+            ) from None
+
+    def _read_pages(self, coords: np.ndarray) -> Tensor:
         if self.mapped is not None:
             return torch.from_numpy(np.ascontiguousarray(self.mapped[tuple(coords.T)]))
         if self.ndim == 2:
@@ -165,6 +202,34 @@ class TiffSource(VolumeSource):
             sel = page == p
             out[sel] = self.pages[int(p)].asarray()[tuple(coords[sel, -2:].T)]
         return torch.from_numpy(out)
+
+    def _check_complete(self, path: Path, series, shape: tuple[int, ...]) -> None:
+        """Refuse a truncated file whose pages cannot hold the series' shape, or whose data lies
+        beyond the end of the file (found now, not at the first read of a missing page)."""
+        size, held = path.stat().st_size, 0
+        for page in series.pages:
+            if page is None:
+                continue
+            held += math.prod(page.shape)
+            if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+                self.close()
+                raise SourceError(
+                    f"{path}: truncated: image data lies beyond the end of the file ({size} bytes)."
+                )
+        if held < math.prod(shape):
+            self.close()
+            raise SourceError(
+                f"{path}: truncated: its pages hold {held} of the {math.prod(shape)} values of shape {shape}."
+            )
+
+    def close(self) -> None:
+        """Close the file (also done when the source is garbage-collected)."""
+        if getattr(self, "tif", None) is not None:
+            self.tif.close()
+            self.tif = None
+
+    def __del__(self) -> None:
+        self.close()
 
     def _chunk_ids(self, coords: Tensor) -> np.ndarray:
         if self.ndim == 2:

@@ -11,7 +11,7 @@ import torch
 from cpic.sources.array import ArraySource
 from cpic.sources.base import SourceError, VolumeSource
 from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource, split_dataset
-from cpic.sources.files import open_nifti, open_npy, open_raw
+from cpic.sources.files import open_nifti, open_npy, open_raw, quiet, require_file
 from cpic.sources.procedural import ProceduralSource
 
 FORMATS = ("array", "npy", "raw", "nifti", "zarr", "hdf5", "tiff", "procedural")
@@ -135,13 +135,12 @@ def _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfini
         return ZarrSource(location, channel_axis, nonfinite)
     if fmt == "hdf5":
         file, dataset = split_dataset(location)
-        if not Path(file).exists():
-            raise SourceError(f"{file}: no such file.")
+        require_file(Path(file))
         return HDF5Source(Path(file), dataset, channel_axis, nonfinite)
     if fmt == "tiff":
-        if not path.exists():
-            raise SourceError(f"{path}: no such file.")
-        return TiffSource(path, nonfinite)
+        require_file(path)
+        with quiet("tifffile"):
+            return TiffSource(path, nonfinite)
     raise SourceError(f"{location}: format {fmt!r} needs a function, not a path.")
 
 

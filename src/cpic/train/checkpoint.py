@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,42 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _backup_path(st_path: Path) -> Path:
+    """Where the previous tensors wait while a save replaces them (see :func:`save_checkpoint`)."""
+    return st_path.with_name(f".{st_path.name}.previous")
+
+
+def _remove_leftovers(st_path: Path, json_path: Path) -> None:
+    """Temporary files of an earlier save that was killed before it could clean up."""
+    for final in (st_path, json_path):
+        for temp in final.parent.glob(f".{final.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+
+
+def _keep_previous(st_path: Path) -> Path | None:
+    """A hard link (or copy) of the current tensors, so a save killed between its two renames
+    leaves a loadable pair: the old JSON with these old tensors."""
+    if not st_path.exists():
+        return None
+    backup = _backup_path(st_path)
+    with contextlib.suppress(FileNotFoundError):
+        backup.unlink()
+    try:
+        os.link(st_path, backup)
+    except OSError:  # a file system without hard links
+        shutil.copy2(st_path, backup)
+    return backup
+
+
 def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], meta: dict) -> Path:
     """Write ``tensors`` and the JSON-serialisable ``meta`` as a checkpoint; returns the safetensors path.
 
     Both files are written to temporary files in the target directory and moved into place with
-    ``os.replace``, the JSON last. Tensors are saved from the CPU; shared storage is cloned.
+    ``os.replace``, the JSON last. The tensors being replaced stay available (a hidden hard link)
+    until the JSON is in place: a process killed between the two renames leaves the previous
+    checkpoint loadable, and a save that fails there puts the previous tensors back. Tensors are
+    saved from the CPU; shared storage is cloned.
 
     Example:
         >>> import tempfile, torch
@@ -119,7 +151,8 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
     prepared = _for_saving(tensors)
     json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
     st_path.parent.mkdir(parents=True, exist_ok=True)
-    temps = []
+    _remove_leftovers(st_path, json_path)
+    temps, backup, replaced, done = [], None, False, False
     try:
         temps.append(st_tmp := _temp_path(st_path))
         safetensors.torch.save_file(prepared, st_tmp, metadata={"format": "pt"})
@@ -127,13 +160,22 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
         record = {"format": FORMAT, "version": VERSION, "sha256": _sha256(st_tmp), "meta": meta}
         temps.append(json_tmp := _temp_path(json_path))
         _write_text(json_tmp, json.dumps(record, indent=1))
+        backup = _keep_previous(st_path)
         os.replace(st_tmp, st_path)
+        replaced = True
         os.replace(json_tmp, json_path)
+        done = True
         _fsync_dir(st_path.parent)
     finally:
-        for temp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        if replaced and not done:  # new tensors beside the old JSON: undo
+            if backup is not None:
+                os.replace(backup, st_path)
+            else:
+                st_path.unlink()
+        for temp in [*temps, backup]:
+            if temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
     return st_path
 
 
@@ -148,6 +190,8 @@ def _read_record(json_path: Path) -> dict:
         raise CheckpointError(f"{json_path} is not a {FORMAT} metadata file")
     if record.get("version") != VERSION:
         raise CheckpointError(f"{json_path} has version {record.get('version')}; this code reads {VERSION}")
+    if not isinstance(record.get("meta"), dict):
+        raise CheckpointError(f"{json_path} holds no metadata object (its 'meta' is not a JSON object)")
     return record
 
 
@@ -178,9 +222,12 @@ def load_checkpoint(
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint tensors {st_path} do not exist") from None
     if digest != record["sha256"]:
-        raise CheckpointError(
-            f"{st_path} does not match the sha256 recorded in {json_path} (truncated or replaced?)"
-        )
+        backup = _backup_path(st_path)  # a save killed between its two renames: the previous pair
+        if not (backup.is_file() and _sha256(backup) == record["sha256"]):
+            raise CheckpointError(
+                f"{st_path} does not match the sha256 recorded in {json_path} (truncated or replaced?)"
+            )
+        st_path = backup
     try:
         tensors = safetensors.torch.load_file(st_path, device=str(torch.device(device)))
     except (safetensors.SafetensorError, ValueError, OSError) as e:

@@ -61,6 +61,17 @@ class VolumeDataset:
             self._items[i] = item
         return item
 
+    def opened(self) -> dict[int, VolumeSource]:
+        """The volumes opened so far, by position (what :meth:`source` has returned).
+
+        Example:
+            >>> import torch, cpic
+            >>> data = VolumeDataset([cpic.open_volume(torch.zeros(4, 4, 4)), "later.npy"])
+            >>> list(data.opened())
+            [0]
+        """
+        return {i: item for i, item in enumerate(self._items) if isinstance(item, VolumeSource)}
+
     def subset(self, indices: Sequence[int]) -> VolumeDataset:
         """The volumes at ``indices``, sharing opened sources."""
         indices = list(indices)
@@ -126,14 +137,13 @@ class VolumeDataset:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"manifest {str(path)!r} does not exist or is not a file.")
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if not rows:
-            raise ValueError(f"manifest {str(path)!r} has no rows.")
+        rows = _read_rows(path)
         needed = [path_column] + ([target] if target else []) + list(extra)
         missing = [c for c in needed if c not in rows[0]]
         if missing:
             raise ValueError(f"manifest {str(path)!r} lacks the column(s) {missing}; it has {list(rows[0])}.")
+        _check_cells(path, rows, [path_column] + ([target] if target else []))
+        _check_unique(path, rows, path_column)
         sources = [_resolve(path.parent, row[path_column]) for row in rows]
         targets = classes = None
         if target:
@@ -143,6 +153,49 @@ class VolumeDataset:
             extras = [[_number(path, i, c, row[c]) for c in extra] for i, row in enumerate(rows)]
         names = [Path(row[path_column]).name for row in rows]
         return cls(sources, targets, extras, names=names, classes=classes, open_kwargs=open_kwargs)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV manifest; a clear error for an empty file, text that is not UTF-8 or
+    CSV, and rows with fewer or more fields than the header."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames
+    except UnicodeDecodeError:
+        raise ValueError(f"manifest {str(path)!r} is not UTF-8 text; expected a CSV file.") from None
+    except csv.Error as err:
+        raise ValueError(f"manifest {str(path)!r} is not a readable CSV file ({err}).") from None
+    if not rows:
+        raise ValueError(f"manifest {str(path)!r} has no rows.")
+    for i, row in enumerate(rows):
+        if None in row or None in row.values():
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
+            raise ValueError(
+                f"manifest {str(path)!r}, row {i + 2}: has {fields} field(s), the header {len(header)}."
+            )
+    return rows
+
+
+def _check_cells(path: Path, rows: list[dict], columns: list[str]) -> None:
+    for i, row in enumerate(rows):
+        for column in columns:
+            if not row[column].strip():
+                raise ValueError(f"manifest {str(path)!r}, row {i + 2}: column {column!r} is empty.")
+
+
+def _check_unique(path: Path, rows: list[dict], column: str) -> None:
+    """Refuse a volume listed twice (it would count twice, or sit in both training and validation)."""
+    seen: dict[Path, int] = {}
+    for i, row in enumerate(rows):
+        resolved = _resolve(path.parent, row[column].strip()).resolve()
+        if resolved in seen:
+            raise ValueError(
+                f"manifest {str(path)!r}, row {i + 2}: repeats the path {row[column]!r} "
+                f"of row {seen[resolved]}."
+            )
+        seen[resolved] = i + 2
 
 
 def _as_target_tensor(targets) -> Tensor:

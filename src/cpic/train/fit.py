@@ -20,13 +20,12 @@ from cpic.train.checkpoint import (
     checkpoint_paths,
     flatten_state,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
     unflatten_state,
 )
 from cpic.train.dataset import VolumeDataset
 from cpic.train.distributed import Distributed, current
+from cpic.train.resume_state import restore_state, save_state, sync_log
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 
@@ -152,12 +151,14 @@ def _check_data(model: CPIC, data: VolumeDataset, name: str, items: list[int] | 
             raise ValueError(f"{name} volume {data.names[i]!r} has grid {src.shape}, the model {shape}.")
 
 
-def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History) -> None:
+def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, run_state) -> None:
+    """A checkpoint of everything the next epoch depends on: ``run_state`` is
+    :func:`cpic.train.resume_state.save_state`'s pivots, batch order and random states."""
     opt_tensors, skeleton = flatten_state(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"optim/{k}": v for k, v in opt_tensors.items()})
-    tensors["rng/global"] = rng_state()
-    tensors["rng/model"] = rng_state(model._generator)
+    state_tensors, state_meta = run_state
+    tensors.update(state_tensors)
     meta = {
         "config": model.config,
         "epoch": epoch,
@@ -165,11 +166,12 @@ def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History) -> N
         "best_epoch": history.best_epoch,
         "numerics": history.numerics,
         "optimizer": skeleton,
+        **state_meta,
     }
     save_checkpoint(path, tensors, meta)
 
 
-def _resume(path: Path, model: CPIC, optimizer) -> tuple[int, History]:
+def _resume(path: Path, model: CPIC, optimizer, gen, datasets, ctx: Distributed) -> tuple[int, History]:
     tensors, meta = load_checkpoint(path)
     if meta.get("config") != json.loads(json.dumps(model.config)):
         raise ValueError(f"checkpoint {str(path)!r} was written by a model with config {meta.get('config')}.")
@@ -177,8 +179,7 @@ def _resume(path: Path, model: CPIC, optimizer) -> tuple[int, History]:
     optimizer.load_state_dict(
         unflatten_state({k[6:]: v for k, v in tensors.items() if k.startswith("optim/")}, meta["optimizer"])
     )
-    set_rng_state(tensors["rng/global"])
-    set_rng_state(tensors["rng/model"], model._generator)
+    restore_state(tensors, meta, model, gen, datasets, ctx)
     history = History(rows=meta["history"], best_epoch=meta["best_epoch"], numerics=meta["numerics"])
     return int(meta["epoch"]), history
 
@@ -267,13 +268,16 @@ def fit(
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     start_epoch, history = 0, History()
+    gen = torch.Generator().manual_seed(seed)  # the batch order; its state travels in checkpoints
+    datasets = {"train": train, "val": val}
     if resume:
         if ckpt_dir is None:
             raise ValueError("resume=True needs checkpoint_dir=.")
         if checkpoint_paths(ckpt_dir / "last")[1].exists():
-            start_epoch, history = _resume(ckpt_dir / "last", model, opt)
+            start_epoch, history = _resume(ckpt_dir / "last", model, opt, gen, datasets, ctx)
+            if log_csv is not None and ctx.is_main:
+                sync_log(log_csv, history.rows)  # the log may be an epoch behind or ahead of it
     ctx.broadcast_parameters(model)
-    gen = torch.Generator().manual_seed(seed + start_epoch)
     writer = _tensorboard(tensorboard) if ctx.is_main else None
     monitor, sign = _monitor(model.head.task)
     events: Counter[str] = Counter(history.numerics)
@@ -283,7 +287,7 @@ def fit(
 
     for epoch in range(start_epoch, epochs):
         model.train()
-        if refresh == "epoch" and epoch > start_epoch:
+        if refresh == "epoch" and epoch > 0:
             model.refresh_pivots()
         if schedule == "cosine":
             for group in opt.param_groups:
@@ -311,10 +315,14 @@ def fit(
             best = history.rows[history.best_epoch - 1][monitor] if history.best_epoch else None
             if best is None or sign * row[monitor] > sign * best:
                 history.best_epoch = epoch + 1
-                if ckpt_dir is not None and ctx.is_main:
-                    _save(ckpt_dir / "best", model, opt, epoch + 1, history)
-        if ckpt_dir is not None and ctx.is_main:
-            _save(ckpt_dir / "last", model, opt, epoch + 1, history)
+                if ckpt_dir is not None:
+                    run_state = save_state(model, gen, datasets, ctx)  # collective: every rank
+                    if ctx.is_main:
+                        _save(ckpt_dir / "best", model, opt, epoch + 1, history, run_state)
+        if ckpt_dir is not None:
+            run_state = save_state(model, gen, datasets, ctx)
+            if ctx.is_main:
+                _save(ckpt_dir / "last", model, opt, epoch + 1, history, run_state)
         if ctx.is_main:
             _log(log_csv, row, writer)
         if max_minutes is not None and ctx.agree(time.perf_counter() - started > 60 * max_minutes):
@@ -373,7 +381,8 @@ def _backward(model: CPIC, opt, data: VolumeDataset, items: list[int], events: C
     opt.zero_grad(set_to_none=True)
     events["skipped_steps"] += 1
     warnings.warn(
-        f"skipped a step: it stayed non-finite after re-selecting pivots (volumes {items})",
+        f"skipped a step: it stayed non-finite after re-selecting pivots (volumes {items}); normalise "
+        "the volumes (normalize='range' or 'percentile') or lower the learning rate",
         stacklevel=3,
     )
     return None

@@ -87,11 +87,36 @@ def save_model(model: CPIC, path: str | os.PathLike[str], **provenance) -> Path:
     return save_checkpoint(path, tensors, meta)
 
 
+def check_tensor(path, name: str, found: torch.Tensor, expected: torch.Tensor) -> None:
+    """Refuse a stored tensor whose shape or dtype differs from the model's (loading would cast
+    or fail silently) or that holds NaN or Inf (every prediction would be NaN).
+
+    Example:
+        >>> import torch
+        >>> try:
+        ...     check_tensor("m", "w", torch.zeros(2, dtype=torch.float64), torch.zeros(2))
+        ... except CheckpointError as err:
+        ...     print(err)
+        m: tensor 'w' is torch.float64, the model expects torch.float32.
+    """
+    if tuple(found.shape) != tuple(expected.shape):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has shape {tuple(found.shape)}, "
+            f"the model expects {tuple(expected.shape)}."
+        )
+    if found.dtype != expected.dtype:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} is {found.dtype}, the model expects {expected.dtype}."
+        )
+    if found.is_floating_point() and not bool(torch.isfinite(found).all()):
+        raise CheckpointError(f"{path}: tensor {name!r} holds non-finite values (NaN or Inf).")
+
+
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[CPIC, dict]:
     """The model in ``path`` and its metadata; a clear :class:`CheckpointError` for a file
     that is not a cpic model, of another format version, or whose tensors do not match."""
     tensors, meta = load_checkpoint(path)
-    if meta.get("format") != MODEL_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a cpic model file (a training checkpoint? use fit(resume=True)).")
     if meta.get("version") != MODEL_VERSION:
         raise CheckpointError(
@@ -99,8 +124,8 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         )
     try:
         model = model_from_config(meta["config"])
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"{path}: its configuration cannot be rebuilt: {err}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: its configuration cannot be rebuilt: {err!s}") from None
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
@@ -108,10 +133,6 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
             f"{path}: tensors missing {missing[:3]} or unexpected {extra[:3]} for its model."
         )
     for name, value in expected.items():
-        if tuple(tensors[name].shape) != tuple(value.shape):
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, the model expects "
-                f"{tuple(value.shape)}."
-            )
+        check_tensor(path, name, tensors[name], value)
     model.load_state_dict(tensors)
     return model.to(device), meta

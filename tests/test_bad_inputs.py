@@ -1,0 +1,441 @@
+"""The bad-input suite: every input path (volume files, manifests, model files, command flags)
+against a corpus of bad files generated here (tests/bad_corpus.py) and hypothesis.
+
+Each bad input must give exactly one line on stderr naming it, a non-zero exit code, no
+traceback or warning, no hang, and no output file (not even a temporary one). Commands run
+in-process (``main``) so that the hundreds of cases take seconds; a few run as real
+subprocesses to check what a user sees, library log messages included. The hypothesis tests
+are derandomized (the same cases every run) so that CI is stable; docs/reliability.md records a
+longer randomized run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cpic.cli.main import main
+from cpic.sources import SourceError, open_volume
+from cpic.train import VolumeDataset
+from tests import bad_corpus
+
+TINY = ["--rank", "2", "--features", "2", "--patch", "3", "--epochs", "1", "--batch-size", "4", "--quiet"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """Fail (instead of hanging CI) when a case takes over 60 s."""
+
+    def expired(*_):
+        raise TimeoutError("a bad input made the command hang")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def cli(capsys, *args) -> SimpleNamespace:
+    """Run ``cpic *args`` in-process: exit code, stdout, stderr and any Python warnings."""
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+    out, err = capsys.readouterr()
+    return SimpleNamespace(code=code, out=out, err=err, warnings=[str(w.message) for w in caught])
+
+
+def refused(result, needle: str, out_dir: Path | None = None) -> None:
+    """One line on stderr naming ``needle``, a non-zero exit, no traceback, warning or output."""
+    lines = result.err.strip().splitlines()
+    assert result.code in (1, 2), (result.code, result.err)
+    assert len(lines) == 1 and lines[0].startswith("cpic"), result.err
+    assert "Traceback" not in result.err and not result.warnings, (result.err, result.warnings)
+    assert needle.lower() in result.err.lower(), (needle, result.err)
+    if out_dir is not None:
+        assert not any(out_dir.iterdir()), sorted(p.name for p in out_dir.iterdir())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Good 8^3 volumes, a manifest, a trained model file, and the corpus of bad inputs."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    rng = np.random.default_rng(0)
+    names = []
+    for i in range(6):
+        volume = rng.normal(0, 1, bad_corpus.GRID).astype(np.float32) + 3 * (i % 2)
+        np.save(root / f"v{i}.npy", volume)
+        names.append(f"v{i}.npy")
+    rows = ["path,label"] + [f"{n},{'ab'[i % 2]}" for i, n in enumerate(names)]
+    (root / "cohort.csv").write_text("\n".join(rows) + "\n")
+    code = main(["train", str(root / "cohort.csv"), "-o", str(root / "model"), "--val", "0", *TINY])
+    assert code == 0
+    return SimpleNamespace(
+        root=root,
+        names=names,
+        model=root / "model",
+        broken=bad_corpus.broken_volumes(root / "broken"),
+        odd=bad_corpus.odd_volumes(root / "odd"),
+        manifests=bad_corpus.manifests(root, names),
+        models=bad_corpus.broken_models(root / "models", root / "model"),
+    )
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """An empty folder for a command's outputs: it must stay empty when the command fails."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def manifest_with(world, volume, tmp_path) -> Path:
+    """A manifest of good volumes plus ``volume`` (absolute path) in its last row."""
+    path = tmp_path / "with_bad.csv"
+    rows = ["path,label"] + [f"{world.root / n},{'ab'[i % 2]}" for i, n in enumerate(world.names)]
+    path.write_text("\n".join(rows + [f"{volume},b"]) + "\n")
+    return path
+
+
+def _needle(path) -> str:
+    return Path(str(path).split(":/")[0]).name
+
+
+# ---------------------------------------------------------------------- volume files
+def pytest_generate_tests(metafunc):
+    if "broken_case" in metafunc.fixturenames:
+        names = [
+            "npy truncated", "npy wrong magic", "npy 0 bytes", "npy header only", "npy garbage header",
+            "npy header shape too big", "npy header shape too small", "npy absurd declared dims",
+            "npy negative dims", "npy zero-size dims", "npy pickle payload", "npy strings", "npy complex",
+            "npy beyond float32", "a directory", "a FIFO (would block)", "missing file", "unknown suffix",
+            "nii truncated", "nii header cut", "nii wrong magic", "nii header shape too big",
+            "nii absurd dims", "nii negative dims", "nii dim[0] = 9", "nii unknown datatype",
+            "nii data offset beyond the file", "nii 0 bytes", "nii.gz truncated", "nii.gz not gzip",
+            "nii.gz garbage inside", "h5 garbage", "h5 truncated", "h5 two datasets, none named",
+            "h5 dataset missing", "h5 strings", "h5 compound records", "h5 scalar", "h5 empty dataset",
+            "tif garbage", "tif truncated", "tif 0 bytes", "zarr bad metadata", "zarr empty folder",
+            "zarr chunk of the wrong size",
+        ]  # fmt: skip
+        metafunc.parametrize("broken_case", names)
+
+
+def test_corpus_lists_every_case(world):
+    assert len(world.broken) == 45 and len(world.odd) == 6
+    assert len(world.manifests) == 13 and len(world.models) == 23
+
+
+def test_broken_volume_is_refused_by_every_command(world, broken_case, capsys, out, tmp_path):
+    path = world.broken[broken_case]
+    needle = _needle(path)
+    refused(cli(capsys, "inspect", path), needle)
+    refused(cli(capsys, "predict", world.model, path, "-o", out / "p.csv"), needle, out)
+    refused(cli(capsys, "compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet"), needle, out)
+    manifest = manifest_with(world, path, tmp_path)
+    refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY), needle, out)
+    refused(cli(capsys, "evaluate", world.model, manifest), needle)
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [("NaN voxels", "NaN"), ("Inf voxels", "NaN or Inf"), ("nii.gz NaN voxels", "NaN"),
+     ("1 voxel", "(1, 1, 1)"), ("2-D", "(8, 8)"), ("5-D", "(2, 2, 8, 8, 8)")],
+)  # fmt: skip
+def test_odd_volumes_are_described_but_not_used(world, case, needle, capsys, out, tmp_path):
+    path = world.odd[case]
+    described = cli(capsys, "inspect", path, "--json")
+    assert described.code == 0 and not described.err, described.err
+    info = json.loads(described.out)
+    if "NaN" in needle:
+        assert info["sample"]["nonfinite"] > 0
+    refused(cli(capsys, "predict", world.model, path, "-o", out / "p.csv"), needle, out)
+    manifest = manifest_with(world, path, tmp_path)
+    refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY), needle, out)
+    refused(cli(capsys, "evaluate", world.model, manifest), needle)
+    compress_needle = needle if "NaN" in needle else ("grid axes" if case in ("2-D", "5-D") else "too thin")
+    compressed = cli(capsys, "compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet")
+    refused(compressed, compress_needle.split()[0], out)
+
+
+# ---------------------------------------------------------------------- manifests
+MANIFEST_CASES = [
+    "empty file", "header only", "no path column", "no label column", "missing path", "empty path cell",
+    "duplicate path", "empty label", "short row", "long row", "single class", "binary garbage", "a directory",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MANIFEST_CASES)
+def test_bad_manifest_is_refused_by_train_and_evaluate(world, case, capsys, out):
+    path, needle = world.manifests[case]
+    refused(cli(capsys, "train", path, "-o", out / "m", "--val", "0", *TINY), needle, out)
+    if case != "single class":  # evaluating one class is fine
+        refused(cli(capsys, "evaluate", world.model, path), needle)
+
+
+def test_missing_manifest(world, capsys, out):
+    refused(cli(capsys, "train", world.root / "nope.csv", "-o", out / "m", *TINY), "nope.csv", out)
+
+
+# ---------------------------------------------------------------------- model files
+def test_every_broken_model_file_is_refused(world, capsys, out):
+    volume = world.root / world.names[0]
+    for case, (path, needle) in world.models.items():
+        for form in (path, f"{path}.safetensors", f"{path}.json"):
+            refused(cli(capsys, "predict", form, volume, "-o", out / "p.csv"), needle, out)
+        refused(cli(capsys, "inspect", f"{path}.json"), needle)
+        refused(cli(capsys, "evaluate", path, world.root / "cohort.csv"), needle)
+        print(case, "refused")
+
+
+def test_model_file_loading_never_unpickles(world, monkeypatch):
+    import pickle
+
+    from cpic.train import CheckpointError, load_model
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model file was unpickled")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    for case in ("pickle payload", "torch.save zip-pickle payload"):
+        with pytest.raises(CheckpointError, match="safetensors"):
+            load_model(world.models[case][0])
+    load_model(world.model)
+
+
+def test_every_broken_compressed_volume_is_refused(world, capsys, out):
+    code = main(["compress", str(world.root / "v0.npy"), "-o", str(world.root / "vol.cpic"), "--steps", "2",
+                 "--rank", "2", "--features", "2", "--quiet"])  # fmt: skip
+    assert code == 0
+    cases = bad_corpus.broken_latents(world.root / "latents", world.root / "vol.cpic")
+    assert len(cases) == 8
+    for path, needle in cases.values():
+        refused(cli(capsys, "reconstruct", path, "-o", out / "r.npy", "--figure", out / "r.png"), needle, out)
+
+
+# ---------------------------------------------------------------------- command flags
+FLAG_CASES = {
+    "rank 0": (["train", "C", "--rank", "0"], "--rank"),
+    "rank negative": (["train", "C", "--rank", "-3"], "--rank"),
+    "rank not a number": (["train", "C", "--rank", "ten"], "--rank"),
+    "even patch": (["train", "C", "--patch", "4"], "patch"),
+    "patch 0": (["train", "C", "--patch", "0"], "--patch"),
+    "oversized patch": (["train", "C", "--patch", "99"], "patch=99"),
+    "features 0": (["train", "C", "--features", "0"], "--features"),
+    "epochs 0": (["train", "C", "--epochs", "0"], "--epochs"),
+    "batch size 0": (["train", "C", "--batch-size", "0"], "--batch-size"),
+    "validation fraction 1.5": (["train", "C", "--val", "1.5"], "--val"),
+    "memory budget 0": (["train", "C", "--memory-budget", "0"], "--memory-budget"),
+    "memory budget garbage": (["train", "C", "--memory-budget", "lots"], "--memory-budget"),
+    "unknown device": (["train", "C", "--device", "tpu"], "tpu"),
+    "absent CUDA device": (["train", "C", "--device", "cuda:9"], "cuda"),
+    "unknown task": (["train", "C", "--task", "dance"], "--task"),
+    "bad config file": (["train", "C", "--config", "nope.json"], "nope.json"),
+    "compress rank 0": (["compress", "V", "--rank", "0"], "--rank"),
+    "compress rank negative": (["compress", "V", "--rank", "-1"], "--rank"),
+    "compress steps 0": (["compress", "V", "--steps", "0"], "--steps"),
+    "compress features 0": (["compress", "V", "--features", "0"], "--features"),
+    "compress memory budget 0": (["compress", "V", "--memory-budget", "0"], "--memory-budget"),
+    "compress unknown device": (["compress", "V", "--device", "quantum"], "quantum"),
+    "predict batch size 0": (["predict", "M", "V", "--batch-size", "0"], "--batch-size"),
+    "predict memory budget 0": (["predict", "M", "V", "--memory-budget", "0"], "--memory-budget"),
+    "evaluate memory budget -1G": (["evaluate", "M", "C", "--memory-budget=-1G"], "--memory-budget"),
+    "predict unknown device": (["predict", "M", "V", "--device", "tpu"], "tpu"),
+    "predict bad output suffix": (["predict", "M", "V", "-o", "p.txt"], ".csv"),
+    "inspect sample 0": (["inspect", "V", "--sample", "0"], "--sample"),
+    "demo side 1": (["demo", "--side", "1"], "--side"),
+    "unknown command": (["transmogrify"], "transmogrify"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_bad_flags_are_usage_errors(world, case, capsys, out):
+    args, needle = FLAG_CASES[case]
+    fill = {"C": world.root / "cohort.csv", "V": world.root / world.names[0], "M": world.model}
+    args = [fill.get(a, a) for a in args]
+    output = {"train": ["-o", out / "m", "--val", "0"], "compress": ["-o", out / "c"]}.get(args[0], [])
+    result = cli(capsys, args[0], *output, *args[1:])
+    refused(result, needle, out)
+    assert result.code == 2
+
+
+def test_cross_budget_zero_and_too_small_are_refused():
+    import cpic
+
+    def f(idx):
+        return idx.float().sum(-1)
+
+    for budget in (0, -5, 10):
+        with pytest.raises(ValueError, match="budget"):
+            cpic.cross(f, (4, 4, 4, 4), rank=2, budget=budget)
+
+
+# ---------------------------------------------------------------------- hypothesis
+SUFFIXES = [".npy", ".nii", ".nii.gz", ".h5", ".tif"]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=st.binary(max_size=700), suffix=st.sampled_from(SUFFIXES))
+def test_random_bytes_never_crash_a_reader(tmp_path_factory, data, suffix):
+    path = tmp_path_factory.mktemp("fuzz") / f"x{suffix}"
+    path.write_bytes(data)
+    _open_or_refuse(path)
+
+
+@pytest.fixture(scope="module")
+def valid_files(tmp_path_factory) -> dict[str, bytes]:
+    import h5py
+    import nibabel as nib
+    import tifffile
+
+    root = tmp_path_factory.mktemp("valid")
+    array = np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32)
+    np.save(root / "v.npy", array)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), root / "v.nii")
+    nib.save(nib.Nifti1Image(array, np.eye(4)), root / "v.nii.gz")
+    with h5py.File(root / "v.h5", "w") as h5:
+        h5.create_dataset("v", data=array)
+    with h5py.File(root / "v.gz.h5", "w") as h5:
+        h5.create_dataset("v", data=array, chunks=(3, 5, 2), compression="gzip")
+    tifffile.imwrite(root / "v.tif", array)
+    tifffile.imwrite(root / "v.zlib.tif", array, compression="zlib")
+    return {suffix: (root / f"v{suffix}").read_bytes() for suffix in DAMAGED}
+
+
+DAMAGED = [*SUFFIXES, ".gz.h5", ".zlib.tif"]  # chunked gzip HDF5 and zlib TIFF too
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    suffix=st.sampled_from(DAMAGED),
+    cut=st.integers(0, 10_000),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+)
+def test_damaged_valid_files_are_read_or_refused(tmp_path_factory, valid_files, suffix, cut, flips):
+    data = bytearray(valid_files[suffix])
+    for at, value in flips:
+        data[at % len(data)] = value
+    data = bytes(data[: len(data) - cut % len(data)] if cut % 3 == 0 else data)
+    path = tmp_path_factory.mktemp("damaged") / f"x{suffix}"
+    path.write_bytes(data)
+    _open_or_refuse(path)
+
+
+def _open_or_refuse(path: Path) -> None:
+    """Either a source whose every voxel reads as finite float32, or a SourceError naming the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            source = open_volume(path)
+            if source.size > 10**6:
+                return  # a header may declare a big grid over a file that holds it: not read whole
+            coords = torch.cartesian_prod(*[torch.arange(n) for n in source.shape]).reshape(-1, source.ndim)
+            values = source.read(coords)
+        except SourceError as err:
+            assert path.name in str(err)
+            return
+    assert bool(torch.isfinite(values).all())
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(text=st.text(alphabet='path,label\n"ab01.npy -x', max_size=120))
+def test_random_manifests_load_or_are_refused(tmp_path_factory, text):
+    root = tmp_path_factory.mktemp("manifest")
+    np.save(root / "a.npy", np.zeros((4, 4, 4), np.float32))
+    np.save(root / "b.npy", np.ones((4, 4, 4), np.float32))
+    (root / "m.csv").write_text(text)
+    try:
+        data = VolumeDataset.from_csv(root / "m.csv")
+        for i in range(len(data)):
+            data.source(i)
+    except ValueError as err:
+        assert "m.csv" in str(err) or "npy" in str(err) or str(root) in str(err)
+        return
+    assert len(data) >= 1 and len(data.targets) == len(data)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(rank=st.integers(-5, 40), patch=st.integers(-3, 12), features=st.integers(-2, 5))
+def test_model_flags_parse_or_are_usage_errors(world, rank, patch, features):
+    from cpic.cli import train
+
+    args = SimpleNamespace(rank=rank, patch=patch, features=features)
+    valid = rank >= 1 and features >= 1 and patch >= 1 and patch % 2 == 1 and patch <= 8
+    try:
+        import cpic
+        from cpic.nn import Classification
+
+        for name in ("rank", "patch", "features"):
+            train.positive_int(str(getattr(args, name)))
+        cpic.CPIC(bad_corpus.GRID, Classification(2), features=features, patch=patch, rank=rank)
+    except (ValueError, Exception) as err:
+        assert not valid, err
+        assert isinstance(err, ValueError) or type(err).__name__ == "ArgumentTypeError"
+        return
+    assert valid
+
+
+# ---------------------------------------------------------------------- what a user sees
+def test_real_processes_print_one_line_and_no_traceback(world, tmp_path):
+    """In subprocesses (library loggers and warnings reach stderr there): one line each."""
+    out = tmp_path / "out"
+    out.mkdir()
+    b = world.broken
+    cases = [
+        ["inspect", b["tif truncated"]],
+        ["inspect", b["nii.gz garbage inside"]],
+        ["predict", world.models["tensor of the wrong dtype (float64)"][0], world.root / "v0.npy"],
+        ["predict", world.model, b["zarr chunk of the wrong size"], "-o", out / "p.csv"],
+        ["compress", world.odd["NaN voxels"], "-o", out / "c", "--steps", "2"],
+        ["train", world.root / "cohort.csv", "-o", out / "m", "--device", "tpu"],
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cpic.cli.main", *map(str, case)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        )
+        for case in cases
+    ]  # fmt: skip
+    for case, proc in zip(cases, procs):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (case, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (case, err)
+    assert not any(out.iterdir())
+
+
+def test_no_read_permission(world, tmp_path):
+    """An unreadable file is refused by name. Root reads everything, so as root the command runs
+    without the capability that overrides file permissions (setpriv)."""
+    locked = tmp_path / "locked.npy"
+    shutil.copy(world.root / "v0.npy", locked)
+    locked.chmod(0)
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv reads every file")
+        prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "cpic.cli.main", "inspect", str(locked)],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "permission denied" in proc.stderr and "locked.npy" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -308,6 +308,36 @@ def figures(results: list[dict], sweep: list[dict], folder: Path, task: str) -> 
     return names
 
 
+def example_figure(source, path: Path) -> None:
+    """Three slices through the largest lesion of a lesion-cohort volume, the lesion outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f, side = source.function, source.shape[0]
+    grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(
+        -1, 2
+    )
+    lesion = max(f.lesions, key=lambda le: math.prod(le.radii))
+    centre = f.to_anatomy(torch.cartesian_prod(*(torch.arange(0, side, 4),) * 3))
+    nearest = ((centre - torch.tensor(lesion.centre)) ** 2).sum(1).argmin()
+    at = [int(4 * v) for v in torch.unravel_index(nearest, ((side + 3) // 4,) * 3)]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    for axis, ax in enumerate(axes):
+        coords = torch.cat([grid[:, :axis], torch.full((len(grid), 1), at[axis]), grid[:, axis:]], 1)
+        image = source.read(coords).reshape(side, side)
+        lesions = (f(coords) - f(coords, with_lesions=False)).reshape(side, side)
+        ax.imshow(image.T, cmap="gray", origin="lower")
+        ax.contour(lesions.T, levels=[0.15], colors="red", linewidths=0.8)
+        ax.set_title(f"axis {axis} = {at[axis]}")
+        ax.axis("off")
+    fig.suptitle(f"{source.name}: {len(f.lesions)} lesion(s), largest in {lesion.region} (red outline)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -347,6 +377,8 @@ def main() -> None:
     if args.write:
         path = Path(args.write)
         names = figures(results, sweep, path.parent, args.task)
+        if args.task == "lesion":
+            example_figure(next(s for s in sources if s.function.lesions), path.parent / "lesion_example.png")
         with path.open("a") as out:
             out.write("\n" + report + "\n" + "\n".join(f"![{n}]({n})" for n in names) + "\n")
 

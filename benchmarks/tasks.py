@@ -40,6 +40,7 @@ from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
 from cpic.nn import Classification
 from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
 from cpic.train.metrics import roc_auc
+from train_step import saved_bytes  # a sibling script (its folder is on sys.path)
 
 METHODS = ("dense", "cpic", "cpic-max", "random", "random-max", "attention")
 
@@ -96,17 +97,8 @@ def scores(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def step_memory(model, sources, labels) -> int:
-    """Bytes per volume of one training step: the model's input and what autograd saves."""
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = model.loss(sources, labels, keys=sources)
-    loss.backward()
+    """Bytes per volume of one training step: what autograd saves for the backward."""
+    saved = saved_bytes(lambda: model.loss(sources, labels, keys=sources)[0])
     model.zero_grad(set_to_none=True)
     return saved // len(sources)
 

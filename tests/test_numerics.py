@@ -23,12 +23,7 @@ from cpic.train import VolumeDataset, evaluate, fit
 GRID = (16, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def finite_tt(tt) -> bool:

@@ -17,13 +17,7 @@ from cpic.train import CheckpointError, VolumeDataset, evaluate, fit, load_check
 GRID = (8, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny: extra threads only contend with each other (and other work)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blob_arrays(n: int, seed: int = 0) -> list[torch.Tensor]:

@@ -190,8 +190,7 @@ def patches_per_step(args, sources, labels, classes: int) -> int:
     part = sources[: min(4, len(sources))]
     f = model.feature_function(part)
     info = model.pivots.pivots(f.subset, f.shape, list(part), dtype=f.dtype, device=f.device)
-    tt = cpic.interpolate(f, info)
-    del tt
+    cpic.interpolate(f, info)  # one call of f with every fiber: what a training step encodes
     return max(f.encoded // len(part), 1)
 
 

@@ -123,17 +123,13 @@ def _draw_lesions(anatomy: _Anatomy, count: int, gen: torch.Generator) -> list[L
             torch.rand(1, generator=gen, dtype=torch.float64)
         )
         c = tuple(float(v) for v in centre)
-        if any(_distance(c, other.centre) < max(radii.max().item(), *other.radii) * 2 for other in lesions):
+        if any(math.dist(c, other.centre) < max(radii.max().item(), *other.radii) * 2 for other in lesions):
             continue
         region = "unknown"
         if anatomy.regions is not None:
             region = anatomy.names.get(int(anatomy.regions[tuple(centre.tolist())]), "unknown")
         lesions.append(Lesion(c, tuple(radii.tolist()), contrast, region))
     return lesions
-
-
-def _distance(a, b) -> float:
-    return math.dist(a, b)
 
 
 def _smooth_field(gen: torch.Generator, outputs: int, terms: int = 3) -> tuple[Tensor, Tensor, Tensor]:
@@ -234,10 +230,9 @@ class LesionVolume:
         return sum(4 / 3 * math.pi * math.prod(lesion.radii) for lesion in self.lesions) / self.scale**3
 
 
-def _check(count: int, side: int, max_lesions: int) -> None:
-    for name, value, low in (("count", count, 0), ("side", side, 8), ("max_lesions", max_lesions, 1)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
 def lesion_source(
@@ -254,9 +249,8 @@ def lesion_source(
         >>> len(src.function.lesions), src.shape                         # doctest: +SKIP
         (2, (64, 64, 64))
     """
-    _check(0, side, 1)
-    if isinstance(lesions, bool) or not isinstance(lesions, Integral) or lesions < 0:
-        raise ValueError(f"lesions must be an integer >= 0, got {lesions!r}.")
+    _check_int("side", side, 8)
+    _check_int("lesions", lesions, 0)
     function = LesionVolume(anatomy, int(side), seed, int(lesions))
     return ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
 
@@ -277,7 +271,9 @@ def lesion_cohort(
         >>> labels["presence"].tolist()                            # doctest: +SKIP
         [0, 1, 0, 1]
     """
-    _check(count, side, max_lesions)
+    _check_int("count", count, 0)
+    _check_int("side", side, 8)
+    _check_int("max_lesions", max_lesions, 1)
     sources, presence, counts, volumes, regions = [], [], [], [], []
     for index in range(count):
         item_seed = (seed * 1_000_003 + index) % 2**63

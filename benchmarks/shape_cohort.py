@@ -9,7 +9,8 @@ limit. Pivots are selected once per volume and re-selected (warm, one sweep) eve
 epochs (``0``: kept for the whole run, reading least).
 
 Targets: >= 90% validation accuracy within 10 minutes, reading < 5% of the voxels of each
-volume. Run: ``python benchmarks/shape_cohort.py [--count 600] [--minutes 9.5]``.
+volume; met with ``python benchmarks/shape_cohort.py --sampled-max --refresh 15`` (the maximum
+of each feature over the sampled patches joins the projection: 95.8%, at most 4.5% read).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def main() -> None:
     parser.add_argument(
         "--refresh", type=int, default=10, help="re-select pivots every N epochs (0: never; default 10)"
     )
+    parser.add_argument(
+        "--sampled-max", action="store_true", help="also the max of each feature over the sampled patches"
+    )
     args = parser.parse_args()
 
     sources, labels = shape_cohort(args.count, side=args.side, seed=args.seed)
@@ -54,6 +58,7 @@ def main() -> None:
         positions=True,
         background=0.0,
         projection="moments",
+        sampled_max=args.sampled_max,
         seed=args.seed,
     )
     started = time.perf_counter()

@@ -45,6 +45,16 @@ def byte_size(text: str) -> int:
     return int(size)
 
 
+def memory_budget_option(what: str) -> dict:
+    """``add_argument`` keywords of ``--memory-budget``, refusing ``what`` (e.g. "a batch") whose
+    estimated memory exceeds the given size."""
+    return dict(
+        type=byte_size,
+        metavar="SIZE",
+        help=f"refuse {what} whose estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+    )
+
+
 def subparser(commands, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
     """A command's parser with its one-line help, description and example epilog."""
     return commands.add_parser(

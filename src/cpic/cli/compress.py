@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 import cpic
-from cpic.cli.common import EXIT_FAILED, add_common, byte_size, device_of, emit, fail, subparser
+from cpic.cli.common import (
+    EXIT_FAILED,
+    add_common,
+    device_of,
+    emit,
+    fail,
+    memory_budget_option,
+    subparser,
+)
 from cpic.nn import Reconstruction
 from cpic.sources import VolumeSource, open_volume
 from cpic.train import (
@@ -72,12 +80,7 @@ def _register_compress(commands) -> None:
     p.add_argument("--rank", type=int, default=12, help="TT rank of the latent (default 12)")
     p.add_argument("--features", type=int, default=16, help="latent features per voxel (default 16)")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    p.add_argument(
-        "--memory-budget",
-        type=byte_size,
-        metavar="SIZE",
-        help="refuse to start when a step's estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
-    )
+    p.add_argument("--memory-budget", **memory_budget_option("to start a step"))
     p.add_argument(
         "--normalize",
         choices=("range", "percentile", "none"),

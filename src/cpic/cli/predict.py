@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 
-from cpic.cli.common import EXIT_FAILED, add_common, byte_size, device_of, emit, fail, subparser
+from cpic.cli.common import (
+    EXIT_FAILED,
+    add_common,
+    device_of,
+    emit,
+    fail,
+    memory_budget_option,
+    subparser,
+)
 from cpic.cli.train import (
     TRAINING_FAILURES,
     align_classes,
@@ -51,12 +59,7 @@ def register(commands) -> None:
         help='extra features in training order (e.g. "61,1"): once for all volumes or once per volume',
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
-    p.add_argument(
-        "--memory-budget",
-        type=byte_size,
-        metavar="SIZE",
-        help="refuse a batch whose estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
-    )
+    p.add_argument("--memory-budget", **memory_budget_option("a batch"))
     add_common(p, seed=False)
     one_line_errors(p, "predict")
     p.set_defaults(handler=run)
@@ -79,12 +82,7 @@ def register(commands) -> None:
     )
     e.add_argument("--path-column", metavar="COLUMN", help="the path column (default: as in training)")
     e.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
-    e.add_argument(
-        "--memory-budget",
-        type=byte_size,
-        metavar="SIZE",
-        help="refuse a batch whose estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
-    )
+    e.add_argument("--memory-budget", **memory_budget_option("a batch"))
     add_common(e, seed=False)
     one_line_errors(e, "evaluate")
     e.set_defaults(handler=run_evaluate)

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import torch
 
-from cpic.cli.common import EXIT_FAILED, EXIT_USAGE, add_common, byte_size, device_of, emit, fail, subparser
+from cpic.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    add_common,
+    device_of,
+    emit,
+    fail,
+    memory_budget_option,
+    subparser,
+)
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
 from cpic.train import VolumeDataset, checkpoint_paths, distributed, fit, save_model
 from cpic.train.launch import launch
@@ -181,13 +190,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--checkpoint-dir", metavar="DIR", help="write DIR/last and DIR/best every epoch")
     _option(p, "--resume", action="store_true", help="continue from --checkpoint-dir/last if it exists")
     _option(p, "--log-csv", metavar="FILE", help="append one row of metrics per epoch")
-    _option(
-        p,
-        "--memory-budget",
-        type=byte_size,
-        metavar="SIZE",
-        help="refuse to start when a step's estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
-    )
+    _option(p, "--memory-budget", **memory_budget_option("to start a step"))
     _option(
         p,
         "--nproc",

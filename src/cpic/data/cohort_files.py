@@ -18,11 +18,8 @@ FORMATS = ("npy", "nii.gz")
 def _write_npy(source: VolumeSource, path: Path) -> None:
     """Every voxel, one plane of the first axis at a time, into a memory-mapped ``.npy``."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=source.shape)
-    rest = torch.stack(torch.meshgrid(*(torch.arange(n) for n in source.shape[1:]), indexing="ij"), -1)
-    rest = rest.reshape(-1, source.ndim - 1)
     for i in range(source.shape[0]):
-        coords = torch.cat([torch.full((len(rest), 1), i), rest], 1)
-        out[i] = source.read(coords).reshape(source.shape[1:]).numpy()
+        out[i] = source.read_planes(i, i + 1)[0].numpy()
     out.flush()
     del out
 

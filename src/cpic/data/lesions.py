@@ -83,8 +83,7 @@ def _anatomy(name: str) -> _Anatomy:
 
 
 def _dense(source) -> Tensor:
-    grids = torch.meshgrid(*(torch.arange(n) for n in source.shape), indexing="ij")
-    return source.read(torch.stack(grids, -1).reshape(-1, source.ndim)).reshape(source.shape).float()
+    return source.read_planes(0, source.shape[0]).float()
 
 
 def _erode(mask: Tensor, radius: int) -> Tensor:
@@ -193,9 +192,14 @@ class LesionVolume:
         self.scale = extent / side  # anatomy voxels per grid voxel
         self.offset = torch.tensor([(n - extent) / 2 for n in anat.volume.shape])
 
-    def to_anatomy(self, coords: Tensor) -> Tensor:
-        """Grid coordinates ``[K, 3]`` -> deformed anatomy voxel positions ``[K, 3]`` (float32)."""
-        u = (coords.float() + 0.5) / self.side
+    def unit(self, coords: Tensor) -> Tensor:
+        """Grid coordinates ``[K, 3]`` -> voxel centres in the unit cube (float32)."""
+        return (coords.float() + 0.5) / self.side
+
+    def to_anatomy(self, coords: Tensor, u: Tensor | None = None) -> Tensor:
+        """Grid coordinates ``[K, 3]`` (or their :meth:`unit` positions ``u``) -> deformed
+        anatomy voxel positions ``[K, 3]`` (float32)."""
+        u = self.unit(coords) if u is None else u
         p = self.offset + u * self.scale * self.side - 0.5
         return p + DEFORM_VOXELS * _evaluate_field(self.deformation, u)
 
@@ -212,11 +216,11 @@ class LesionVolume:
     def __call__(self, coords: Tensor, with_lesions: bool = True, noise: bool = True) -> Tensor:
         if len(coords) > CHUNK:  # bounds the temporaries of a large read
             return torch.cat([self(part, with_lesions, noise) for part in coords.split(CHUNK)])
-        p = self.to_anatomy(coords)
+        u = self.unit(coords)
+        p = self.to_anatomy(coords, u)
         values = _trilinear(self.volume, p)
         if with_lesions and self.lesions:
             values = values + self.lesion_mask(p)
-        u = (coords.float() + 0.5) / self.side
         values = values * torch.exp(BIAS * _evaluate_field(self.bias, u)[:, 0])
         if noise:
             linear = (coords[:, 0] * self.side + coords[:, 1]) * self.side + coords[:, 2]

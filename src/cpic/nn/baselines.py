@@ -42,8 +42,7 @@ def downsample(source: VolumeSource, side: int) -> Tensor:
     planes = []
     for i in range(side):
         start, stop = (i * n0) // side, max(((i + 1) * n0 + side - 1) // side, (i * n0) // side + 1)
-        grid = torch.meshgrid(torch.arange(start, stop), torch.arange(n1), torch.arange(n2), indexing="ij")
-        values = source.read(torch.stack(grid, -1).reshape(-1, 3))
+        values = source.read_planes(start, stop)
         slab = values.reshape(stop - start, n1, n2, -1).permute(3, 0, 1, 2)  # [C, s, n1, n2]
         planes.append(F.adaptive_avg_pool3d(slab[None], (1, side, side))[0])
     return torch.cat(planes, 1)

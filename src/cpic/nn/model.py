@@ -154,10 +154,9 @@ class CPIC(nn.Module):
         """
         return self._latent(sources, keys)[0]
 
-    def _latent(self, sources, keys, interpolated: bool = False) -> tuple[TT, PatchFeatures]:
-        """The latent TT and the feature function that sampled it; ``f.sampled`` holds the
-        largest features over the patches of the interpolation (always run when
-        ``interpolated``, even without gradients)."""
+    def _latent(self, sources, keys, sampled: bool = False) -> tuple[TT, Tensor | None]:
+        """The latent TT and, with ``sampled``, each feature's largest value over the patches of
+        the interpolation ``[B, F]`` (the interpolation then runs even without gradients)."""
         sources = _as_list(sources)
         if keys is not None and len(keys) != len(sources):
             raise ValueError(
@@ -167,19 +166,18 @@ class CPIC(nn.Module):
         f = self.feature_function(sources)
         if keys is None:
             tt, info = self._select(f, self.rank, self._item_seeds(sources))
-            if not (torch.is_grad_enabled() or interpolated):
-                return tt, f
+            if not (torch.is_grad_enabled() or sampled):
+                return tt, None
             tt = self._interpolate(f, info, keys)
-            f.sampled = f.sampled_max()
-            return tt, f
+            return tt, f.sampled_max() if sampled else None
         info = self.pivots.pivots(
             f.subset, f.shape, list(keys), dtype=f.dtype, device=f.device, seeds=self._item_seeds(sources)
         )
         tt = self._interpolate(f, info, keys)
-        f.sampled = f.sampled_max()
+        peaks = f.sampled_max() if sampled else None  # before the drift check calls f again
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
-        return tt, f
+        return tt, peaks
 
     @torch.no_grad()
     def _select(self, f: PatchFeatures, rank: int, seed) -> tuple[TT, CrossInfo]:
@@ -241,10 +239,10 @@ class CPIC(nn.Module):
     def embed(self, sources, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None) -> Tensor:
         """The head's input ``[B, in_features]``: the projection plus any extra features."""
         sources = _as_list(sources)
-        tt, f = self._latent(sources, keys, interpolated=self.sampled_max)
+        tt, peaks = self._latent(sources, keys, sampled=self.sampled_max)
         z = self.projection(tt, self.layout)
-        if self.sampled_max:
-            z = torch.cat([z, f.sampled], 1)
+        if peaks is not None:
+            z = torch.cat([z, peaks], 1)
         if self.extra_features:
             if extra is None:
                 raise ValueError(

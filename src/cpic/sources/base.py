@@ -370,6 +370,26 @@ class VolumeSource(ABC):
         out = self.gather(coords, patch=1, device=device, normalize=normalize)
         return out[:, 0] if out.dim() == 2 else out[:, :, 0]
 
+    def read_planes(self, start: int, stop: int, normalize: bool = True) -> Tensor:
+        """Every voxel of planes ``start:stop`` of the first axis, in one request ->
+        ``[stop - start, *shape[1:]]`` (``[..., C]`` with channels). Read slab by slab, a
+        volume need not fit in memory; the voxels count as read.
+
+        Example:
+            >>> import numpy as np
+            >>> from cpic import open_volume
+            >>> open_volume(np.arange(8.0).reshape(2, 2, 2)).read_planes(1, 2).tolist()
+            [[[4.0, 5.0], [6.0, 7.0]]]
+        """
+        if not 0 <= start < stop <= self.shape[0]:
+            raise SourceError(
+                f"{self.name}: planes {start}:{stop} lie outside the first axis of the grid {self.shape}."
+            )
+        axes = [torch.arange(start, stop)] + [torch.arange(n) for n in self.shape[1:]]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.ndim)
+        values = self.read(coords, normalize=normalize)
+        return values.reshape(stop - start, *self.shape[1:], *values.shape[1:])
+
     def _check_centres(self, centres) -> Tensor:
         centres = torch.as_tensor(centres)
         if centres.dim() != 2 or centres.shape[1] != self.ndim:

@@ -37,6 +37,7 @@ import torch
 
 import cpic
 from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
+from cpic.data.lesions import CONTRAST
 from cpic.nn import Classification
 from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
 from cpic.train.metrics import roc_auc
@@ -165,7 +166,8 @@ def dense_views(model: DenseCNN, args, sources) -> float:
     """Fill the dense CNN's downsampled views, from ``--cache`` when an earlier run wrote them
     (every voxel is read, which for a procedural cohort means computed: slow, so done once).
     Returns the seconds per volume that reading and downsampling took when it was measured."""
-    path = Path(args.cache) / f"{args.task}-{args.side}-{args.seed}-{args.count}-{args.dense_side}.pt"
+    version = "-".join(f"{v:g}" for v in CONTRAST) if args.task == "lesion" else "v1"  # the cohort's settings
+    path = Path(args.cache) / f"{args.task}-{version}-{args.side}-{args.seed}-{args.count}-{args.dense_side}.pt"
     if path.exists():
         saved = torch.load(path)
         model.views.update(saved["views"])

@@ -178,6 +178,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="feed voxel positions to the encoder (default off)",
     )
     _option(p, "--background", type=float, metavar="FLOAT", help="intensity that patches are centred on")
+    _option(
+        p,
+        "--sampled-max",
+        default=False,
+        action=argparse.BooleanOptionalAction,
+        help="add each feature's maximum over the patches cross picked (finds small anomalies such as "
+        "lesions, which averages dilute) (default off)",
+    )
     _option(p, "--quantiles", default=[0.1, 0.5, 0.9], type=float_list, help="quantiles of --task quantile")
 
 
@@ -358,6 +366,7 @@ def build_model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
         positions=args.positions,
         background=args.background,
         projection=args.projection,
+        sampled_max=args.sampled_max,
         rank=args.rank,
         extra_features=len(args.extra),
         seed=args.seed,

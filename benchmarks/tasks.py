@@ -166,8 +166,9 @@ def dense_views(model: DenseCNN, args, sources) -> float:
     """Fill the dense CNN's downsampled views, from ``--cache`` when an earlier run wrote them
     (every voxel is read, which for a procedural cohort means computed: slow, so done once).
     Returns the seconds per volume that reading and downsampling took when it was measured."""
-    version = "-".join(f"{v:g}" for v in CONTRAST) if args.task == "lesion" else "v1"  # the cohort's settings
-    path = Path(args.cache) / f"{args.task}-{version}-{args.side}-{args.seed}-{args.count}-{args.dense_side}.pt"
+    version = "-".join(f"{v:g}" for v in CONTRAST) if args.task == "lesion" else "v1"  # cohort settings
+    name = f"{args.task}-{version}-{args.side}-{args.seed}-{args.count}-{args.dense_side}.pt"
+    path = Path(args.cache) / name
     if path.exists():
         saved = torch.load(path)
         model.views.update(saved["views"])

@@ -97,7 +97,7 @@ def test_predict_writes_csv_and_json(cohort):
             "-o",
             "p.json",
         ],
-        ["predict", "model", volumes[0], "--extra", "61", "--json"],
+        ["predict", "model", volumes[0], "--extra", "61", "--json", "--figure", "look.png"],
         cwd=root,
     )
     ok(to_csv), ok(to_json), ok(to_stdout)
@@ -110,7 +110,10 @@ def test_predict_writes_csv_and_json(cohort):
         assert float(r["p_healthy"]) + float(r["p_lesion"]) == pytest.approx(1, abs=1e-5)
     document = json.loads((root / "p.json").read_text())
     assert document["classes"] == CLASSES and len(document["predictions"]) == 3
-    assert json.loads(to_stdout.stdout)["predictions"][0]["predicted"] in CLASSES
+    printed = json.loads(to_stdout.stdout)
+    assert printed["predictions"][0]["predicted"] in CLASSES
+    assert printed["figure"] == "look.png"
+    assert (root / "look.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_and_inspect(cohort):
@@ -193,6 +196,7 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
         "'healthy'": ["train", "cohort.csv", "-o", "m", "--task", "regression"],
         "other.npy": ["predict", "model", "other.npy", "--extra", "61"],
         "broken/model": ["predict", "broken/model.safetensors", "v0.npy", "--extra", "61"],
+        "look.jpg": ["predict", "model", "v0.npy", "--extra", "61", "--figure", "look.jpg"],
     }
     results = run_all(*[[*command, "--quiet"] for command in cases.values()], cwd=root)
     for needle, out in zip(cases, results):

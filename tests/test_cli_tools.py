@@ -138,3 +138,32 @@ def test_bench_help_and_missing_scripts(tmp_path):
     out = run("bench", "--help")
     assert out.returncode == 0 and "--quick" in out.stdout and "example:" in out.stdout
     usage_error(cli("bench", "--quick", "--benchmarks", tmp_path), "source checkout")
+
+
+def test_cohort_writes_volumes_and_a_manifest_that_train_reads(tmp_path):
+    folder = tmp_path / "les"
+    out = run("cohort", "lesion", folder, "--count", 4, "--side", 16, "--format", "nii.gz", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["volumes"] == 4 and summary["shape"] == [16, 16, 16]
+    rows = (tmp_path / "les" / "manifest.csv").read_text().splitlines()
+    assert rows[0] == "path,presence,count,volume,region"
+    presence = [int(r.split(",")[1]) for r in rows[1:]]
+    assert presence == [0, 1, 0, 1]  # every other volume has lesions
+    with_lesions = rows[2].split(",")
+    assert int(with_lesions[2]) >= 1 and float(with_lesions[3]) > 0 and with_lesions[4] != "none"
+    import nibabel
+
+    assert nibabel.load(tmp_path / "les" / with_lesions[0]).shape == (16, 16, 16)
+    cli("cohort", "shapes", tmp_path / "sh", "--count", 3, "--side", 16, "--quiet")
+    shapes = (tmp_path / "sh" / "manifest.csv").read_text().splitlines()
+    assert shapes[0] == "path,label"
+    assert shapes[1:] == ["sphere-0000.npy,sphere", "cube-0001.npy,cube", "cylinder-0002.npy,cylinder"]
+    assert np.load(tmp_path / "sh" / "cube-0001.npy").max() > 0
+    trained = run(
+        "train", tmp_path / "les" / "manifest.csv", "-o", tmp_path / "m", "--target", "presence",
+        "--epochs", 1, "--rank", 2, "--features", 4, "--patch", 3, "--sampled-max", "--val", 0, "--json",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    usage_error(cli("cohort", "lesion", tmp_path / "x", "--side", 4), "--side")
+    usage_error(run("cohort", "blob", tmp_path / "x"), "blob")

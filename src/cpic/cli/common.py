@@ -104,3 +104,19 @@ def emit(args: argparse.Namespace, summary: dict, lines: list[str]) -> None:
 def fail(command: str, message: str, code: int = EXIT_USAGE) -> int:
     print(f"cpic {command}: {message}", file=sys.stderr)
     return code
+
+
+def read_uncounted(source) -> torch.Tensor:
+    """All voxels of a (small) volume, for a figure: read without counting them as read by a model.
+
+    Example:
+        >>> import cpic
+        >>> src = cpic.open_volume(torch.ones(4, 4, 4))
+        >>> read_uncounted(src).shape, src.stats.unique_voxels
+        (torch.Size([4, 4, 4]), 0)
+    """
+    saved, source.stats = source.stats, type(source.stats)()
+    try:
+        return source.read_planes(0, source.shape[0])
+    finally:
+        source.stats = saved

@@ -22,7 +22,7 @@ import torch
 import cpic
 from cpic._version import __version__
 from cpic.cli import figures
-from cpic.cli.common import EXIT_FAILED, add_common, emit, fail, subparser
+from cpic.cli.common import EXIT_FAILED, add_common, emit, fail, read_uncounted, subparser
 from cpic.cli.compress import FIT_FAILURES, progress, shows_progress
 from cpic.data import SHAPE_CLASSES, blobs, shape_cohort
 from cpic.layout import QTTLayout
@@ -152,15 +152,6 @@ def voxels_used(model: cpic.CPIC, sources) -> tuple[torch.Tensor, list[torch.Ten
     return logits.argmax(1), [src.voxels_read() for src in sources]
 
 
-def _dense(source) -> torch.Tensor:
-    """All voxels of a (small) volume, read without counting them as read by the model."""
-    saved, source.stats = source.stats, type(source.stats)()
-    try:
-        return source.read_planes(0, source.shape[0])
-    finally:
-        source.stats = saved
-
-
 def _slices_figure(model: cpic.CPIC, val: VolumeDataset, path: Path) -> str:
     """Central slices of the first validation volumes of distinct classes, voxels read in red."""
     picked, classes = [], set()
@@ -176,7 +167,7 @@ def _slices_figure(model: cpic.CPIC, val: VolumeDataset, path: Path) -> str:
         f"{names[int(val.targets[i])]} (predicted {names[int(p)]}), embedded from {len(c):,} voxels"
         for i, p, c in zip(picked, predicted, read)
     ]
-    volumes = [_dense(s).numpy() for s in sources]
+    volumes = [read_uncounted(s).numpy() for s in sources]
     return figures.orthogonal_slices(volumes, path, titles, [c.numpy() for c in read], slab=1)
 
 

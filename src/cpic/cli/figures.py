@@ -48,14 +48,31 @@ def slice_figure(image: np.ndarray, path: str | Path, title: str) -> str:
     return _save(fig, path)
 
 
+def densest_point(coords: np.ndarray, shape: Sequence[int], cells: int = 16) -> list[int]:
+    """The centre of the cell (the grid cut into ``cells`` per axis) holding most of ``coords``.
+
+    Example:
+        >>> densest_point(np.array([[1, 1, 1], [60, 60, 60], [61, 62, 60]]), (64, 64, 64))
+        [62, 62, 62]
+    """
+    shape = np.asarray(shape)
+    size = np.maximum(shape // cells, 1)
+    counts = np.zeros(tuple(-(-shape // size)), np.int64)
+    np.add.at(counts, tuple((np.asarray(coords).reshape(-1, 3) // size).T), 1)
+    cell = np.unravel_index(counts.argmax(), counts.shape)
+    return [int(min(c * s + s // 2, n - 1)) for c, s, n in zip(cell, size, shape)]
+
+
 def orthogonal_slices(
     volumes: Sequence[np.ndarray],
     path: str | Path,
     titles: Sequence[str],
     read: Sequence[np.ndarray] | None = None,
     slab: int = 0,
+    centres: Sequence[Sequence[int]] | None = None,
 ) -> str:
-    """The three central orthogonal slices of each volume (one row per volume).
+    """Three orthogonal slices of each volume (one row per volume), through its centre or
+    through ``centres[row]``.
 
     ``read`` (optional, per volume): voxel coordinates ``[K, 3]``; those within ``slab``
     voxels of a slice are drawn on it as red dots.
@@ -65,7 +82,7 @@ def orthogonal_slices(
     for row, volume in enumerate(volumes):
         volume = np.asarray(volume)
         for axis in range(3):
-            centre = volume.shape[axis] // 2
+            centre = volume.shape[axis] // 2 if centres is None else int(centres[row][axis])
             ax = axes[row, axis]
             ax.imshow(np.take(volume, centre, axis=axis).T, origin="lower", cmap="gray")
             rest = [a for a in range(3) if a != axis]

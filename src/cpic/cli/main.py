@@ -7,14 +7,15 @@ import sys
 from collections.abc import Sequence
 
 from cpic._version import __version__
-from cpic.cli import bench, compress, demo, inspect, predict, train
+from cpic.cli import bench, cohort, compress, demo, inspect, predict, train
 from cpic.cli.common import EXIT_USAGE, fail
 
 #: the subcommand modules, in the order ``--help`` lists them
-COMMANDS = [demo, train, predict, inspect, compress, bench]
+COMMANDS = [demo, cohort, train, predict, inspect, compress, bench]
 
 EPILOG = """examples:
   cpic demo                                    # train C-PIC on built-in shapes, write figures
+  cpic cohort lesion lesions/ --side 128       # volumes of a real head with lesions + manifest.csv
   cpic train cohort.csv -o model --epochs 20   # a model from a CSV manifest of volumes
   cpic predict model scan.nii.gz -o out.csv    # predictions for new volumes
   cpic compress scan.nii.gz -o scan.cpic       # a TT + decoder fitted from a few voxels

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from cpic.cli import figures
 from cpic.cli.common import (
     EXIT_FAILED,
     add_common,
@@ -17,6 +18,7 @@ from cpic.cli.common import (
     emit,
     fail,
     memory_budget_option,
+    read_uncounted,
     subparser,
 )
 from cpic.cli.train import (
@@ -35,6 +37,8 @@ from cpic.train import checkpoint_paths, evaluate, load_model
 from cpic.util import write_text_atomic
 
 OUTPUT_SUFFIXES = (".csv", ".json")
+#: volumes shown by ``predict --figure``
+FIGURE_VOLUMES = 4
 
 
 def register(commands) -> None:
@@ -57,6 +61,12 @@ def register(commands) -> None:
         action="append",
         metavar="V,...",
         help='extra features in training order (e.g. "61,1"): once for all volumes or once per volume',
+    )
+    p.add_argument(
+        "--figure",
+        metavar="FILE.png",
+        help=f"slices of the first {FIGURE_VOLUMES} volumes through where the model read most, "
+        "the voxels read in red",
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
     p.add_argument("--memory-budget", **memory_budget_option("a batch"))
@@ -189,9 +199,13 @@ def run(args: argparse.Namespace) -> int:
     suffix = Path(args.output).suffix.lower() if args.output else None
     if args.output and suffix not in OUTPUT_SUFFIXES:
         return fail("predict", f"-o {args.output!r}: the file name must end in .csv or .json.")
+    if args.figure and Path(args.figure).suffix.lower() != ".png":
+        return fail("predict", f"--figure {args.figure!r}: the file name must end in .png.")
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
     if model.head.task == "reconstruction":
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
+    if args.figure and len(model.grid_shape) != 3:
+        return fail("predict", f"--figure shows 3-D volumes; this model's grid is {model.grid_shape}.")
     extra = _extra(model, args.extra, len(args.volumes))
     sources = _open(model, args.volumes, provenance.get("normalize"))
     try:
@@ -202,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
     rows = prediction_rows(model, classes, list(args.volumes), pred)
     document = {"model": str(checkpoint_paths(args.model)[0]), "task": model.head.task, "classes": classes}
     document["predictions"] = rows
+    if args.figure:
+        document["figure"] = reads_figure(sources[:FIGURE_VOLUMES], rows, args.figure)
     if args.output:
         text = json.dumps(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
         write_text_atomic(args.output, text)
@@ -209,6 +225,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         emit(args, document, [_csv_text(rows).rstrip("\n")])
     return 0
+
+
+def reads_figure(sources: list[VolumeSource], rows: list[dict], path: str) -> str:
+    """Orthogonal slices of each volume through the densest cluster of the voxels the model read
+    (where the cross concentrated its samples), those voxels in red, titled by the prediction."""
+    volumes, read, centres, titles = [], [], [], []
+    for source, row in zip(sources, rows):
+        coords = source.voxels_read().numpy()
+        volumes.append(read_uncounted(source).float().numpy())
+        read.append(coords)
+        centres.append(figures.densest_point(coords, source.shape))
+        if "predicted" in row:
+            said = f"{row['predicted']} (p={row['p_' + str(row['predicted'])]:.2f})"
+        else:
+            said = ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "volume")
+        fraction = source.stats.fraction(source.size)
+        titles.append(f"{Path(row['volume']).name}: {said}, from {100 * fraction:.2f}% of its voxels")
+    return figures.orthogonal_slices(volumes, path, titles, read, slab=1, centres=centres)
 
 
 # ---------------------------------------------------------------------- evaluate

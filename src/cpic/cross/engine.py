@@ -311,9 +311,7 @@ def cross(
     test_idx = test_values = None
     if plan.n_test:
         high = torch.tensor(plan.shape, device=plan.device)
-        test_idx = (
-            _uniform(gen, plan.batch, plan.n_test, len(plan.shape), device=plan.device) * high
-        ).long()
+        test_idx = (_uniform(gen, plan.batch, plan.n_test, len(plan.shape), device=plan.device) * high).long()
         test_values = store.evaluate(f, test_idx)
         info.test_evaluations = store.evaluations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +42,14 @@ def write_cohort(
     labels: Mapping[str, Sequence],
     folder: str | os.PathLike[str],
     format: str = "npy",
+    progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Path:
     """Write each source to ``folder/<name>.<format>`` and ``folder/manifest.csv`` with a
     ``path`` column and one column per entry of ``labels``; returns the manifest's path.
 
     Each file is written under a temporary name and renamed when complete, and the manifest is
-    written last, so an interrupted run leaves no partial volume behind a listed name. The
+    written last, so an interrupted run leaves no partial volume behind a listed name.
+    ``progress`` (e.g. ``tqdm``) wraps the loop over the sources. The
     manifest loads with :meth:`cpic.train.VolumeDataset.from_csv` (``target=`` one label column).
 
     Example:
@@ -75,7 +77,7 @@ def write_cohort(
     folder.mkdir(parents=True, exist_ok=True)
     writer = _write_npy if format == "npy" else _write_nifti
     files = []
-    for source in sources:
+    for source in progress(sources) if progress else sources:
         final = folder / f"{source.name}.{format}"
         partial = folder / f".{source.name}.partial.{format}"
         writer(source, partial)

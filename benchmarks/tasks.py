@@ -38,6 +38,7 @@ import torch
 import cpic
 from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
 from cpic.data.lesions import CONTRAST
+from cpic.layout import QTTLayout
 from cpic.nn import Classification
 from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
 from cpic.train.metrics import roc_auc
@@ -59,9 +60,11 @@ def build(method: str, args, classes: int, samples: int):
     grid = (args.side,) * 3
     common = dict(features=args.features, patch=args.patch, positions=True, seed=args.seed)
     if method in ("cpic", "cpic-max"):
+        layout = QTTLayout(grid, features=args.features, group=args.layout == "grouped")
         return cpic.CPIC(
             grid,
             head,
+            layout=layout,
             rank=args.rank,
             sweeps=2,
             background=0.0,
@@ -228,7 +231,8 @@ def markdown(args, results: list[dict], sweep: list[dict], samples: int) -> str:
         f"### {args.task} at {args.side}^3: {args.count} volumes (80/20 split), "
         f"{args.minutes:g} min of training per method",
         "",
-        f"C-PIC: rank {args.rank}, {args.patch}^3 patches + position, {args.features} features, "
+        f"C-PIC: rank {args.rank}, {args.layout} QTT, {args.patch}^3 patches + position, "
+        f"{args.features} features, "
         f"projection {args.projection} (cpic-max: and each feature's max over the sampled patches), "
         f"refresh every {args.refresh} epochs; sampling baselines: "
         f"{samples} patches per volume per step; dense CNN on {args.dense_side}^3.",
@@ -346,6 +350,12 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--patch", type=int, default=3)
     parser.add_argument("--features", type=int, default=16)
+    parser.add_argument(
+        "--layout",
+        choices=("grouped", "binary"),
+        default="grouped",
+        help="C-PIC's QTT modes: one of size 8 per level (grouped) or three of size 2 (binary)",
+    )
     parser.add_argument("--projection", default="moments")
     parser.add_argument(
         "--refresh", type=int, default=5, help="C-PIC: re-select pivots every N epochs (0: never)"

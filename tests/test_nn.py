@@ -343,3 +343,39 @@ def test_sampled_max_is_the_largest_feature_over_the_interpolated_patches():
     volume[tuple(read[0].tolist())] = 50.0
     bright = model.embed([ArraySource(volume)], keys=[1])
     assert not torch.allclose(bright[0, -4:], z[0, -4:])
+
+
+class _CentreValue(torch.nn.Module):
+    """Feature 0: the patch's centre voxel; the others: zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, patches, positions=None):
+        centre = self.scale * patches.flatten(2)[:, 0, patches[0, 0].numel() // 2]
+        return torch.stack([centre] + [torch.zeros_like(centre)] * 3, 1)
+
+
+def test_evidence_points_at_the_patch_the_prediction_depends_on():
+    """A regression on the sampled maximum of the centre voxel alone: its evidence is the one
+    brightest patch the prediction encoded, in each volume of a batch, and nothing else."""
+    torch.manual_seed(0)
+    model = cpic.CPIC((16, 16, 16), Regression(), features=4, patch=3, rank=3, sampled_max=True)
+    model.encoder = _CentreValue()
+    linear = torch.nn.Linear(model.projection.out_features(4) + 4, 1)
+    with torch.no_grad():  # the head reads only the maximum of feature 0
+        linear.weight.zero_()
+        linear.weight[0, -4] = 2.0
+    model.head.net = linear
+    volumes = [torch.rand(16, 16, 16), torch.rand(16, 16, 16)]
+    sources = [ArraySource(v) for v in volumes]
+    pred, found = model.evidence(sources)
+    assert torch.allclose(pred, model(sources), atol=1e-6)  # the same pivots as a prediction
+    for volume, source, (centres, weight) in zip(volumes, sources, found):
+        values = volume[tuple(centres.T)]
+        assert len(centres) == len(weight) and len(centres) > 10
+        assert weight.argmax() == values.argmax()
+        assert weight.max() == pytest.approx(2 * float(values.max()), rel=1e-5)
+        assert int((weight > 0).sum()) == 1
+        assert set(map(tuple, centres.tolist())) <= set(map(tuple, source.voxels_read().tolist()))

@@ -48,21 +48,6 @@ def slice_figure(image: np.ndarray, path: str | Path, title: str) -> str:
     return _save(fig, path)
 
 
-def densest_point(coords: np.ndarray, shape: Sequence[int], cells: int = 16) -> list[int]:
-    """The centre of the cell (the grid cut into ``cells`` per axis) holding most of ``coords``.
-
-    Example:
-        >>> densest_point(np.array([[1, 1, 1], [60, 60, 60], [61, 62, 60]]), (64, 64, 64))
-        [62, 62, 62]
-    """
-    shape = np.asarray(shape)
-    size = np.maximum(shape // cells, 1)
-    counts = np.zeros(tuple(-(-shape // size)), np.int64)
-    np.add.at(counts, tuple((np.asarray(coords).reshape(-1, 3) // size).T), 1)
-    cell = np.unravel_index(counts.argmax(), counts.shape)
-    return [int(min(c * s + s // 2, n - 1)) for c, s, n in zip(cell, size, shape)]
-
-
 def orthogonal_slices(
     volumes: Sequence[np.ndarray],
     path: str | Path,
@@ -70,12 +55,14 @@ def orthogonal_slices(
     read: Sequence[np.ndarray] | None = None,
     slab: int = 0,
     centres: Sequence[Sequence[int]] | None = None,
+    evidence: Sequence[np.ndarray] | None = None,
 ) -> str:
     """Three orthogonal slices of each volume (one row per volume), through its centre or
     through ``centres[row]``.
 
     ``read`` (optional, per volume): voxel coordinates ``[K, 3]``; those within ``slab``
-    voxels of a slice are drawn on it as red dots.
+    voxels of a slice are drawn on it as red dots. ``evidence`` (optional, per volume): patch
+    centres ``[E, 3]`` drawn as yellow circles where within ``slab`` of a slice.
     """
     plt = pyplot()
     fig, axes = plt.subplots(len(volumes), 3, figsize=(9, 3 * len(volumes)), squeeze=False)
@@ -90,8 +77,14 @@ def orthogonal_slices(
             if read is not None:
                 coords = np.asarray(read[row]).reshape(-1, 3)
                 near = coords[np.abs(coords[:, axis] - centre) <= slab]
-                ax.scatter(near[:, rest[0]], near[:, rest[1]], s=4, c="red", marker="s", linewidths=0)
+                ax.scatter(
+                    near[:, rest[0]], near[:, rest[1]], s=2, c="red", marker="s", linewidths=0, alpha=0.4
+                )
                 label += f" (±{slab}): {len(near)} read" if slab else f": {len(near)} read"
+            if evidence is not None:
+                coords = np.asarray(evidence[row]).reshape(-1, 3)
+                near = coords[np.abs(coords[:, axis] - centre) <= slab]
+                ax.scatter(near[:, rest[0]], near[:, rest[1]], s=30, facecolors="none", edgecolors="yellow")
             ax.set(xticks=[], yticks=[], xlabel=f"{AXES[rest[0]]}", ylabel=f"{AXES[rest[1]]}")
             ax.set_title(f"{titles[row] if axis == 1 else ''}\n{label}", fontsize=9)
     return _save(fig, path)

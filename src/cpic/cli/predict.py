@@ -37,8 +37,8 @@ from cpic.train import checkpoint_paths, evaluate, load_model
 from cpic.util import write_text_atomic
 
 OUTPUT_SUFFIXES = (".csv", ".json")
-#: volumes shown by ``predict --figure``
-FIGURE_VOLUMES = 4
+#: volumes shown by ``predict --figure``, and the strongest patches circled in each
+FIGURE_VOLUMES, EVIDENCE_SHOWN = 4, 5
 
 
 def register(commands) -> None:
@@ -65,8 +65,8 @@ def register(commands) -> None:
     p.add_argument(
         "--figure",
         metavar="FILE.png",
-        help=f"slices of the first {FIGURE_VOLUMES} volumes through where the model read most, "
-        "the voxels read in red",
+        help=f"slices of the first {FIGURE_VOLUMES} volumes through the patch the prediction depends on "
+        "most, the voxels read in red",
     )
     p.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
     p.add_argument("--memory-budget", **memory_budget_option("a batch"))
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     document = {"model": str(checkpoint_paths(args.model)[0]), "task": model.head.task, "classes": classes}
     document["predictions"] = rows
     if args.figure:
-        document["figure"] = reads_figure(sources[:FIGURE_VOLUMES], rows, args.figure)
+        document["figure"] = evidence_figure(model, sources[:FIGURE_VOLUMES], rows, extra, args.figure)
     if args.output:
         text = json.dumps(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
         write_text_atomic(args.output, text)
@@ -227,22 +227,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def reads_figure(sources: list[VolumeSource], rows: list[dict], path: str) -> str:
-    """Orthogonal slices of each volume through the densest cluster of the voxels the model read
-    (where the cross concentrated its samples), those voxels in red, titled by the prediction."""
-    volumes, read, centres, titles = [], [], [], []
-    for source, row in zip(sources, rows):
-        coords = source.voxels_read().numpy()
+def evidence_figure(model: CPIC, sources: list[VolumeSource], rows: list[dict], extra, path: str) -> str:
+    """Orthogonal slices of each volume through the patch its prediction depends on most
+    (:meth:`CPIC.evidence`), the voxels read in red and the strongest patches circled."""
+    _, found = model.evidence(sources, None if extra is None else extra[: len(sources)])
+    volumes, read, centres, strongest, titles = [], [], [], [], []
+    for source, row, (patches, weight) in zip(sources, rows, found):
+        top = weight.argsort(descending=True)[:EVIDENCE_SHOWN]
         volumes.append(read_uncounted(source).float().numpy())
-        read.append(coords)
-        centres.append(figures.densest_point(coords, source.shape))
+        read.append(source.voxels_read().numpy())
+        centres.append(patches[top[0]].tolist())
+        strongest.append(patches[top].numpy())
         if "predicted" in row:
-            said = f"{row['predicted']} (p={row['p_' + str(row['predicted'])]:.2f})"
+            said = f"predicted {row['predicted']} (p={row['p_' + str(row['predicted'])]:.2f})"
         else:
             said = ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k != "volume")
         fraction = source.stats.fraction(source.size)
         titles.append(f"{Path(row['volume']).name}: {said}, from {100 * fraction:.2f}% of its voxels")
-    return figures.orthogonal_slices(volumes, path, titles, read, slab=1, centres=centres)
+    return figures.orthogonal_slices(volumes, path, titles, read, slab=1, centres=centres, evidence=strongest)
 
 
 # ---------------------------------------------------------------------- evaluate

@@ -154,9 +154,10 @@ class CPIC(nn.Module):
         """
         return self._latent(sources, keys)[0]
 
-    def _latent(self, sources, keys, sampled: bool = False) -> tuple[TT, Tensor | None]:
-        """The latent TT and, with ``sampled``, each feature's largest value over the patches of
-        the interpolation ``[B, F]`` (the interpolation then runs even without gradients)."""
+    def _latent(self, sources, keys, sampled: bool = False) -> tuple[TT, Tensor | None, PatchFeatures]:
+        """The latent TT, with ``sampled`` each feature's largest value over the patches of the
+        interpolation ``[B, F]`` (the interpolation then runs even without gradients), and the
+        feature function (its ``last`` call holds the interpolation's patches)."""
         sources = _as_list(sources)
         if keys is not None and len(keys) != len(sources):
             raise ValueError(
@@ -167,9 +168,9 @@ class CPIC(nn.Module):
         if keys is None:
             tt, info = self._select(f, self.rank, self._item_seeds(sources))
             if not (torch.is_grad_enabled() or sampled):
-                return tt, None
+                return tt, None, f
             tt = self._interpolate(f, info, keys)
-            return tt, f.sampled_max() if sampled else None
+            return tt, f.sampled_max() if sampled else None, f
         info = self.pivots.pivots(
             f.subset, f.shape, list(keys), dtype=f.dtype, device=f.device, seeds=self._item_seeds(sources)
         )
@@ -177,7 +178,7 @@ class CPIC(nn.Module):
         peaks = f.sampled_max() if sampled else None  # before the drift check calls f again
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
-        return tt, peaks
+        return tt, peaks, f
 
     @torch.no_grad()
     def _select(self, f: PatchFeatures, rank: int, seed) -> tuple[TT, CrossInfo]:
@@ -238,8 +239,11 @@ class CPIC(nn.Module):
     # ------------------------------------------------------------------ predictions
     def embed(self, sources, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None) -> Tensor:
         """The head's input ``[B, in_features]``: the projection plus any extra features."""
+        return self._embed(sources, keys, extra)[0]
+
+    def _embed(self, sources, keys, extra) -> tuple[Tensor, PatchFeatures]:
         sources = _as_list(sources)
-        tt, peaks = self._latent(sources, keys, sampled=self.sampled_max)
+        tt, peaks, f = self._latent(sources, keys, sampled=self.sampled_max)
         z = self.projection(tt, self.layout)
         if peaks is not None:
             z = torch.cat([z, peaks], 1)
@@ -256,12 +260,49 @@ class CPIC(nn.Module):
             z = torch.cat([z, extra], 1)
         elif extra is not None:
             raise ValueError("this model takes no extra features (extra_features=0), but extra= was given.")
-        return z
+        return z, f
 
     def forward(self, sources, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None) -> Tensor:
         if isinstance(self.head, Reconstruction):
             raise ValueError("a reconstruction model predicts voxels: use model.query(latent, coords).")
         return self.head(self.embed(sources, keys, extra))
+
+    def evidence(self, sources, extra: Tensor | None = None) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Predictions ``[B, ...]`` and, per volume, where they come from: the centres ``[K, D]``
+        of the patches the prediction encoded and the weight of each ``[K]``: the magnitude of
+        the patch's first-order contribution to the prediction (the top class's logit, or the sum
+        of the outputs), ``|gradient . features|`` over its features. Pivots are selected afresh,
+        as in ``model(sources)``. On the lesion cohort, the strongest patch of a lesion-positive
+        prediction lies in a lesion.
+
+        Example:
+            >>> import torch, cpic
+            >>> from cpic.nn import Classification
+            >>> model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, rank=3)
+            >>> pred, found = model.evidence([cpic.open_volume(torch.rand(16, 16, 16))])
+            >>> centres, weight = found[0]
+            >>> pred.shape, centres.shape[1], bool((weight >= 0).all()), len(centres) == len(weight)
+            (torch.Size([1, 2]), 3, True, True)
+        """
+        if isinstance(self.head, Reconstruction):
+            raise ValueError("a reconstruction model has no per-volume prediction to explain.")
+        sources = _as_list(sources)
+        with torch.enable_grad():
+            z, f = self._embed(sources, None, extra)
+            pred = self.head(z)
+            score = pred.max(dim=1).values.sum() if self.head.task == "classification" else pred.sum()
+            ids, features = f.last
+            if not features.requires_grad:
+                raise ValueError("evidence() needs an encoder with parameters that require gradients.")
+            (grad,) = torch.autograd.grad(score, features)
+        weight = (grad * features).sum(dim=1).abs().detach().cpu()
+        n = math.prod(self.grid_shape)
+        volume = ids // n
+        found = []
+        for b, src in enumerate(sources):
+            mine = volume == b
+            found.append((src.coords_of(ids[mine] % n), weight[mine]))
+        return pred.detach(), found
 
     def loss(
         self, sources, targets=None, keys: Sequence[Hashable] | None = None, extra: Tensor | None = None

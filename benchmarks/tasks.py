@@ -15,7 +15,7 @@ scored on the validation volumes:
   ``--sampled-max``);
 - ``attention``: attention sampling with that many patches (``AttentionPatches``);
 - ``dense``: a small 3-D ResNet on the volume area-averaged to 64^3 (``DenseCNN``), which reads
-  every voxel.
+  every voxel; ``dense-max``: the same, average- and max-pooled.
 
 Reported per method: validation ROC AUC and accuracy (the best epoch's and the last), the
 fraction of each volume's voxels read over the whole run, the memory of one training step
@@ -44,7 +44,7 @@ from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
 from cpic.train.metrics import roc_auc
 from train_step import saved_bytes  # a sibling script (its folder is on sys.path)
 
-METHODS = ("dense", "cpic", "cpic-max", "random", "random-max", "attention")
+METHODS = ("dense", "dense-max", "cpic", "cpic-max", "random", "random-max", "attention")
 
 
 def cohort(task: str, count: int, side: int, seed: int):
@@ -78,7 +78,7 @@ def build(method: str, args, classes: int, samples: int):
         return RandomPatches(grid, head, samples, pool="mean+max", **common)
     if method == "attention":
         return AttentionPatches(grid, head, samples, view=args.view, **common)
-    return DenseCNN(head, side=args.dense_side)
+    return DenseCNN(head, side=args.dense_side, pool="mean+max" if method == "dense-max" else "mean")
 
 
 def predict(model, sources, batch: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The baselines C-PIC is measured against: what they read, that gradients reach them, that they learn."""
 
+import pytest
 import torch
 
 import cpic
@@ -46,12 +47,18 @@ def test_downsample_is_the_area_average_and_reads_every_voxel():
     assert src.stats.unique_voxels == volume.numel()
 
 
-def test_dense_cnn_learns_and_reads_each_volume_once():
+@pytest.mark.parametrize("pool", ["mean", "mean+max"])
+def test_dense_cnn_learns_and_reads_each_volume_once(pool):
     sources, labels = _bright_or_dark(8)
-    model = DenseCNN(Classification(2), side=8, width=4)
+    model = DenseCNN(Classification(2), side=8, width=4, pool=pool)
     assert _train(model, sources, labels) == 1.0
     assert all(s.stats.unique_voxels == 16**3 for s in sources)
     assert all(s.stats.requests == 8 for s in sources)  # one slab per output plane, read once
+
+
+def test_dense_cnn_refuses_an_unknown_pooling():
+    with pytest.raises(ValueError, match="pool"):
+        DenseCNN(Classification(2), pool="max")
 
 
 def test_random_patches_read_only_their_patches_and_keep_them_until_refresh():

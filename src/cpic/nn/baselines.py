@@ -76,7 +76,9 @@ class _LossMixin:
 
 
 class DenseCNN(_LossMixin, nn.Module):
-    """A small 3-D ResNet (a stem and three residual stages) on volumes downsampled to ``side^3``.
+    """A small 3-D ResNet (a stem and three residual stages) on volumes downsampled to ``side^3``,
+    globally average-pooled (``pool="mean"``) or average- and max-pooled (``"mean+max"``, for
+    small findings that an average dilutes).
 
     Downsampled volumes are kept per source name in ``views`` (fill it to reuse views computed
     elsewhere), so each volume is read (entirely) once.
@@ -89,16 +91,18 @@ class DenseCNN(_LossMixin, nn.Module):
         torch.Size([1, 2])
     """
 
-    def __init__(self, head: Head, side: int = 64, width: int = 8, channels: int = 1):
+    def __init__(self, head: Head, side: int = 64, width: int = 8, channels: int = 1, pool: str = "mean"):
         super().__init__()
-        self.side, self.head = side, head
+        if pool not in ("mean", "mean+max"):
+            raise ValueError(f"pool must be 'mean' or 'mean+max', got {pool!r}.")
+        self.side, self.head, self.pool = side, head, pool
         self.stem = nn.Sequential(
             nn.Conv3d(channels, width, 3, 2, 1), nn.GroupNorm(min(8, width), width), nn.ReLU()
         )
         self.stages = nn.Sequential(
             _Residual(width, width, 1), _Residual(width, 2 * width, 2), _Residual(2 * width, 4 * width, 2)
         )
-        head.build(4 * width)
+        head.build(4 * width * (2 if pool == "mean+max" else 1))
         #: downsampled volumes ``[C, side, side, side]`` by source name
         self.views: dict[str, Tensor] = {}
 
@@ -110,8 +114,9 @@ class DenseCNN(_LossMixin, nn.Module):
     def forward(self, sources: Sequence[VolumeSource]) -> Tensor:
         device = next(self.parameters()).device
         x = torch.stack([self.view(s) for s in sources]).to(device)
-        x = self.stages(self.stem(x))
-        return self.head(x.mean((2, 3, 4)))
+        x = self.stages(self.stem(x)).flatten(2)
+        pooled = x.mean(2) if self.pool == "mean" else torch.cat([x.mean(2), x.amax(2)], 1)
+        return self.head(pooled)
 
 
 class _PatchSampler(_LossMixin, nn.Module):

@@ -379,3 +379,34 @@ def test_evidence_points_at_the_patch_the_prediction_depends_on():
         assert weight.max() == pytest.approx(2 * float(values.max()), rel=1e-5)
         assert int((weight > 0).sum()) == 1
         assert set(map(tuple, centres.tolist())) <= set(map(tuple, source.voxels_read().tolist()))
+
+
+def test_peaks_record_each_features_best_patch_of_a_selection_and_join_the_maximum():
+    torch.manual_seed(0)
+    model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, rank=3, sampled_max=True)
+    sources = [ArraySource(torch.rand(16, 16, 16)) for _ in range(2)]
+    f = model.feature_function(sources)
+    f.peaks = {}
+    idx = torch.stack([torch.randint(0, n, (2, 50)) for n in f.shape], -1)
+    with torch.no_grad():
+        f(idx)  # no gradients: recorded
+        ids, features = f.last
+        n = 16**3
+        for b, src in enumerate(sources):
+            mine = ids // n == b
+            values, where = f.peaks[id(src)]
+            assert torch.equal(values, features[mine].max(0).values)
+            assert torch.equal(where, (ids[mine] % n)[features[mine].argmax(0)])
+    f(idx)  # with gradients (a training step's interpolation): not recorded
+    assert set(f.peaks) == {id(s) for s in sources}
+    # the model keeps each volume's peaks with its pivots, and they travel in the store's state
+    model.embed(sources, keys=["a", "b"])
+    kept = model.pivots.attached("a")
+    assert kept is not None and kept.shape == (4,)
+    copy = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, rank=3, sampled_max=True)
+    copy.pivots.load_state(model.pivots.state(str), str)
+    assert torch.equal(copy.pivots.attached("a"), kept)
+    # a re-selection replaces them with the best of the old peaks and the new selection's
+    model.refresh_pivots(["a"])
+    z = model.embed(sources, keys=["a", "b"])
+    assert model.pivots.attached("a") is not None and torch.isfinite(z).all()

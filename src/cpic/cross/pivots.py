@@ -27,6 +27,7 @@ class _ItemPivots:
     direction: str
     uses: int = 0
     stale: bool = False
+    attached: Tensor | None = None  # whatever the caller keeps with this selection
 
 
 @dataclass
@@ -97,6 +98,9 @@ class PivotStore:
         self.counts = PivotCounts()
         self._items: dict[Hashable, _ItemPivots] = {}
         self._runs = 0
+        #: positions (in the latest :meth:`pivots` call's ``keys``) of the items it selected or
+        #: refreshed, i.e. whose index sets are new
+        self.last_selected: list[int] = []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -163,7 +167,18 @@ class PivotStore:
         items = [self._items[k] for k in keys]
         for item in items:
             item.uses += 1
+        self.last_selected = sorted(new + due)
         return stack_infos(shape, items)
+
+    def attach(self, key: Hashable, value: Tensor) -> None:
+        """Keep ``value`` with ``key``'s current selection (saved by :meth:`state`; dropped when
+        the item is selected again)."""
+        self._items[key].attached = value
+
+    def attached(self, key: Hashable) -> Tensor | None:
+        """What :meth:`attach` kept with ``key``'s current selection, or ``None``."""
+        item = self._items.get(key)
+        return None if item is None else item.attached
 
     def state(self, label: Callable[[Hashable], str | None]) -> dict:
         """Everything the store holds, as plain values and index tensors, for a checkpoint:
@@ -194,6 +209,7 @@ class PivotStore:
                     "direction": item.direction,
                     "uses": item.uses,
                     "stale": item.stale,
+                    "attached": item.attached,
                 }
         counts = self.counts
         return {
@@ -216,6 +232,7 @@ class PivotStore:
                 direction=item["direction"],
                 uses=int(item["uses"]),
                 stale=bool(item["stale"]),
+                attached=item.get("attached"),
             )
             for name, item in state["items"].items()
         }

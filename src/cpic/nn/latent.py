@@ -57,8 +57,13 @@ class PatchFeatures:
         self.device = torch.device(device) if device is not None else _module_device(encoder)
         self.dtype = _module_dtype(encoder)
         self.encoded = 0
-        #: ``(voxel ids [U], features [U, F])`` of the latest call's patches (ids as :meth:`voxels`)
+        #: ``(voxel ids [U], features [U, F])`` of the latest call's patches (ids as :meth:`voxels`),
+        #: with those :meth:`sampled_max` added
         self.last: tuple[Tensor, Tensor] | None = None
+        #: set to ``{}`` to record, per source (``id(source)``), the largest value of each feature
+        #: over every patch encoded without gradients (a cross selection) and where it was:
+        #: ``(values [F], voxel ids within the volume [F])``; shared with :meth:`subset` copies
+        self.peaks: dict[int, tuple[Tensor, Tensor]] | None = None
         self._grid = torch.tensor(layout.grid_shape)
         self._strides = _strides(layout.grid_shape)
 
@@ -107,11 +112,43 @@ class PatchFeatures:
                 f"the encoder must map patches to [K, {self.layout.features}] features, "
                 f"got {tuple(features.shape)}."
             )
+        if self.peaks is not None and not features.requires_grad:
+            self._track(voxel_ids, features)
         return features
 
-    def sampled_max(self) -> Tensor:
+    def _track(self, voxel_ids: Tensor, features: Tensor) -> None:
+        """Fold the largest value of each feature among these patches into :attr:`peaks`."""
+        n = int(self._grid.prod())
+        volume = voxel_ids // n
+        for b in volume.unique().tolist():
+            rows = (volume == b).nonzero().squeeze(1)
+            values, best = features[rows.to(features.device)].max(dim=0)
+            ids = (voxel_ids[rows] % n)[best.cpu()]
+            key = id(self.sources[b])
+            if key in self.peaks:
+                old_values, old_ids = self.peaks[key]
+                better = values > old_values
+                values = torch.where(better, values, old_values)
+                ids = torch.where(better.cpu(), ids, old_ids)
+            self.peaks[key] = (values, ids)
+
+    def encode_at(self, centres: Sequence[Tensor | None], skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Ids (as :meth:`voxels`) and features ``[U, F]`` of the patches centred at the voxel ids
+        ``centres[b]`` within volume ``b`` (``None``: none), leaving out the ids in ``skip``."""
+        n = int(self._grid.prod())
+        parts = [c.cpu() + b * n for b, c in enumerate(centres) if c is not None and len(c)]
+        ids = torch.cat(parts).unique() if parts else torch.empty(0, dtype=torch.long)
+        if skip is not None:
+            ids = ids[~torch.isin(ids, skip)]
+        if not len(ids):
+            return ids, torch.empty(0, self.layout.features, device=self.device)
+        return ids, self.encode(ids)
+
+    def sampled_max(self, also: Sequence[Tensor | None] | None = None) -> Tensor:
         """Per volume, the largest value of each feature over the patches of the latest call
-        ``[B, F]`` (the patches cross picked, when that call was :func:`cpic.interpolate`'s).
+        ``[B, F]`` (the patches cross picked, when that call was :func:`cpic.interpolate`'s),
+        and over the patches centred at ``also[b]`` (voxel ids within volume ``b``, e.g. the
+        :attr:`peaks` of a selection), encoded now, differentiably.
 
         Example:
             >>> import torch, cpic
@@ -126,6 +163,10 @@ class PatchFeatures:
         if self.last is None:
             raise RuntimeError("sampled_max() needs a call of the function first.")
         ids, features = self.last
+        more, extra = self.encode_at(also or [], skip=ids)
+        if len(more):  # the extra patches join ``last``: they are patches this result used
+            ids, features = torch.cat([ids, more]), torch.cat([features, extra.to(features.dtype)])
+            self.last = (ids, features)
         volume = (ids // int(self._grid.prod())).to(features.device)
         out = features.new_full((self.batch, features.shape[1]), float("-inf"))
         out = out.scatter_reduce(0, volume[:, None].expand_as(features), features, "amax")

@@ -40,7 +40,9 @@ class CPIC(nn.Module):
     selects afresh.
 
     ``sampled_max=True`` appends to the projection the largest value of each feature over the
-    patches the cross picked (the interpolation's fibers): whole-grid averages dilute a small
+    patches the cross picked (the interpolation's fibers) and over the patch where each feature
+    peaked among all those the pivot selection examined (kept with the pivots, re-encoded
+    differentiably at every step, so at no extra read): whole-grid averages dilute a small
     anomaly (a lesion) to nothing, a maximum over the cherry-picked samples keeps it.
 
     Example:
@@ -165,17 +167,29 @@ class CPIC(nn.Module):
             )
         self._check_memory(len(sources))
         f = self.feature_function(sources)
+        if sampled:  # the maximum also covers the best patches the selection met
+            f.peaks = {}
         if keys is None:
             tt, info = self._select(f, self.rank, self._item_seeds(sources))
             if not (torch.is_grad_enabled() or sampled):
                 return tt, None, f
             tt = self._interpolate(f, info, keys)
-            return tt, f.sampled_max() if sampled else None, f
+            return tt, f.sampled_max(_peak_ids(f, sources)) if sampled else None, f
+        if sampled:  # earlier selections' peaks compete with those of a re-selection
+            kept = [self.pivots.attached(k) for k in keys]
+            with torch.no_grad():
+                f.encode_at(kept)
         info = self.pivots.pivots(
             f.subset, f.shape, list(keys), dtype=f.dtype, device=f.device, seeds=self._item_seeds(sources)
         )
+        if sampled:
+            found = _peak_ids(f, sources)
+            for i in self.pivots.last_selected:
+                if found[i] is not None:
+                    self.pivots.attach(keys[i], found[i])
         tt = self._interpolate(f, info, keys)
-        peaks = f.sampled_max() if sampled else None  # before the drift check calls f again
+        # before the drift check calls f again
+        peaks = f.sampled_max([self.pivots.attached(k) for k in keys]) if sampled else None
         if self.refresh_tol is not None:
             self._check_drift(f, tt, keys)
         return tt, peaks, f
@@ -426,6 +440,11 @@ def _as_list(sources) -> list[VolumeSource]:
     if not sources or not all(isinstance(s, VolumeSource) for s in sources):
         raise ValueError("sources must be a VolumeSource or a non-empty list of them (see cpic.open_volume).")
     return sources
+
+
+def _peak_ids(f: PatchFeatures, sources: Sequence[VolumeSource]) -> list[Tensor | None]:
+    """Per source, the voxel ids of the patches holding each feature's peak (``f.peaks``)."""
+    return [f.peaks[id(s)][1] if id(s) in f.peaks else None for s in sources]
 
 
 def _finite(tt: TT) -> TT:

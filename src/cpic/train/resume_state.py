@@ -79,7 +79,12 @@ def save_state(
 def _to_cpu(state: dict) -> dict:
     """A pivot state with its index tensors on the CPU (to travel between ranks and to disk)."""
     items = {
-        name: {**item, "left": [t.cpu() for t in item["left"]], "right": [t.cpu() for t in item["right"]]}
+        name: {
+            **item,
+            "left": [t.cpu() for t in item["left"]],
+            "right": [t.cpu() for t in item["right"]],
+            "attached": None if item.get("attached") is None else item["attached"].cpu(),
+        }
         for name, item in state["items"].items()
     }
     return {**state, "items": items}

@@ -132,7 +132,9 @@ class PatchFeatures:
                 ids = torch.where(better.cpu(), ids, old_ids)
             self.peaks[key] = (values, ids)
 
-    def encode_at(self, centres: Sequence[Tensor | None], skip: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def encode_at(
+        self, centres: Sequence[Tensor | None], skip: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Ids (as :meth:`voxels`) and features ``[U, F]`` of the patches centred at the voxel ids
         ``centres[b]`` within volume ``b`` (``None``: none), leaving out the ids in ``skip``."""
         n = int(self._grid.prod())

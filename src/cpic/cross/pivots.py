@@ -98,9 +98,6 @@ class PivotStore:
         self.counts = PivotCounts()
         self._items: dict[Hashable, _ItemPivots] = {}
         self._runs = 0
-        #: positions (in the latest :meth:`pivots` call's ``keys``) of the items it selected or
-        #: refreshed, i.e. whose index sets are new
-        self.last_selected: list[int] = []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -123,6 +120,11 @@ class PivotStore:
 
     def _due(self, item: _ItemPivots) -> bool:
         return item.stale or (self.refresh_every is not None and item.uses >= self.refresh_every)
+
+    def pending(self, keys: Sequence[Hashable]) -> list[int]:
+        """Positions in ``keys`` of the items that :meth:`pivots` would select now: never seen,
+        stale or used ``refresh_every`` times."""
+        return [i for i, k in enumerate(keys) if k not in self._items or self._due(self._items[k])]
 
     def pivots(
         self,
@@ -167,7 +169,6 @@ class PivotStore:
         items = [self._items[k] for k in keys]
         for item in items:
             item.uses += 1
-        self.last_selected = sorted(new + due)
         return stack_infos(shape, items)
 
     def attach(self, key: Hashable, value: Tensor) -> None:

@@ -75,6 +75,18 @@ class _LossMixin:
         return self.head.loss(pred, target), pred
 
 
+def _pooled_width(features: int, pool: str) -> int:
+    """Width of ``features`` channels pooled by ``pool`` (``"mean"`` or ``"mean+max"``)."""
+    if pool not in ("mean", "mean+max"):
+        raise ValueError(f"pool must be 'mean' or 'mean+max', got {pool!r}.")
+    return features * (2 if pool == "mean+max" else 1)
+
+
+def _pool(x: Tensor, pool: str) -> Tensor:
+    """``x [B, C, N]`` pooled over its last axis: the mean ``[B, C]``, or mean and max ``[B, 2C]``."""
+    return x.mean(2) if pool == "mean" else torch.cat([x.mean(2), x.amax(2)], 1)
+
+
 class DenseCNN(_LossMixin, nn.Module):
     """A small 3-D ResNet (a stem and three residual stages) on volumes downsampled to ``side^3``,
     globally average-pooled (``pool="mean"``) or average- and max-pooled (``"mean+max"``, for
@@ -93,8 +105,7 @@ class DenseCNN(_LossMixin, nn.Module):
 
     def __init__(self, head: Head, side: int = 64, width: int = 8, channels: int = 1, pool: str = "mean"):
         super().__init__()
-        if pool not in ("mean", "mean+max"):
-            raise ValueError(f"pool must be 'mean' or 'mean+max', got {pool!r}.")
+        pooled_width = _pooled_width(4 * width, pool)
         self.side, self.head, self.pool = side, head, pool
         self.stem = nn.Sequential(
             nn.Conv3d(channels, width, 3, 2, 1), nn.GroupNorm(min(8, width), width), nn.ReLU()
@@ -102,7 +113,7 @@ class DenseCNN(_LossMixin, nn.Module):
         self.stages = nn.Sequential(
             _Residual(width, width, 1), _Residual(width, 2 * width, 2), _Residual(2 * width, 4 * width, 2)
         )
-        head.build(4 * width * (2 if pool == "mean+max" else 1))
+        head.build(pooled_width)
         #: downsampled volumes ``[C, side, side, side]`` by source name
         self.views: dict[str, Tensor] = {}
 
@@ -114,9 +125,7 @@ class DenseCNN(_LossMixin, nn.Module):
     def forward(self, sources: Sequence[VolumeSource]) -> Tensor:
         device = next(self.parameters()).device
         x = torch.stack([self.view(s) for s in sources]).to(device)
-        x = self.stages(self.stem(x)).flatten(2)
-        pooled = x.mean(2) if self.pool == "mean" else torch.cat([x.mean(2), x.amax(2)], 1)
-        return self.head(pooled)
+        return self.head(_pool(self.stages(self.stem(x)).flatten(2), self.pool))
 
 
 class _PatchSampler(_LossMixin, nn.Module):
@@ -136,8 +145,7 @@ class _PatchSampler(_LossMixin, nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if pool not in ("mean", "mean+max"):
-            raise ValueError(f"pool must be 'mean' or 'mean+max', got {pool!r}.")
+        pooled_width = _pooled_width(features, pool)
         if samples < 1:
             raise ValueError(f"samples must be a positive number of patches, got {samples!r}.")
         self.grid_shape, self.samples, self.patch, self.positions = (
@@ -149,7 +157,7 @@ class _PatchSampler(_LossMixin, nn.Module):
         self.layout = PlainLayout(self.grid_shape, features=features)
         self.encoder = make_encoder(encoder, patch, features, 1, len(self.grid_shape), positions)
         self.head, self.pool = head, pool
-        head.build(features * (2 if pool == "mean+max" else 1))
+        head.build(pooled_width)
         self.seed, self.draw = seed, 0
 
     def _generators(self, sources: Sequence[VolumeSource]) -> list[torch.Generator]:
@@ -177,9 +185,7 @@ class _PatchSampler(_LossMixin, nn.Module):
         features = f.encode(unique)[inverse].reshape(*voxels.shape, -1)
         if weights is not None:
             features = features * weights[..., None]
-        if self.pool == "mean+max":
-            return torch.cat([features.mean(1), features.amax(1)], 1)
-        return features.mean(1)
+        return _pool(features.mT, self.pool)
 
 
 class RandomPatches(_PatchSampler):

@@ -119,18 +119,23 @@ class PatchFeatures:
     def _track(self, voxel_ids: Tensor, features: Tensor) -> None:
         """Fold the largest value of each feature among these patches into :attr:`peaks`."""
         n = int(self._grid.prod())
-        volume = voxel_ids // n
+        volume = (voxel_ids // n).to(features.device)
+        index = volume[:, None].expand_as(features)
+        values = features.new_full((self.batch, features.shape[1]), float("-inf"))
+        values = values.scatter_reduce(0, index, features, "amax")
+        # where each maximum sits: the smallest id among the patches that reach it
+        local = (voxel_ids % n).to(features.device)[:, None].expand_as(features)
+        candidates = torch.where(features == values[volume], local, torch.full_like(local, n))
+        ids = torch.full_like(values, n, dtype=torch.long).scatter_reduce(0, index, candidates, "amin").cpu()
         for b in volume.unique().tolist():
-            rows = (volume == b).nonzero().squeeze(1)
-            values, best = features[rows.to(features.device)].max(dim=0)
-            ids = (voxel_ids[rows] % n)[best.cpu()]
             key = id(self.sources[b])
+            new_values, new_ids = values[b], ids[b]
             if key in self.peaks:
                 old_values, old_ids = self.peaks[key]
-                better = values > old_values
-                values = torch.where(better, values, old_values)
-                ids = torch.where(better.cpu(), ids, old_ids)
-            self.peaks[key] = (values, ids)
+                better = new_values > old_values
+                new_values = torch.where(better, new_values, old_values)
+                new_ids = torch.where(better.cpu(), new_ids, old_ids)
+            self.peaks[key] = (new_values, new_ids)
 
     def encode_at(
         self, centres: Sequence[Tensor | None], skip: Tensor | None = None

@@ -175,18 +175,17 @@ class CPIC(nn.Module):
                 return tt, None, f
             tt = self._interpolate(f, info, keys)
             return tt, f.sampled_max(_peak_ids(f, sources)) if sampled else None, f
-        if sampled:  # earlier selections' peaks compete with those of a re-selection
-            kept = [self.pivots.attached(k) for k in keys]
+        selecting = self.pivots.pending(keys) if sampled else []
+        if selecting:  # earlier selections' peaks compete with those of a re-selection
             with torch.no_grad():
-                f.encode_at(kept)
+                f.encode_at([self.pivots.attached(k) if i in selecting else None for i, k in enumerate(keys)])
         info = self.pivots.pivots(
             f.subset, f.shape, list(keys), dtype=f.dtype, device=f.device, seeds=self._item_seeds(sources)
         )
-        if sampled:
-            found = _peak_ids(f, sources)
-            for i in self.pivots.last_selected:
-                if found[i] is not None:
-                    self.pivots.attach(keys[i], found[i])
+        found = _peak_ids(f, sources) if selecting else []
+        for i in selecting:
+            if found[i] is not None:
+                self.pivots.attach(keys[i], found[i])
         tt = self._interpolate(f, info, keys)
         # before the drift check calls f again
         peaks = f.sampled_max([self.pivots.attached(k) for k in keys]) if sampled else None

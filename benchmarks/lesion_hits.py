@@ -9,8 +9,9 @@ training step encodes (the interpolation, what ``sampled_max`` pools over) lies 
 random-patch column reads the same number of distinct voxels as the selection, in 3^3 patches
 at uniformly random centres.
 
-Run: ``python benchmarks/lesion_hits.py --side 256 --volumes 24`` (``--configs 8:2:group,16:2:binary``:
-rank:sweeps:layout, grouped modes of size 8 or binary modes of size 2).
+Run: ``python benchmarks/lesion_hits.py --side 256 --volumes 24`` (``--configs 8:2:group:1,8:2:binary:4``:
+rank:sweeps:layout:stride, grouped modes of size 8 or binary modes of size 2, patch centres on
+every stride-th voxel).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import cpic
 from cpic.data import lesion_cohort
 from cpic.layout import QTTLayout
-from cpic.nn import Classification
+from cpic.nn import Classification, lattice
 
 
 def lesion_voxels(source, ids: np.ndarray) -> int:
@@ -46,12 +47,13 @@ def random_patch_ids(side: int, voxels: int, patch: int, rng: np.random.Generato
     return ids[:voxels]
 
 
-def measure(sources, side: int, rank: int, sweeps: int, group: bool, seed: int) -> dict:
+def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int, seed: int) -> dict:
     torch.manual_seed(seed)
-    layout = QTTLayout((side,) * 3, features=16, group=group)
+    layout = QTTLayout(lattice((side,) * 3, stride), features=16, group=group)
     model = cpic.CPIC(
         (side,) * 3, Classification(2), features=16, patch=3, positions=True, background=0.0,
         projection="moments", sampled_max=True, rank=rank, sweeps=sweeps, layout=layout, seed=seed,
+        stride=stride,
     )  # fmt: skip
     rows, started = [], time.perf_counter()
     with torch.no_grad():
@@ -77,7 +79,8 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, seed: int) 
             )
     r = np.array(rows, dtype=np.float64)
     return {
-        "config": f"rank {rank}, {sweeps} sweeps, {'grouped 8' if group else 'binary 2'} modes",
+        "config": f"rank {rank}, {sweeps} sweeps, {'grouped 8' if group else 'binary 2'} modes, "
+        f"stride {stride}",
         "read": r[:, 0].mean() / side**3,
         "hit_selection": (r[:, 1] > 0).mean(),
         "hit_step": (r[:, 2] > 0).mean(),
@@ -94,8 +97,8 @@ def main() -> None:
     )
     parser.add_argument("--side", type=int, default=256)
     parser.add_argument("--volumes", type=int, default=24, help="lesion-bearing volumes")
-    parser.add_argument("--configs", default="8:2:group,8:4:group,8:2:binary,16:2:binary",
-                        help="rank:sweeps:group|binary, comma-separated")  # fmt: skip
+    parser.add_argument("--configs", default="8:2:group:1,8:4:group:1,8:2:binary:1,8:2:group:2,8:2:group:4",
+                        help="rank:sweeps:group|binary:stride, comma-separated")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     sources, _ = lesion_cohort(2 * args.volumes, side=args.side, seed=args.seed)
@@ -108,8 +111,8 @@ def main() -> None:
           "hit: random patches, as many voxels | lesion voxels read: cross / random |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for text in args.configs.split(","):
-        rank, sweeps, kind = text.split(":")
-        r = measure(sources, args.side, int(rank), int(sweeps), kind == "group", args.seed)
+        rank, sweeps, kind, stride = text.split(":")
+        r = measure(sources, args.side, int(rank), int(sweeps), kind == "group", int(stride), args.seed)
         print(
             f"| {r['config']} | {100 * r['read']:.2f}% | {r['hit_selection']:.2f} | {r['hit_step']:.2f} | "
             f"{r['hit_random']:.2f} | {r['lesion_read_cross']:.0f} / {r['lesion_read_random']:.0f} |",

@@ -39,7 +39,7 @@ import cpic
 from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
 from cpic.data.lesions import CONTRAST
 from cpic.layout import QTTLayout
-from cpic.nn import Classification
+from cpic.nn import Classification, lattice
 from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
 from cpic.train.metrics import roc_auc
 from train_step import saved_bytes  # a sibling script (its folder is on sys.path)
@@ -60,11 +60,12 @@ def build(method: str, args, classes: int, samples: int):
     grid = (args.side,) * 3
     common = dict(features=args.features, patch=args.patch, positions=True, seed=args.seed)
     if method in ("cpic", "cpic-max"):
-        layout = QTTLayout(grid, features=args.features, group=args.layout == "grouped")
+        layout = QTTLayout(lattice(grid, args.stride), features=args.features, group=args.layout == "grouped")
         return cpic.CPIC(
             grid,
             head,
             layout=layout,
+            stride=args.stride,
             rank=args.rank,
             sweeps=2,
             background=0.0,
@@ -373,6 +374,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--patch", type=int, default=3)
+    parser.add_argument("--stride", type=int, default=1, help="C-PIC: patch centres on every n-th voxel")
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument(
         "--layout",

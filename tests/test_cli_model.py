@@ -140,7 +140,10 @@ def test_resume_and_config(cohort):
     root = cohort.root
     small = ["--rank", "2", "--features", "4", "--patch", "3", "--json"]
     (root / "config.json").write_text(
-        json.dumps({"epochs": 1, "rank": 3, "features": 4, "patch": 3, "sampled-max": True, "quiet": True})
+        json.dumps(
+            {"epochs": 1, "rank": 3, "features": 4, "patch": 3, "sampled-max": True, "stride": 2}
+            | {"quiet": True}
+        )
     )
     first, configured = run_all(
         [
@@ -164,8 +167,8 @@ def test_resume_and_config(cohort):
     assert configured["epochs"] == 1
     config = json.loads((root / "cfg.json").read_text())["meta"]["config"]
     assert config["rank"] == 2  # the flag wins
-    assert config["sampled_max"] is True
-    assert ok(run("predict", "cfg", "v1.npy", "--json", cwd=root)).stdout  # a sampled-max model loads
+    assert config["sampled_max"] is True and config["stride"] == 2
+    assert ok(run("predict", "cfg", "v1.npy", "--json", cwd=root)).stdout  # sampled-max, strided: loads
     resumed = ok(
         run(
             *["train", "cohort.csv", "-o", "r2", "--epochs", "2", *small],

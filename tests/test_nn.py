@@ -127,6 +127,49 @@ def test_patch_features_read_the_edge_voxel_on_padding():
     assert f(idx).item() == 124.0
 
 
+def test_a_strided_latent_grid_encodes_the_patch_at_each_lattice_voxel():
+    """stride 4 on a 10 x 12 x 7 grid: a 3 x 3 x 2 lattice of centres at 4 c + 2, the last one
+    clamped to the grid; positions are scaled by the volume, not the lattice."""
+    torch.manual_seed(0)
+    volume = torch.rand(10, 12, 7)
+    src = cpic.open_volume(volume)
+    layout = QTTLayout((3, 3, 2), features=4, group=True)
+    enc = PatchMLP(patch=3, features=4, positions=3)
+    f = PatchFeatures([src], layout, enc, patch=3, stride=4, positions=True)
+    cells = _all_indices((3, 3, 2))
+    values = f(layout.to_index(cells[None], feature=torch.full((1, len(cells)), 2)))
+    centres = torch.minimum(4 * cells + 2, torch.tensor([9, 11, 6]))
+    patches = src.gather(centres, 3).reshape(-1, 1, 3, 3, 3)
+    scaled = (2 * centres + 1) / torch.tensor([10.0, 12.0, 7.0]) - 1
+    torch.testing.assert_close(values[0], enc(patches, scaled)[:, 2])
+    read = src.voxels_read()  # the 3^3 patches around the centres and nothing else
+    distance = (read[:, None] - centres[None]).abs().amax(-1).amin(1)
+    assert int(distance.max()) == 1 and 17 * 27 // 2 < len(read) <= 18 * 27
+    assert (read[:, None] == centres[None]).all(-1).any(0).all()
+    with pytest.raises(ValueError, match="stride 4 gives"):
+        PatchFeatures([src], QTTLayout((10, 12, 7), features=4), enc, patch=3, stride=4)
+
+
+def test_a_strided_model_predicts_explains_and_round_trips_through_its_config():
+    from cpic.train.model_file import model_from_config
+
+    torch.manual_seed(0)
+    model = CPIC((32, 32, 20), Classification(2), features=4, patch=3, rank=3, stride=4, sampled_max=True)
+    assert model.layout.grid_shape == (8, 8, 5)
+    sources = [ArraySource(torch.rand(32, 32, 20)) for _ in range(2)]
+    pred, found = model.evidence(sources)
+    assert pred.shape == (2, 2)
+    for centres, _ in found:  # patch centres sit on the lattice
+        assert ((centres[:, :2] % 4 == 2) | (centres[:, :2] == 31)).all()
+        assert ((centres[:, 2] % 4 == 2) | (centres[:, 2] == 19)).all()
+    copy = model_from_config(model.config)
+    assert copy.stride == 4 and copy.layout.grid_shape == (8, 8, 5)
+    with pytest.raises(ValueError, match="stride"):
+        CPIC((32, 32, 32), Classification(2), stride=0)
+    with pytest.raises(ValueError, match="stride=1"):
+        CPIC((32, 32, 32), Reconstruction(), stride=2)
+
+
 @pytest.mark.parametrize("projection", ["mean", "moments", "grid"])
 @pytest.mark.parametrize("encoder", ["mlp", "conv"])
 def test_model_predicts_a_batch_and_backpropagates_to_the_encoder(projection, encoder):

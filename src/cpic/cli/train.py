@@ -168,6 +168,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     _option(p, "--rank", default=10, type=positive_int, help="TT rank of the latent tensor")
     _option(p, "--features", default=16, type=positive_int, help="encoder features per voxel")
     _option(p, "--patch", default=5, type=positive_int, help="patch side, odd")
+    _option(
+        p,
+        "--stride",
+        default=1,
+        type=positive_int,
+        help="patch centres on every n-th voxel: an n^D times smaller latent grid (about --patch "
+        "for patches that barely overlap)",
+    )
     _option(p, "--encoder", default="mlp", choices=("mlp", "conv"), help="patch encoder")
     _option(p, "--projection", default="mean", choices=("mean", "moments", "grid"), help="TT -> vector")
     _option(
@@ -368,6 +376,7 @@ def build_model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
         projection=args.projection,
         sampled_max=args.sampled_max,
         rank=args.rank,
+        stride=args.stride,
         extra_features=len(args.extra),
         seed=args.seed,
     )

@@ -14,7 +14,7 @@ from cpic.nn.heads import (
     head_from_config,
     pinball_loss,
 )
-from cpic.nn.latent import PatchFeatures
+from cpic.nn.latent import PatchFeatures, lattice
 from cpic.nn.model import CPIC
 from cpic.nn.projections import (
     CovariancePooling,
@@ -35,6 +35,7 @@ __all__ = [
     "MeanPooling",
     "PatchConv",
     "PatchFeatures",
+    "lattice",
     "PatchMLP",
     "QuantileRegression",
     "Reconstruction",

@@ -20,6 +20,12 @@ class PatchFeatures:
     Padding of non-power-of-two grids reads the nearest edge voxel. ``encoded`` counts the
     patches encoded so far. Gradients flow into the encoder's parameters.
 
+    ``stride=s`` puts patch centres on every ``s``-th voxel: the layout's grid is then the
+    lattice of centres, ``ceil(n / s)`` per axis, and cell ``c`` is the patch centred at voxel
+    ``min(s c + s // 2, n - 1)``. With ``s`` about the patch side, patches barely overlap, so a
+    cross fiber through neighbouring cells reads new voxels instead of re-reading its
+    neighbours' and the latent grid (its TT, its cross) is ``s^D`` times smaller.
+
     ``positions=True`` passes the patch centres, scaled to ``[-1, 1]``, as the encoder's second
     argument. ``background=v`` subtracts the features of a constant patch of value ``v`` (at
     the same position), so empty space has zero features and the TT's rank is spent on the
@@ -45,13 +51,21 @@ class PatchFeatures:
         device: torch.device | str | None = None,
         positions: bool = False,
         background: float | None = None,
+        stride: int = 1,
     ):
         self.sources = list(sources)
         if not self.sources:
             raise ValueError("PatchFeatures needs at least one source.")
         if layout.features is None:
             raise ValueError("the layout needs a feature mode (features=F) for encoder features.")
-        check_same_grid(self.sources, layout.grid_shape, "the model's")
+        self.stride = stride
+        self.volume_shape = self.sources[0].shape
+        if lattice(self.volume_shape, stride) != tuple(layout.grid_shape):
+            raise ValueError(
+                f"{self.sources[0].name}: grid {self.volume_shape} with stride {stride} gives "
+                f"{lattice(self.volume_shape, stride)} patch centres, not the layout's {layout.grid_shape}."
+            )
+        check_same_grid(self.sources, self.volume_shape, "the other sources'")
         self.layout, self.encoder, self.patch, self.border = layout, encoder, patch, border
         self.positions, self.background = positions, background
         self.device = torch.device(device) if device is not None else _module_device(encoder)
@@ -66,6 +80,7 @@ class PatchFeatures:
         self.peaks: dict[int, tuple[Tensor, Tensor]] | None = None
         self._grid = torch.tensor(layout.grid_shape)
         self._strides = _strides(layout.grid_shape)
+        self._volume = torch.tensor(self.volume_shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -88,19 +103,27 @@ class PatchFeatures:
         offsets = torch.arange(idx.shape[0])[:, None] * int(self._grid.prod())
         return (coords * self._strides).sum(-1) + offsets
 
+    def centres(self, cells: Tensor) -> Tensor:
+        """Voxel coordinates ``[K, D]`` of the patch centres of the cell ids ``cells [K]`` (ids
+        within one volume's grid of centres, as :meth:`voxels` without the offset)."""
+        cells = cells[:, None] // self._strides % self._grid
+        if self.stride == 1:
+            return cells
+        return torch.minimum(cells * self.stride + self.stride // 2, self._volume - 1)
+
     def encode(self, voxel_ids: Tensor) -> Tensor:
         """Features ``[U, F]`` of the patches around sorted, distinct ``voxel_ids``."""
         n = int(self._grid.prod())
         counts = torch.bincount(voxel_ids // n, minlength=self.batch).tolist()
         parts = []
-        centres = (voxel_ids % n)[:, None] // self._strides % self._grid
+        centres = self.centres(voxel_ids % n)
         for src, part in zip(self.sources, centres.split(counts)):  # one read per volume
             parts.append(src.gather(part, self.patch, self.border, device=self.device))
         patches = torch.cat(parts).to(self.dtype)
         patches = patches.reshape((len(patches), -1) + (self.patch,) * self.layout.ndim)
         args = ()
         if self.positions:
-            scaled = (2 * centres.to(self.dtype) + 1) / self._grid.to(self.dtype) - 1
+            scaled = (2 * centres.to(self.dtype) + 1) / self._volume.to(self.dtype) - 1
             args = (scaled.to(self.device),)
         features = self.encoder(patches, *args)
         if self.background is not None:
@@ -186,6 +209,16 @@ class PatchFeatures:
         self.last = (unique, features)
         rows = inverse.to(self.device) * features.shape[1] + idx[..., -1].flatten().to(self.device)
         return features.flatten().index_select(0, rows).reshape(B, P)
+
+
+def lattice(shape: Sequence[int], stride: int) -> tuple[int, ...]:
+    """The grid of patch centres on every ``stride``-th voxel of a grid of ``shape``.
+
+    Example:
+        >>> lattice((256, 250, 3), 4)
+        (64, 63, 1)
+    """
+    return tuple(-(-int(n) // stride) for n in shape)
 
 
 def _strides(shape: Sequence[int]) -> Tensor:

@@ -15,7 +15,7 @@ from cpic.cross.info import CrossInfo
 from cpic.layout import Layout, QTTLayout
 from cpic.nn.encoders import make_encoder
 from cpic.nn.heads import Head, Reconstruction
-from cpic.nn.latent import PatchFeatures
+from cpic.nn.latent import PatchFeatures, lattice
 from cpic.nn.projections import make_projection
 from cpic.sources import VolumeSource
 from cpic.tt import TT
@@ -77,22 +77,28 @@ class CPIC(nn.Module):
         refresh_tol: float | None = None,
         extra_features: int = 0,
         border: str = "reflect",
+        stride: int = 1,
         layout: Layout | None = None,
         seed: int = 0,
     ):
         super().__init__()
         grid_shape = tuple(int(n) for n in grid_shape)
-        _check_sizes(grid_shape, features, patch, rank, extra_features)
+        _check_sizes(grid_shape, features, patch, rank, extra_features, stride)
         if not isinstance(head, Head):
             raise ValueError(f"head must be a cpic.nn head (Classification, Regression, ...), got {head!r}.")
-        self.layout = layout or QTTLayout(grid_shape, features=features, group=True)
-        if self.layout.grid_shape != grid_shape or self.layout.features != features:
+        if stride != 1 and isinstance(head, Reconstruction):
+            raise ValueError(f"a reconstruction model decodes every voxel: it needs stride=1, got {stride}.")
+        centres = lattice(grid_shape, stride)
+        self.layout = layout or QTTLayout(centres, features=features, group=True)
+        if self.layout.grid_shape != centres or self.layout.features != features:
             raise ValueError(
-                f"layout {self.layout} does not match grid {grid_shape} with {features} features."
+                f"layout {self.layout} does not match the grid of patch centres {centres} "
+                f"(grid {grid_shape}, stride {stride}) with {features} features."
             )
         ndim = len(grid_shape)
         self.grid_shape, self.features, self.patch, self.channels = grid_shape, features, patch, channels
         self.border, self.extra_features, self.refresh_tol = border, extra_features, refresh_tol
+        self.stride = stride
         self.positions, self.background = positions, background
         self.encoder = make_encoder(encoder, patch, features, channels, ndim, positions)
         self.projection = make_projection(projection, features, ndim)
@@ -125,6 +131,7 @@ class CPIC(nn.Module):
             "refresh_tol": refresh_tol,
             "extra_features": extra_features,
             "border": border,
+            "stride": stride,
             "seed": seed,
             "layout": _layout_config(self.layout),
             "head": head.config(),
@@ -145,6 +152,7 @@ class CPIC(nn.Module):
             self.border,
             positions=self.positions,
             background=self.background,
+            stride=self.stride,
         )
 
     def latent(
@@ -309,12 +317,9 @@ class CPIC(nn.Module):
                 raise ValueError("evidence() needs an encoder with parameters that require gradients.")
             (grad,) = torch.autograd.grad(score, features)
         weight = (grad * features).sum(dim=1).abs().detach().cpu()
-        n = math.prod(self.grid_shape)
+        n = math.prod(self.layout.grid_shape)
         volume = ids // n
-        found = []
-        for b, src in enumerate(sources):
-            mine = volume == b
-            found.append((src.coords_of(ids[mine] % n), weight[mine]))
+        found = [(f.centres(ids[volume == b] % n), weight[volume == b]) for b in range(len(sources))]
         return pred.detach(), found
 
     def loss(
@@ -452,13 +457,14 @@ def _finite(tt: TT) -> TT:
     return tt
 
 
-def _check_sizes(grid_shape, features, patch, rank, extra_features) -> None:
+def _check_sizes(grid_shape, features, patch, rank, extra_features, stride) -> None:
     if not grid_shape or any(n < 1 for n in grid_shape):
         raise ValueError(f"grid_shape must be positive sizes, got {grid_shape}.")
     for name, value, low in (
         ("features", features, 1),
         ("rank", rank, 1),
         ("extra_features", extra_features, 0),
+        ("stride", stride, 1),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")

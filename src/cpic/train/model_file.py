@@ -16,7 +16,7 @@ import torch
 
 from cpic._version import __version__
 from cpic.layout import PlainLayout, QTTLayout
-from cpic.nn import CPIC, head_from_config
+from cpic.nn import CPIC, head_from_config, lattice
 from cpic.nn.encoders import ENCODERS
 from cpic.nn.projections import PROJECTIONS
 from cpic.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -39,10 +39,11 @@ def model_from_config(config: dict) -> CPIC:
     head = head_from_config(cfg.pop("head"))
     layout_cfg = cfg.pop("layout", {"type": "qtt", "group": True})
     grid = tuple(cfg.pop("grid_shape"))
+    centres = lattice(grid, cfg.get("stride", 1))
     if layout_cfg.get("type") == "qtt":
-        layout = QTTLayout(grid, features=cfg["features"], group=layout_cfg.get("group", True))
+        layout = QTTLayout(centres, features=cfg["features"], group=layout_cfg.get("group", True))
     elif layout_cfg.get("type") == "PlainLayout":
-        layout = PlainLayout(grid, features=cfg["features"])
+        layout = PlainLayout(centres, features=cfg["features"])
     else:
         raise ValueError(f"unknown layout {layout_cfg!r} in the model configuration.")
     try:

@@ -31,7 +31,7 @@ from cpic.cli.main import main
 from cpic.nn import Classification
 from cpic.sources import VolumeSource
 from cpic.train import Distributed, VolumeDataset, fit, load_checkpoint, load_model
-from cpic.train.launch import free_port, worker_env
+from cpic.train.launch import free_port, launch, worker_env
 
 SRC = str(Path(cpic.__file__).parents[1])  # the cpic under test, also in the workers
 TOLERANCE = 1e-5  # outputs and losses
@@ -155,6 +155,7 @@ def _collectives(rank: int, port: int, out: str) -> None:
         {k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(out, f"fit{rank}.safetensors"))
     )
     Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # neither rank leaves (and drops its connections) while the other still works
     dist.destroy_process_group()
 
 
@@ -312,8 +313,16 @@ def test_a_rank_that_dies_fails_the_launched_job_with_a_message(cohort, tmp_path
     finally:
         proc.kill()
     assert proc.returncode == 1, stderr
-    assert "rank 1 of 2 was killed by SIGKILL; stopping the other 1 rank(s)." in stderr
+    # named as the cause even when rank 0 has meanwhile stopped for want of it
+    assert "cpic train: rank 1 of 2 was killed by SIGKILL" in stderr
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_launcher_names_the_killed_rank_not_the_one_that_stopped_for_want_of_it(capfd):
+    """Both ranks end between two polls: rank 0 with code 1, rank 1 by SIGKILL (the cause)."""
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL) if os.environ['RANK'] == '1' else exit(1)"
+    assert launch([sys.executable, "-c", code], 2, poll=1.0) == 1
+    assert "cpic train: rank 1 of 2 was killed by SIGKILL." in capfd.readouterr().err
 
 
 def test_the_surviving_rank_of_a_torchrun_job_stops_with_a_message(cohort, tmp_path):

@@ -1,5 +1,6 @@
 """The model layer: validity masks, projections, the latent feature function and cpic.CPIC."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -368,6 +369,23 @@ def test_a_volume_gets_the_same_prediction_in_any_batch():
         keyed = model([srcs[1], srcs[0]], keys=[srcs[1], srcs[0]])
     torch.testing.assert_close(alone[0], together[2])
     torch.testing.assert_close(alone[0], keyed[1])
+
+
+def test_a_volume_gets_the_same_prediction_wherever_it_is_stored(tmp_path, monkeypatch):
+    """Pivots are seeded by the file name, not its folder: a relative path, an absolute one and
+    a copy elsewhere predict alike; another file name is another draw."""
+    torch.manual_seed(0)
+    model = CPIC((16, 16, 16), Classification(2), features=4, patch=3, rank=3).eval()
+    volume = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(2)).numpy()
+    (tmp_path / "moved").mkdir()
+    for path in ("scan.npy", "moved/scan.npy", "other.npy"):
+        np.save(tmp_path / path, volume)
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        got = [model([cpic.open_volume(p)]) for p in ("scan.npy", tmp_path / "scan.npy", "moved/scan.npy")]
+        other = model([cpic.open_volume("other.npy")])
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
+    assert not torch.equal(got[0], other)
 
 
 def test_sampled_max_is_the_largest_feature_over_the_interpolated_patches():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -415,12 +416,24 @@ def _train_in_job(args: argparse.Namespace) -> int:
     args.device = str(device)  # cuda:LOCAL_RANK
     if not ctx.is_main:  # rank 0 alone prints progress and the summary
         args.quiet, args.json = True, False
-    code = EXIT_FAILED
     try:
         code = _train(args)
-        return code
-    finally:
-        distributed.shutdown(wait=code == 0)
+    except BaseException:
+        distributed.shutdown()
+        raise
+    if code != 0:  # its message is out
+        _leave(code)
+    distributed.shutdown(wait=True)
+    return code
+
+
+def _leave(code: int) -> None:
+    """End a failed rank at once. Tearing down a gloo group whose peer has died can end in
+    ``std::terminate`` (SIGABRT) while the process exits, which would hide the exit code and
+    add a C++ message after ours; the job is over for this rank anyway."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _train(args: argparse.Namespace) -> int:

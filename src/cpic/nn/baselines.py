@@ -164,7 +164,7 @@ class _PatchSampler(_LossMixin, nn.Module):
         """One generator per volume, seeded by its name and the draw: a volume's patches stay the
         same until :meth:`refresh` (as C-PIC's pivots), so the voxels read are bounded."""
         return [
-            torch.Generator().manual_seed(zlib.crc32(f"{s.name}/{self.seed}/{self.draw}".encode()))
+            torch.Generator().manual_seed(zlib.crc32(f"{s.identity}/{self.seed}/{self.draw}".encode()))
             for s in sources
         ]
 

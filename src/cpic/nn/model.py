@@ -423,9 +423,10 @@ class CPIC(nn.Module):
     _check_memory = check_memory  # the name fit() and older callers use
 
     def _item_seeds(self, sources: Sequence[VolumeSource]) -> list[int]:
-        """One seed per volume from the model's seed and the volume's name: a volume gets the
-        same pivots, and so the same prediction, whatever batch it comes in."""
-        return [zlib.crc32(f"{self.seed}:{src.name}".encode()) for src in sources]
+        """One seed per volume from the model's seed and the volume's file name: a volume gets
+        the same pivots, and so the same prediction, whatever batch it comes in and wherever it
+        is stored (:attr:`VolumeSource.identity`)."""
+        return [zlib.crc32(f"{self.seed}:{src.identity}".encode()) for src in sources]
 
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))

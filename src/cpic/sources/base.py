@@ -7,6 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 import torch
@@ -211,6 +212,20 @@ class VolumeSource(ABC):
     def size(self) -> int:
         """Number of voxels in the grid."""
         return int(np.prod(self.shape))
+
+    @property
+    def identity(self) -> str:
+        """The name without its folders: what seeds per-volume randomness (a model's first
+        pivots), so a volume gets the same prediction wherever it is stored and however its
+        path is written (relative, absolute, moved).
+
+        Example:
+            >>> import numpy as np
+            >>> from cpic.sources import ArraySource
+            >>> ArraySource(np.zeros((2, 2)), name="/data/run1/t1.nii.gz").identity
+            't1.nii.gz'
+        """
+        return PurePath(self.name).name or self.name
 
     def __repr__(self) -> str:
         chan = f", channels={self.channels}" if self.channels else ""

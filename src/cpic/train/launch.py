@@ -77,7 +77,8 @@ def launch(
 
     0 when every rank exits with 0. When a rank fails (a non-zero exit or a signal) a line naming
     it goes to stderr, the other ranks get SIGTERM (SIGKILL after ``grace`` seconds), and the
-    launcher returns that rank's exit code (1 for a signal).
+    launcher returns that rank's exit code (1 for a signal). Of ranks found failed at once, one
+    killed by a signal is named: the others failed for want of it.
 
     Example:
         >>> import sys
@@ -92,8 +93,8 @@ def launch(
         while True:
             codes = [p.poll() for p in procs]
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
+            if failed:  # a rank killed by a signal first: the others then fail for lack of it
+                rank, code = min(failed, key=lambda item: (item[1] >= 0, item[0]))
                 others = sum(c is None for c in codes)
                 stopping = f"; stopping the other {others} rank(s)" if others else ""
                 print(f"{name}: rank {rank} of {nproc} {describe_exit(code)}{stopping}.", file=sys.stderr)

@@ -67,7 +67,7 @@ def build(method: str, args, classes: int, samples: int):
             layout=layout,
             stride=args.stride,
             rank=args.rank,
-            sweeps=2,
+            sweeps=args.sweeps,
             background=0.0,
             projection=args.projection,
             sampled_max=method == "cpic-max",
@@ -254,7 +254,8 @@ def markdown(args, results: list[dict], sweep: list[dict], samples: int) -> str:
         f"### {args.task} at {args.side}^3: {args.count} volumes (80/20 split), "
         f"{args.minutes:g} min of training per method",
         "",
-        f"C-PIC: rank {args.rank}, {args.layout} QTT, {args.patch}^3 patches + position, "
+        f"C-PIC: rank {args.rank}, {args.sweeps} sweep(s) per cold selection, stride {args.stride}, "
+        f"{args.layout} QTT, {args.patch}^3 patches + position, "
         f"{args.features} features, "
         f"projection {args.projection} (cpic-max: and each feature's max over the sampled patches), "
         f"refresh every {args.refresh} epochs; sampling baselines: "
@@ -373,6 +374,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--sweeps", type=int, default=2, help="C-PIC: sweeps of a cold pivot selection")
     parser.add_argument("--patch", type=int, default=3)
     parser.add_argument("--stride", type=int, default=1, help="C-PIC: patch centres on every n-th voxel")
     parser.add_argument("--features", type=int, default=16)

@@ -24,7 +24,8 @@ class PatchFeatures:
     lattice of centres, ``ceil(n / s)`` per axis, and cell ``c`` is the patch centred at voxel
     ``min(s c + s // 2, n - 1)``. With ``s`` about the patch side, patches barely overlap, so a
     cross fiber through neighbouring cells reads new voxels instead of re-reading its
-    neighbours' and the latent grid (its TT, its cross) is ``s^D`` times smaller.
+    neighbours' and the latent grid (its TT, its cross) is ``s^D`` times smaller. The "voxel
+    ids" below are then ids of lattice cells; :meth:`centres` maps them to voxels.
 
     ``positions=True`` passes the patch centres, scaled to ``[-1, 1]``, as the encoder's second
     argument. ``background=v`` subtracts the features of a constant patch of value ``v`` (at

@@ -45,6 +45,9 @@ class CPIC(nn.Module):
     differentiably at every step, so at no extra read): whole-grid averages dilute a small
     anomaly (a lesion) to nothing, a maximum over the cherry-picked samples keeps it.
 
+    ``stride=s`` centres patches on every ``s``-th voxel only: the latent tensor is the
+    ``ceil(n / s)``-per-axis lattice of them (:class:`PatchFeatures`), ``s^D`` times smaller.
+
     Example:
         >>> import torch, cpic
         >>> from cpic.nn import Classification

@@ -129,6 +129,7 @@ def test_evaluate_and_inspect(cohort):
     info = json.loads(ok(model).stdout)
     assert info["kind"] == "model" and info["task"] == "classification" and info["classes"] == CLASSES
     assert info["grid"] == [16, 16, 16] and info["rank"] == 2 and info["parameters"] > 0
+    assert info["stride"] == 1 and info["sampled_max"] is False
     assert info["provenance"]["extra"] == ["age"] and info["provenance"]["normalize"] == "none"
     assert "parameters" in ok(model_table).stdout
     info = json.loads(ok(volume).stdout)
@@ -169,6 +170,8 @@ def test_resume_and_config(cohort):
     assert config["rank"] == 2  # the flag wins
     assert config["sampled_max"] is True and config["stride"] == 2
     assert ok(run("predict", "cfg", "v1.npy", "--json", cwd=root)).stdout  # sampled-max, strided: loads
+    shown = ok(run("inspect", "cfg", cwd=root)).stdout
+    assert "patch 3, stride 2, 1 channel(s)" in shown and "mean + sampled max, 0 extra feature(s)" in shown
     resumed = ok(
         run(
             *["train", "cohort.csv", "-o", "r2", "--epochs", "2", *small],

@@ -69,6 +69,8 @@ def _model_summary(config: dict) -> dict:
         "rank": config.get("rank"),
         "features": config.get("features"),
         "patch": config.get("patch"),
+        "stride": config.get("stride", 1),
+        "sampled_max": config.get("sampled_max", False),
         "channels": config.get("channels"),
         "encoder": config.get("encoder"),
         "projection": config.get("projection"),
@@ -110,11 +112,13 @@ def _model_lines(info: dict) -> list[str]:
         f"  quantiles      {info['quantiles']}" if info["quantiles"] is not None else None,
         f"  grid           {tuple(info['grid'])}, layout {info['layout']}, "
         f"tensor {tuple(info['tensor_shape'])}",
-        f"  latent         rank {info['rank']}, {info['features']} features, patch {info['patch']}, "
+        f"  latent         rank {info['rank']}, {info['features']} features, patch {info['patch']}"
+        f"{f', stride {stride}' if (stride := info['stride']) != 1 else ''}, "
         f"{info['channels']} channel(s)",
         f"  encoder        {info['encoder']} "
         f"(positions {info['positions']}, background {info['background']})",
-        f"  projection     {info['projection']}, {info['extra_features']} extra feature(s)",
+        f"  projection     {info['projection']}{' + sampled max' if info['sampled_max'] else ''}, "
+        f"{info['extra_features']} extra feature(s)",
         f"  parameters     {info['parameters']:,}",
         f"  saved          {prov.get('saved')} by cpic {prov.get('cpic')}, torch {prov.get('torch')}",
     ]

@@ -169,7 +169,7 @@ def test_a_strided_model_predicts_explains_and_round_trips_through_its_config():
         CPIC((32, 32, 32), Classification(2), stride=0)
     with pytest.raises(ValueError, match="stride=1"):
         CPIC((32, 32, 32), Reconstruction(), stride=2)
-    with pytest.raises(ValueError, match=r"grid \(32, 32, 16\) differs from the model's \(32, 32, 20\)"):
+    with pytest.raises(ValueError, match=r"grid \(32, 32, 17\) differs from the model's \(32, 32, 20\)"):
         model([ArraySource(torch.rand(32, 32, 17))])  # the same lattice of centres, another grid
 
 

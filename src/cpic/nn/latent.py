@@ -27,6 +27,8 @@ class PatchFeatures:
     neighbours' and the latent grid (its TT, its cross) is ``s^D`` times smaller. The "voxel
     ids" below are then ids of lattice cells; :meth:`centres` maps them to voxels.
 
+    ``volume_shape`` is the voxel grid every source must have (default: the first source's).
+
     ``positions=True`` passes the patch centres, scaled to ``[-1, 1]``, as the encoder's second
     argument. ``background=v`` subtracts the features of a constant patch of value ``v`` (at
     the same position), so empty space has zero features and the TT's rank is spent on the
@@ -53,6 +55,7 @@ class PatchFeatures:
         positions: bool = False,
         background: float | None = None,
         stride: int = 1,
+        volume_shape: Sequence[int] | None = None,
     ):
         self.sources = list(sources)
         if not self.sources:
@@ -60,13 +63,14 @@ class PatchFeatures:
         if layout.features is None:
             raise ValueError("the layout needs a feature mode (features=F) for encoder features.")
         self.stride = stride
-        self.volume_shape = self.sources[0].shape
-        if lattice(self.volume_shape, stride) != tuple(layout.grid_shape):
+        self.volume_shape = tuple(volume_shape or self.sources[0].shape)
+        centres = lattice(self.volume_shape, stride)
+        if centres != tuple(layout.grid_shape):
             raise ValueError(
-                f"{self.sources[0].name}: grid {self.volume_shape} with stride {stride} gives "
-                f"{lattice(self.volume_shape, stride)} patch centres, not the layout's {layout.grid_shape}."
+                f"grid {self.volume_shape} with stride {stride} gives {centres} patch centres, "
+                f"not the layout's {layout.grid_shape}."
             )
-        check_same_grid(self.sources, self.volume_shape, "the other sources'")
+        check_same_grid(self.sources, self.volume_shape, "the model's")
         self.layout, self.encoder, self.patch, self.border = layout, encoder, patch, border
         self.positions, self.background = positions, background
         self.device = torch.device(device) if device is not None else _module_device(encoder)

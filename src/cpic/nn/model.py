@@ -17,7 +17,7 @@ from cpic.nn.encoders import make_encoder
 from cpic.nn.heads import Head, Reconstruction
 from cpic.nn.latent import PatchFeatures, lattice
 from cpic.nn.projections import make_projection
-from cpic.sources import VolumeSource, check_same_grid
+from cpic.sources import VolumeSource
 from cpic.tt import TT
 
 #: what a singular block or a non-finite core raises
@@ -147,7 +147,6 @@ class CPIC(nn.Module):
     # ------------------------------------------------------------------ the latent TT
     def feature_function(self, sources: Sequence[VolumeSource]) -> PatchFeatures:
         """The batched function of the latent tensor of ``sources`` (what cross samples)."""
-        check_same_grid(sources, self.grid_shape, "the model's")
         return PatchFeatures(
             sources,
             self.layout,
@@ -157,6 +156,7 @@ class CPIC(nn.Module):
             positions=self.positions,
             background=self.background,
             stride=self.stride,
+            volume_shape=self.grid_shape,
         )
 
     def latent(

@@ -11,7 +11,8 @@ at uniformly random centres.
 
 Run: ``python benchmarks/lesion_hits.py --side 256 --volumes 24`` (``--configs 8:2:group:1,8:2:binary:4``:
 rank:sweeps:layout:stride, grouped modes of size 8 or binary modes of size 2, patch centres on
-every stride-th voxel).
+every stride-th voxel; ``--oedema``: the lesions in their oedema halos, hits still counted in the
+lesion itself).
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def main() -> None:
     parser.add_argument("--configs", default="8:2:group:1,8:4:group:1,8:2:binary:1,8:2:group:2,8:2:group:4",
                         help="rank:sweeps:group|binary:stride, comma-separated")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--oedema", action="store_true", help="each lesion in a faint oedema halo")
     args = parser.parse_args()
-    sources, _ = lesion_cohort(2 * args.volumes, side=args.side, seed=args.seed)
+    sources, _ = lesion_cohort(2 * args.volumes, side=args.side, seed=args.seed, oedema=args.oedema)
     sources = [s for s in sources if s.function.lesions]
     print(
         f"{len(sources)} lesion-bearing volumes of {args.side}^3 (lesions: "

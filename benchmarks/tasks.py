@@ -47,9 +47,9 @@ from train_step import saved_bytes  # a sibling script (its folder is on sys.pat
 METHODS = ("dense", "dense-max", "cpic", "cpic-max", "random", "random-max", "attention")
 
 
-def cohort(task: str, count: int, side: int, seed: int):
+def cohort(task: str, count: int, side: int, seed: int, oedema: bool = False):
     if task == "lesion":
-        sources, labels = lesion_cohort(count, side=side, seed=seed)
+        sources, labels = lesion_cohort(count, side=side, seed=seed, oedema=oedema)
         return sources, labels["presence"], 2
     sources, labels = shape_cohort(count, side=side, seed=seed)
     return sources, labels, len(SHAPE_CLASSES)
@@ -193,6 +193,7 @@ def dense_views(model: DenseCNN, args, sources) -> float:
     (every voxel is read, which for a procedural cohort means computed: slow, so done once).
     Returns the seconds per volume that reading and downsampling took when it was measured."""
     version = "-".join(f"{v:g}" for v in CONTRAST) if args.task == "lesion" else "v1"  # cohort settings
+    version += "-oedema" if args.oedema else ""
     name = f"{args.task}-{version}-{args.side}-{args.seed}-{args.count}-{args.dense_side}.pt"
     path = Path(args.cache) / name
     if path.exists():
@@ -228,7 +229,7 @@ def resolution_sweep(args, sides: list[int], classes: int) -> list[dict]:
     rows = []
     for side in sides:
         sub = argparse.Namespace(**{**vars(args), "side": side})
-        sources, labels, _ = cohort(args.task, 2, side, args.seed)
+        sources, labels, _ = cohort(args.task, 2, side, args.seed, args.oedema)
         model = build("cpic", sub, classes, 1)
         memory = step_memory(model, sources, labels)
         read = sum(s.stats.unique_voxels for s in sources) / len(sources) / side**3
@@ -354,9 +355,12 @@ def example_figure(source, path: Path) -> None:
         lesions = (f(coords) - f(coords, with_lesions=False)).reshape(side, side)
         ax.imshow(image.T, cmap="gray", origin="lower")
         ax.contour(lesions.T, levels=[0.15], colors="red", linewidths=0.8)
+        if f.oedema:
+            ax.contour(lesions.T, levels=[-0.1], colors="cyan", linewidths=0.8)
         ax.set_title(f"axis {axis} = {at[axis]}")
         ax.axis("off")
-    fig.suptitle(f"{source.name}: {len(f.lesions)} lesion(s), largest in {lesion.region} (red outline)")
+    halo = ", oedema in cyan" if f.oedema else ""
+    fig.suptitle(f"{source.name}: {len(f.lesions)} lesion(s), largest in {lesion.region} (red outline{halo})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -368,6 +372,7 @@ def main() -> None:
     )
     parser.add_argument("--task", choices=("lesion", "shapes"), default="lesion")
     parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--oedema", action="store_true", help="lesion: each lesion in a faint oedema halo")
     parser.add_argument("--count", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per method")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -388,6 +393,9 @@ def main() -> None:
     parser.add_argument(
         "--refresh", type=int, default=5, help="C-PIC: re-select pivots every N epochs (0: never)"
     )
+    parser.add_argument(
+        "--samples", type=int, default=0, help="sampling baselines: patches per step (default: C-PIC's count)"
+    )
     parser.add_argument("--view", type=int, default=32, help="attention sampling: low-resolution side")
     parser.add_argument("--dense-side", type=int, default=64)
     parser.add_argument("--sweep", default="", help="sides for the resolution table, e.g. 64,128,256,512")
@@ -396,12 +404,14 @@ def main() -> None:
     parser.add_argument("--write", default="", help="write the markdown report here (figures next to it)")
     args = parser.parse_args()
 
-    sources, labels, classes = cohort(args.task, args.count, args.side, args.seed)
-    samples = patches_per_step(args, sources, labels, classes)
-    print(f"C-PIC encodes {samples} patches per volume per step", flush=True)
+    sources, labels, classes = cohort(args.task, args.count, args.side, args.seed, args.oedema)
+    samples = args.samples or patches_per_step(args, sources, labels, classes)
+    print(f"the sampling baselines encode {samples} patches per volume per step", flush=True)
     results = []
     for method in args.methods.split(","):
-        sources, labels, classes = cohort(args.task, args.count, args.side, args.seed)  # fresh read counters
+        sources, labels, classes = cohort(
+            args.task, args.count, args.side, args.seed, args.oedema
+        )  # fresh read counters
         results.append(train(method, args, sources, labels, classes, samples))
     sweep = resolution_sweep(args, [int(s) for s in args.sweep.split(",") if s], classes)
     report = markdown(args, results, sweep, samples)

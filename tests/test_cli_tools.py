@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cpic.cli.main import main
-from cpic.data import blob_field
+from cpic.data import blob_field, lesion_cohort
 
 
 def run(*args, cwd=None):
@@ -155,6 +155,11 @@ def test_cohort_writes_volumes_and_a_manifest_that_train_reads(tmp_path):
     import nibabel
 
     assert nibabel.load(tmp_path / "les" / with_lesions[0]).shape == (16, 16, 16)
+    cli("cohort", "lesion", tmp_path / "oed", "--count", 2, "--side", 16, "--oedema", "--quiet")
+    swollen = np.load(tmp_path / "oed" / "colin27-0001.npy")
+    expected, _ = lesion_cohort(2, side=16, oedema=True)
+    assert np.array_equal(swollen, expected[1].read_planes(0, 16).numpy())
+    assert not np.array_equal(swollen, lesion_cohort(2, side=16)[0][1].read_planes(0, 16).numpy())
     cli("cohort", "shapes", tmp_path / "sh", "--count", 3, "--side", 16, "--quiet")
     shapes = (tmp_path / "sh" / "manifest.csv").read_text().splitlines()
     assert shapes[0] == "path,label"

@@ -53,6 +53,34 @@ def test_inserted_lesions_are_where_and_as_large_as_the_labels_say():
             assert difference[nearest] > 0.6 * lesion.contrast
 
 
+def test_oedema_darkens_a_halo_around_each_lesion_and_nothing_else():
+    from cpic.data.lesions import OEDEMA_CONTRAST, OEDEMA_SCALE
+
+    plain, labels = lesion_cohort(4, side=48, seed=2)
+    swollen, same_labels = lesion_cohort(4, side=48, seed=2, oedema=True)
+    assert labels["volume"].tolist() == same_labels["volume"].tolist()
+    assert labels["region"] == same_labels["region"]
+    coords = _grid(48)
+    for a, b in zip(plain, swollen):
+        assert a.function.lesions == b.function.lesions
+        difference = b.read(coords) - a.read(coords)
+        if not a.function.lesions:
+            assert difference.abs().max() == 0
+            continue
+        p = a.function.to_anatomy(coords)
+        # each voxel's distance from its nearest lesion, in units of that lesion's radii
+        centres = torch.tensor([lesion.centre for lesion in a.function.lesions])
+        radii = torch.tensor([lesion.radii for lesion in a.function.lesions])
+        r = ((p[:, None] - centres) / radii).norm(dim=2).min(1).values
+        gain = 1.5  # the bias field scales the halo by up to about +-50%
+        assert difference[r > 2 * OEDEMA_SCALE].abs().max() < 1e-3  # nothing far away
+        shell = (r > 1.4) & (r < OEDEMA_SCALE - 0.6)
+        assert shell.any()
+        assert (difference[shell] < OEDEMA_CONTRAST / (2 * gain)).all()  # darker around the lesion
+        assert (difference[shell] > OEDEMA_CONTRAST * gain).all()
+        assert difference[r < 0.5].abs().max() < 0.02  # the lesion keeps its contrast
+
+
 def test_same_seed_same_volume_in_any_read_order_and_count():
     a, _ = lesion_cohort(4, side=48, seed=5)
     b, _ = lesion_cohort(6, side=48, seed=5)

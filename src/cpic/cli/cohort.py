@@ -40,6 +40,9 @@ def register(commands) -> None:
     p.add_argument(
         "--max-lesions", type=positive_int, default=3, help="lesion: most lesions per volume (default 3)"
     )
+    p.add_argument(
+        "--oedema", action="store_true", help="lesion: put each lesion in a faint hypointense oedema halo"
+    )
     add_common(p, device=False)
     one_line_errors(p, "cohort")
     p.set_defaults(handler=run)
@@ -51,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.kind == "lesion":
         sources, labels = lesion_cohort(
-            args.count, side=args.side, seed=args.seed, anatomy=args.anatomy, max_lesions=args.max_lesions
+            args.count,
+            side=args.side,
+            seed=args.seed,
+            anatomy=args.anatomy,
+            max_lesions=args.max_lesions,
+            oedema=args.oedema,
         )
         columns = {name: labels[name] for name in ("presence", "count", "volume", "region")}
     else:

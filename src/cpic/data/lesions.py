@@ -35,6 +35,9 @@ DEFORM_VOXELS, BIAS = 3.0, 0.15
 NOISE = 0.03
 #: lesion edge width in anatomy voxels
 EDGE = 1.0
+#: perilesional oedema, when asked for: a hypointense (T1) halo of the lesion's shape, this many
+#: times its radii, with this contrast and a soft edge (this fraction of the halo's radius)
+OEDEMA_SCALE, OEDEMA_CONTRAST, OEDEMA_EDGE = 2.5, -0.25, 0.15
 #: voxels computed at once
 CHUNK = 1 << 20
 
@@ -181,8 +184,8 @@ def _trilinear(volume: Tensor, p: Tensor) -> Tensor:
 class LesionVolume:
     """The voxel function of one cohort member: ``coords [K, 3] -> float32 [K]``."""
 
-    def __init__(self, anatomy: str, side: int, seed: int, lesions: int):
-        self.anatomy_name, self.side, self.seed = anatomy, side, seed
+    def __init__(self, anatomy: str, side: int, seed: int, lesions: int, oedema: bool = False):
+        self.anatomy_name, self.side, self.seed, self.oedema = anatomy, side, seed, oedema
         anat = _anatomy(anatomy)
         self.volume = anat.volume
         gen = torch.Generator().manual_seed(seed % 2**63)
@@ -206,13 +209,17 @@ class LesionVolume:
         return p + DEFORM_VOXELS * _evaluate_field(self.deformation, u)
 
     def lesion_mask(self, p: Tensor) -> Tensor:
-        """Soft occupancy of all lesions at anatomy positions ``p [K, 3]``, weighted by contrast."""
+        """Soft occupancy of all lesions at anatomy positions ``p [K, 3]``, weighted by contrast,
+        plus their oedema halos when the volume has them."""
         total = torch.zeros(len(p), dtype=torch.float32)
         for lesion in self.lesions:
             q = (p - torch.tensor(lesion.centre, dtype=p.dtype)) / torch.tensor(lesion.radii, dtype=p.dtype)
             r = q.norm(dim=1)
             edge = EDGE / min(lesion.radii)
-            total += lesion.contrast * torch.sigmoid((1 - r) / edge)
+            core = torch.sigmoid((1 - r) / edge)
+            total += lesion.contrast * core
+            if self.oedema:  # around the lesion, not over it
+                total += OEDEMA_CONTRAST * torch.sigmoid((1 - r / OEDEMA_SCALE) / OEDEMA_EDGE) * (1 - core)
         return total
 
     def __call__(self, coords: Tensor, with_lesions: bool = True, noise: bool = True) -> Tensor:
@@ -242,9 +249,10 @@ def _check_int(name: str, value, low: int) -> None:
 
 
 def lesion_source(
-    anatomy: str = "colin27", side: int = 256, seed: int = 0, lesions: int = 1
+    anatomy: str = "colin27", side: int = 256, seed: int = 0, lesions: int = 1, oedema: bool = False
 ) -> ProceduralSource:
-    """One volume: ``anatomy`` (see ``ANATOMIES``) on a ``side^3`` grid with ``lesions`` lesions.
+    """One volume: ``anatomy`` (see ``ANATOMIES``) on a ``side^3`` grid with ``lesions`` lesions,
+    each inside a faint hypointense oedema halo (``OEDEMA_*``) when ``oedema``.
 
     The returned source's ``.function`` is a :class:`LesionVolume`; its ``.lesions`` list says
     what was inserted (centre, radii, contrast, AAL region on Colin27) and ``.lesion_voxels``
@@ -257,12 +265,17 @@ def lesion_source(
     """
     _check_int("side", side, 8)
     _check_int("lesions", lesions, 0)
-    function = LesionVolume(anatomy, int(side), seed, int(lesions))
+    function = LesionVolume(anatomy, int(side), seed, int(lesions), bool(oedema))
     return ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
 
 
 def lesion_cohort(
-    count: int, side: int = 256, seed: int = 0, anatomy: str = "colin27", max_lesions: int = 3
+    count: int,
+    side: int = 256,
+    seed: int = 0,
+    anatomy: str = "colin27",
+    max_lesions: int = 3,
+    oedema: bool = False,
 ) -> tuple[list[ProceduralSource], dict[str, Tensor | list[str]]]:
     """``count`` volumes, every other one lesion-free, and their labels.
 
@@ -270,7 +283,8 @@ def lesion_cohort(
     so presence is balanced. Labels: ``presence`` (0/1), ``count``, ``volume`` (total lesion
     volume in grid voxels) and ``region`` (the AAL region holding the largest lesion on Colin27,
     ``"unknown"`` on other anatomies, ``"none"`` without lesions). Item ``i`` does not depend on
-    ``count``.
+    ``count``. With ``oedema`` every lesion sits in a faint hypointense halo 2.5 times its size
+    (the perilesional oedema of tumours); the draws, and so the labels, are the same either way.
 
     Example:
         >>> sources, labels = lesion_cohort(4, side=32)            # doctest: +SKIP
@@ -286,7 +300,7 @@ def lesion_cohort(
         k = 0
         if index % 2:
             k = 1 + int(torch.randint(max_lesions, (1,), generator=torch.Generator().manual_seed(item_seed)))
-        source = lesion_source(anatomy, side, item_seed, k)
+        source = lesion_source(anatomy, side, item_seed, k, oedema)
         source.name = f"{anatomy}-{index:04d}"
         function: LesionVolume = source.function
         found = function.lesions

@@ -12,7 +12,7 @@ at uniformly random centres.
 Run: ``python benchmarks/lesion_hits.py --side 256 --volumes 24`` (``--configs 8:2:group:1,8:2:binary:4``:
 rank:sweeps:layout:stride, grouped modes of size 8 or binary modes of size 2, patch centres on
 every stride-th voxel; ``--oedema``: the lesions in their oedema halos, hits still counted in the
-lesion itself).
+lesion itself, plus a column for hits in the halo).
 """
 
 from __future__ import annotations
@@ -25,16 +25,21 @@ import torch
 
 import cpic
 from cpic.data import lesion_cohort
+from cpic.data.lesions import OEDEMA_CONTRAST
 from cpic.layout import QTTLayout
 from cpic.nn import Classification, lattice
 
 
-def lesion_voxels(source, ids: np.ndarray) -> int:
-    """How many of the voxels ``ids`` (C-order linear) lie inside one of the source's lesions."""
+def lesion_voxels(source, ids: np.ndarray, halo: bool = False) -> int:
+    """How many of the voxels ``ids`` (C-order linear) lie inside one of the source's lesions
+    (with ``halo``: inside their oedema, where it takes away more than half its contrast)."""
     f = source.function
     coords = torch.from_numpy(np.stack(np.unravel_index(ids, source.shape), 1))
-    added = f.lesion_mask(f.to_anatomy(coords))
-    return int((added > 0.5 * min(lesion.contrast for lesion in f.lesions)).sum())
+    p = f.to_anatomy(coords)
+    lesion = f.lesion_mask(p, oedema=False)
+    if halo:
+        return int((f.lesion_mask(p, oedema=True) - lesion < OEDEMA_CONTRAST / 2).sum())
+    return int((lesion > 0.5 * min(le.contrast for le in f.lesions)).sum())
 
 
 def random_patch_ids(side: int, voxels: int, patch: int, rng: np.random.Generator) -> np.ndarray:
@@ -76,6 +81,8 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
                     lesion_voxels(src, selection),
                     lesion_voxels(src, step),
                     lesion_voxels(src, random),
+                    lesion_voxels(src, selection, halo=True),
+                    lesion_voxels(src, random, halo=True),
                 )
             )
     r = np.array(rows, dtype=np.float64)
@@ -88,6 +95,8 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
         "hit_random": (r[:, 3] > 0).mean(),
         "lesion_read_cross": r[:, 1].mean(),
         "lesion_read_random": r[:, 3].mean(),
+        "hit_halo_selection": (r[:, 4] > 0).mean(),
+        "hit_halo_random": (r[:, 5] > 0).mean(),
         "seconds": (time.perf_counter() - started) / len(sources),
     }
 
@@ -109,15 +118,17 @@ def main() -> None:
         f"{len(sources)} lesion-bearing volumes of {args.side}^3 (lesions: "
         f"{np.mean([s.function.lesion_voxels for s in sources]):.0f} voxels on average)\n"
     )
+    halo = " oedema hit: selection / random |" if args.oedema else ""
     print("| C-PIC selection | voxels read | volumes hit: selection | hit: training step's patches | "
-          "hit: random patches, as many voxels | lesion voxels read: cross / random |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          f"hit: random patches, as many voxels | lesion voxels read: cross / random |{halo}")  # fmt: skip
+    print("|---|---|---|---|---|---|" + "---|" * bool(halo))
     for text in args.configs.split(","):
         rank, sweeps, kind, stride = text.split(":")
         r = measure(sources, args.side, int(rank), int(sweeps), kind == "group", int(stride), args.seed)
         print(
             f"| {r['config']} | {100 * r['read']:.2f}% | {r['hit_selection']:.2f} | {r['hit_step']:.2f} | "
-            f"{r['hit_random']:.2f} | {r['lesion_read_cross']:.0f} / {r['lesion_read_random']:.0f} |",
+            f"{r['hit_random']:.2f} | {r['lesion_read_cross']:.0f} / {r['lesion_read_random']:.0f} |"
+            + (f" {r['hit_halo_selection']:.2f} / {r['hit_halo_random']:.2f} |" if halo else ""),
             flush=True,
         )
 

@@ -408,10 +408,8 @@ def main() -> None:
     samples = args.samples or patches_per_step(args, sources, labels, classes)
     print(f"the sampling baselines encode {samples} patches per volume per step", flush=True)
     results = []
-    for method in args.methods.split(","):
-        sources, labels, classes = cohort(
-            args.task, args.count, args.side, args.seed, args.oedema
-        )  # fresh read counters
+    for method in args.methods.split(","):  # a fresh cohort: fresh read counters
+        sources, labels, classes = cohort(args.task, args.count, args.side, args.seed, args.oedema)
         results.append(train(method, args, sources, labels, classes, samples))
     sweep = resolution_sweep(args, [int(s) for s in args.sweep.split(",") if s], classes)
     report = markdown(args, results, sweep, samples)

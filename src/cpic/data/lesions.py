@@ -208,9 +208,11 @@ class LesionVolume:
         p = self.offset + u * self.scale * self.side - 0.5
         return p + DEFORM_VOXELS * _evaluate_field(self.deformation, u)
 
-    def lesion_mask(self, p: Tensor) -> Tensor:
+    def lesion_mask(self, p: Tensor, oedema: bool | None = None) -> Tensor:
         """Soft occupancy of all lesions at anatomy positions ``p [K, 3]``, weighted by contrast,
-        plus their oedema halos when the volume has them."""
+        plus their oedema halos when the volume has them (or when ``oedema`` says so). Halos
+        that overlap add up, as the fluid of two lesions does."""
+        oedema = self.oedema if oedema is None else oedema
         total = torch.zeros(len(p), dtype=torch.float32)
         for lesion in self.lesions:
             q = (p - torch.tensor(lesion.centre, dtype=p.dtype)) / torch.tensor(lesion.radii, dtype=p.dtype)
@@ -218,7 +220,7 @@ class LesionVolume:
             edge = EDGE / min(lesion.radii)
             core = torch.sigmoid((1 - r) / edge)
             total += lesion.contrast * core
-            if self.oedema:  # around the lesion, not over it
+            if oedema:  # around the lesion, not over it
                 total += OEDEMA_CONTRAST * torch.sigmoid((1 - r / OEDEMA_SCALE) / OEDEMA_EDGE) * (1 - core)
         return total
 

@@ -30,16 +30,18 @@ from cpic.layout import QTTLayout
 from cpic.nn import Classification, lattice
 
 
-def lesion_voxels(source, ids: np.ndarray, halo: bool = False) -> int:
-    """How many of the voxels ``ids`` (C-order linear) lie inside one of the source's lesions
-    (with ``halo``: inside their oedema, where it takes away more than half its contrast)."""
+def lesion_voxels(source, ids: np.ndarray) -> tuple[int, int]:
+    """How many of the voxels ``ids`` (C-order linear) lie inside one of the source's lesions,
+    and how many inside their oedema (where it takes away more than half its contrast; 0 for a
+    volume without)."""
     f = source.function
     coords = torch.from_numpy(np.stack(np.unravel_index(ids, source.shape), 1))
     p = f.to_anatomy(coords)
     lesion = f.lesion_mask(p, oedema=False)
-    if halo:
-        return int((f.lesion_mask(p, oedema=True) - lesion < OEDEMA_CONTRAST / 2).sum())
-    return int((lesion > 0.5 * min(le.contrast for le in f.lesions)).sum())
+    inside = int((lesion > 0.5 * min(le.contrast for le in f.lesions)).sum())
+    if not f.oedema:
+        return inside, 0
+    return inside, int((f.lesion_mask(p) - lesion < OEDEMA_CONTRAST / 2).sum())
 
 
 def random_patch_ids(side: int, voxels: int, patch: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,16 +77,9 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
             step = src.stats.voxel_ids().copy()
             rng = np.random.default_rng(seed + i)
             random = random_patch_ids(side, len(selection), 3, rng)
-            rows.append(
-                (
-                    len(selection),
-                    lesion_voxels(src, selection),
-                    lesion_voxels(src, step),
-                    lesion_voxels(src, random),
-                    lesion_voxels(src, selection, halo=True),
-                    lesion_voxels(src, random, halo=True),
-                )
-            )
+            cross, cross_halo = lesion_voxels(src, selection)
+            drawn, drawn_halo = lesion_voxels(src, random)
+            rows.append((len(selection), cross, lesion_voxels(src, step)[0], drawn, cross_halo, drawn_halo))
     r = np.array(rows, dtype=np.float64)
     return {
         "config": f"rank {rank}, {sweeps} sweeps, {'grouped 8' if group else 'binary 2'} modes, "

@@ -7,7 +7,9 @@ volumes where (a) any voxel read during the selection and (b) any voxel of the p
 training step encodes (the interpolation, what ``sampled_max`` pools over) lies inside a lesion
 (where it adds more than half its contrast), and how many lesion voxels were read. The
 random-patch column reads the same number of distinct voxels as the selection, in 3^3 patches
-at uniformly random centres.
+at uniformly random centres. How widely each set of reads is spread is counted in the cells of
+a 16^3 grid over the volume (16^3 voxels at 256^3, about a lesion's diameter) that hold head
+tissue: a lesion can only be found in a cell that some read reaches.
 
 Run: ``python benchmarks/lesion_hits.py --side 256 --volumes 24`` (``--configs 8:2:group:1,8:2:binary:4``:
 rank:sweeps:layout:stride, grouped modes of size 8 or binary modes of size 2, patch centres on
@@ -44,6 +46,24 @@ def lesion_voxels(source, ids: np.ndarray) -> tuple[int, int]:
     return inside, int((f.lesion_mask(p) - lesion < OEDEMA_CONTRAST / 2).sum())
 
 
+def cells_touched(ids: np.ndarray, side: int, cells: int = 16) -> np.ndarray:
+    """Which of the ``cells^3`` equal cells of the grid (side 16 at 256^3, about a lesion's
+    diameter) hold at least one of the voxels ``ids``: how widely a set of reads is spread."""
+    coords = np.stack(np.unravel_index(ids, (side,) * 3), 1) * cells // side
+    return np.unique(np.ravel_multi_index(coords.T, (cells,) * 3))
+
+
+def head_cells(source, cells: int = 16, samples: int = 4) -> np.ndarray:
+    """The cells (as in :func:`cells_touched`) where the lesion-free head has tissue (above a
+    fifth of the intensity range) at one of ``samples^3`` points spread over the cell."""
+    side = source.shape[0]
+    step = side // (cells * samples)
+    axis = torch.arange(cells * samples) * step + step // 2
+    coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    tissue = source.function(coords, with_lesions=False, noise=False) > 0.2
+    return np.unique(np.ravel_multi_index((coords[tissue].numpy() * cells // side).T, (cells,) * 3))
+
+
 def random_patch_ids(side: int, voxels: int, patch: int, rng: np.random.Generator) -> np.ndarray:
     """Distinct voxel ids of random ``patch^3`` patches, about ``voxels`` of them."""
     offsets = np.stack(np.meshgrid(*[np.arange(patch) - patch // 2] * 3, indexing="ij"), -1).reshape(-1, 3)
@@ -76,24 +96,26 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
             cpic.interpolate(f, info)
             step = src.stats.voxel_ids().copy()
             rng = np.random.default_rng(seed + i)
-            random = random_patch_ids(side, len(selection), 3, rng)
-            cross, cross_halo = lesion_voxels(src, selection)
-            drawn, drawn_halo = lesion_voxels(src, random)
-            rows.append((len(selection), cross, lesion_voxels(src, step)[0], drawn, cross_halo, drawn_halo))
-    r = np.array(rows, dtype=np.float64)
-    return {
-        "config": f"rank {rank}, {sweeps} sweeps, {'grouped 8' if group else 'binary 2'} modes, "
-        f"stride {stride}",
-        "read": r[:, 0].mean() / side**3,
-        "hit_selection": (r[:, 1] > 0).mean(),
-        "hit_step": (r[:, 2] > 0).mean(),
-        "hit_random": (r[:, 3] > 0).mean(),
-        "lesion_read_cross": r[:, 1].mean(),
-        "lesion_read_random": r[:, 3].mean(),
-        "hit_halo_selection": (r[:, 4] > 0).mean(),
-        "hit_halo_random": (r[:, 5] > 0).mean(),
-        "seconds": (time.perf_counter() - started) / len(sources),
+            reads = {
+                "cross": selection,
+                "step": step,
+                "random": random_patch_ids(side, len(selection), 3, rng),
+                "random_step": random_patch_ids(side, len(step), 3, rng),
+            }
+            head = head_cells(src)
+            row = {"read": len(selection) / side**3, "head_cells": len(head)}
+            for name, ids in reads.items():
+                row[f"lesion_{name}"], row[f"halo_{name}"] = lesion_voxels(src, ids)
+                row[f"cells_{name}"] = len(np.intersect1d(cells_touched(ids, side), head))
+            rows.append(row)
+    mean = {key: np.mean([row[key] for row in rows]) for key in rows[0]}
+    hits = {f"hit_{key[7:]}": np.mean([row[key] > 0 for row in rows]) for key in rows[0] if "lesion_" in key}
+    halo = {
+        f"halo_hit_{key[5:]}": np.mean([row[key] > 0 for row in rows]) for key in rows[0] if "halo_" in key
     }
+    config = f"rank {rank}, {sweeps} sweeps, {'grouped 8' if group else 'binary 2'} modes, stride {stride}"
+    seconds = (time.perf_counter() - started) / len(sources)
+    return {"config": config, **mean, **hits, **halo, "seconds": seconds}
 
 
 def main() -> None:
@@ -115,15 +137,20 @@ def main() -> None:
     )
     halo = " oedema hit: selection / random |" if args.oedema else ""
     print("| C-PIC selection | voxels read | volumes hit: selection | hit: training step's patches | "
-          f"hit: random patches, as many voxels | lesion voxels read: cross / random |{halo}")  # fmt: skip
-    print("|---|---|---|---|---|---|" + "---|" * bool(halo))
+          "hit: random patches, as many voxels as the selection / as the step | lesion voxels read: "
+          "cross / random | head cells reached (of a 16^3 grid): selection / step / random, as many "
+          f"voxels as the selection / as the step |{halo}")  # fmt: skip
+    print("|---|---|---|---|---|---|---|" + "---|" * bool(halo))
     for text in args.configs.split(","):
         rank, sweeps, kind, stride = text.split(":")
         r = measure(sources, args.side, int(rank), int(sweeps), kind == "group", int(stride), args.seed)
         print(
-            f"| {r['config']} | {100 * r['read']:.2f}% | {r['hit_selection']:.2f} | {r['hit_step']:.2f} | "
-            f"{r['hit_random']:.2f} | {r['lesion_read_cross']:.0f} / {r['lesion_read_random']:.0f} |"
-            + (f" {r['hit_halo_selection']:.2f} / {r['hit_halo_random']:.2f} |" if halo else ""),
+            f"| {r['config']} | {100 * r['read']:.2f}% | {r['hit_cross']:.2f} | {r['hit_step']:.2f} | "
+            f"{r['hit_random']:.2f} / {r['hit_random_step']:.2f} | "
+            f"{r['lesion_cross']:.0f} / {r['lesion_random']:.0f} | {r['cells_cross']:.0f} / "
+            f"{r['cells_step']:.0f} / {r['cells_random']:.0f} / {r['cells_random_step']:.0f} "
+            f"of {r['head_cells']:.0f} |"
+            + (f" {r['halo_hit_cross']:.2f} / {r['halo_hit_random']:.2f} |" if halo else ""),
             flush=True,
         )
 

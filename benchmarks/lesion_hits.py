@@ -109,10 +109,8 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
                 row[f"cells_{name}"] = len(np.intersect1d(cells_touched(ids, side), head))
             rows.append(row)
     mean = {key: np.mean([row[key] for row in rows]) for key in rows[0]}
-    hits = {f"hit_{key[7:]}": np.mean([row[key] > 0 for row in rows]) for key in rows[0] if "lesion_" in key}
-    halo = {
-        f"halo_hit_{key[5:]}": np.mean([row[key] > 0 for row in rows]) for key in rows[0] if "halo_" in key
-    }
+    hits = {f"hit_{name}": np.mean([row[f"lesion_{name}"] > 0 for row in rows]) for name in reads}
+    halo = {f"halo_hit_{name}": np.mean([row[f"halo_{name}"] > 0 for row in rows]) for name in reads}
     config = f"rank {rank}, {sweeps} sweeps, {'grouped 8' if group else 'binary 2'} modes, stride {stride}"
     seconds = (time.perf_counter() - started) / len(sources)
     return {"config": config, **mean, **hits, **halo, "seconds": seconds}

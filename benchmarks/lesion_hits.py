@@ -75,7 +75,8 @@ def random_patch_ids(side: int, voxels: int, patch: int, rng: np.random.Generato
     return ids[:voxels]
 
 
-def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int, seed: int) -> dict:
+def measure(sources, heads, side: int, rank: int, sweeps: int, group: bool, stride: int, seed: int) -> dict:
+    """One selection configuration over ``sources``; ``heads`` are their :func:`head_cells`."""
     torch.manual_seed(seed)
     layout = QTTLayout(lattice((side,) * 3, stride), features=16, group=group)
     model = cpic.CPIC(
@@ -85,7 +86,7 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
     )  # fmt: skip
     rows, started = [], time.perf_counter()
     with torch.no_grad():
-        for i, src in enumerate(sources):
+        for i, (src, head) in enumerate(zip(sources, heads)):
             src.stats.reset()
             f = model.feature_function([src])
             info = model.pivots.pivots(
@@ -102,7 +103,6 @@ def measure(sources, side: int, rank: int, sweeps: int, group: bool, stride: int
                 "random": random_patch_ids(side, len(selection), 3, rng),
                 "random_step": random_patch_ids(side, len(step), 3, rng),
             }
-            head = head_cells(src)
             row = {"read": len(selection) / side**3, "head_cells": len(head)}
             for name, ids in reads.items():
                 row[f"lesion_{name}"], row[f"halo_{name}"] = lesion_voxels(src, ids)
@@ -129,6 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     sources, _ = lesion_cohort(2 * args.volumes, side=args.side, seed=args.seed, oedema=args.oedema)
     sources = [s for s in sources if s.function.lesions]
+    heads = [head_cells(s) for s in sources]  # the same for every configuration
     print(
         f"{len(sources)} lesion-bearing volumes of {args.side}^3 (lesions: "
         f"{np.mean([s.function.lesion_voxels for s in sources]):.0f} voxels on average)\n"
@@ -141,7 +142,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|" + "---|" * bool(halo))
     for text in args.configs.split(","):
         rank, sweeps, kind, stride = text.split(":")
-        r = measure(sources, args.side, int(rank), int(sweeps), kind == "group", int(stride), args.seed)
+        r = measure(
+            sources, heads, args.side, int(rank), int(sweeps), kind == "group", int(stride), args.seed
+        )
         print(
             f"| {r['config']} | {100 * r['read']:.2f}% | {r['hit_cross']:.2f} | {r['hit_step']:.2f} | "
             f"{r['hit_random']:.2f} / {r['hit_random_step']:.2f} | "

@@ -9,6 +9,7 @@ import cpic
 from cpic import TT
 from cpic.cross import CrossInfo
 from cpic.cross.cache import EvaluationCache
+from cpic.cross.maxvol import first_of_duplicates
 from tests.helpers import random_tt
 
 
@@ -95,6 +96,40 @@ def test_cache_never_evaluates_an_entry_twice():
     torch.testing.assert_close(tt.full(), ref.full())
     _, nocache = cpic.cross(g, ref.shape, batch=2, rank=3, sweeps=4, dtype=torch.float64, seed=0, cache=False)
     assert nocache.evaluations > info.evaluations
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identical_rows_resolve_to_the_one_of_smallest_key(dtype):
+    a = torch.randn(2, 12, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    a[:, 7], a[:, 9] = a[:, 2], a[:, 4]  # rows 7 and 9 repeat rows 2 and 4
+    keys = torch.arange(12).flip(0).expand(2, 12)  # later rows come first in key order
+    got = first_of_duplicates(a, torch.tensor([[2, 4, 5], [7, 9, 0]]), keys)
+    assert got.tolist() == [[7, 9, 5], [7, 9, 0]]  # rows without a twin stay
+    nearly = a.clone()  # rows equal but for one ulp are not identical
+    nearly[:, 7, 0] = torch.nextafter(a[:, 2, 0], torch.tensor(math.inf, dtype=dtype))
+    assert first_of_duplicates(nearly, torch.tensor([[2, 4, 0]] * 2), keys).tolist() == [[2, 9, 0]] * 2
+    a[:, 5] = a[:, 2]  # a rank-deficient block: two identical rows chosen together
+    assert first_of_duplicates(a, torch.tensor([[2, 5, 0]] * 2), keys).tolist() == [[2, 5, 0]] * 2
+
+
+def test_pivots_among_identical_rows_are_the_first_multi_indices():
+    """Hilbert's rows are identical exactly when their indices have the same sum: of each such
+    group, the cross's index sets hold the lexicographically first member, pass after pass,
+    so later passes meet entries already in the cache."""
+    shape = (6,) * 5
+    _, info = cpic.cross(hilbert, shape, rank=3, sweeps=3, dtype=torch.float64, seed=0)
+    d, n = len(shape), shape[0]
+    for k in range(1, d):
+        prev = info.left[k - 1][0]
+        candidates = torch.cat([prev.repeat_interleave(n, 0), torch.arange(n).repeat(len(prev))[:, None]], 1)
+        for row in info.left[k][0]:
+            assert row.tolist() == min(candidates[candidates.sum(1) == row.sum()].tolist())
+    for k in range(1, d):
+        after = info.right[k + 1][0]
+        digits = torch.arange(n).repeat_interleave(len(after))[:, None]
+        candidates = torch.cat([digits, after.repeat(n, 1)], 1)
+        for row in info.right[k][0]:
+            assert row.tolist() == min(candidates[candidates.sum(1) == row.sum()].tolist())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -11,9 +11,16 @@ import torch
 from torch import Tensor
 
 from cpic.cross.cache import BatchedFunction, BudgetExhausted, EvaluationCache
-from cpic.cross.fibers import empty_set, extend_left, extend_right, fiber_indices
+from cpic.cross.fibers import (
+    empty_set,
+    extend_left,
+    extend_right,
+    fiber_indices,
+    left_row_keys,
+    right_row_keys,
+)
 from cpic.cross.info import CrossInfo
-from cpic.cross.maxvol import maxvol_rect
+from cpic.cross.maxvol import first_of_duplicates, maxvol_rect
 from cpic.tt import TT
 
 _DEFAULT_RANK = 10
@@ -187,9 +194,11 @@ class _Sweeper:
             if k:
                 fiber = self.fiber(k)
             r0, r1 = fiber.shape[1], fiber.shape[3]
-            q = torch.linalg.qr(fiber.reshape(B, r0 * n[k], r1)).Q
+            unfolded = fiber.reshape(B, r0 * n[k], r1)
+            q = torch.linalg.qr(unfolded).Q
             target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
             rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=_MIN_ROWS_ADDED)
+            rows = first_of_duplicates(unfolded, rows, left_row_keys(self.left[k], n[: k + 1]))
             self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
             self.left[k + 1] = extend_left(self.left[k], n[k], rows)
             self.ranks[k + 1] = rows.shape[1]
@@ -205,9 +214,11 @@ class _Sweeper:
             if k < self.d - 1:
                 fiber = self.fiber(k)
             r0, r1 = fiber.shape[1], fiber.shape[3]
-            q = torch.linalg.qr(fiber.reshape(B, r0, n[k] * r1).mT).Q
+            unfolded = fiber.reshape(B, r0, n[k] * r1).mT
+            q = torch.linalg.qr(unfolded).Q
             target = self._target(k, n[k - 1] * self.ranks[k - 1])
             rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=_MIN_ROWS_ADDED)
+            rows = first_of_duplicates(unfolded, rows, right_row_keys(self.right[k + 1], n[k:]))
             self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
             self.right[k] = extend_right(self.right[k + 1], n[k], rows)
             self.ranks[k] = rows.shape[1]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -51,6 +54,50 @@ def extend_right(right: Tensor, n: int, rows: Tensor) -> Tensor:
     r = right.shape[1]
     suffix = right.gather(1, (rows % r)[:, :, None].expand(-1, -1, right.shape[2]))
     return torch.cat([(rows // r)[:, :, None], suffix], dim=2)
+
+
+def _wrapped(count: int) -> int:
+    """``count`` as int64 arithmetic wraps it around."""
+    count %= 2**64
+    return count - 2**64 if count >= 2**63 else count
+
+
+def _linear(index: Tensor, sizes: Sequence[int]) -> Tensor:
+    """C-order linear index of each multi-index ``[..., len(sizes)]`` over modes of ``sizes``
+    (wrapping around in int64 past ``2**63``: keys then collide now and then, which only
+    costs a missed duplicate)."""
+    strides = [_wrapped(math.prod(sizes[j + 1 :])) for j in range(len(sizes))]
+    return (index * torch.tensor(strides, dtype=torch.long, device=index.device)).sum(-1)
+
+
+def left_row_keys(left: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Keys of the rows of ``left x range(n)`` (``sizes`` = the modes up to and with ``n``),
+    ordered as the multi-indices they stand for: ``[B, r_left * n]``, the rows of a fiber
+    block unfolded for a left-to-right step.
+
+    Example:
+        >>> import torch
+        >>> left_row_keys(torch.tensor([[[3], [1]]]), (4, 2)).tolist()
+        [[6, 7, 2, 3]]
+    """
+    n = sizes[-1]
+    base = _linear(left, sizes[:-1])
+    return (base[:, :, None] * n + torch.arange(n, device=left.device)).flatten(1)
+
+
+def right_row_keys(right: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Keys of the rows of ``range(n) x right`` (``sizes`` = the modes from ``n`` on), ordered
+    as the multi-indices they stand for: ``[B, n * r_right]``, the rows of a fiber block
+    unfolded for a right-to-left step.
+
+    Example:
+        >>> import torch
+        >>> right_row_keys(torch.tensor([[[3], [1]]]), (2, 4)).tolist()
+        [[3, 1, 7, 5]]
+    """
+    n, tail = sizes[0], _wrapped(math.prod(sizes[1:]))
+    base = _linear(right, sizes[1:])
+    return (torch.arange(n, device=right.device)[:, None] * tail + base[:, None, :]).flatten(1)
 
 
 def empty_set(batch: int, device: torch.device) -> Tensor:

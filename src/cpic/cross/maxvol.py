@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+#: an odd 64-bit constant (the golden ratio's) spreading the fingerprint weights over all bits
+_MIX = 0x9E3779B97F4A7C15 - 2**64
+
 
 def _rows(a: Tensor, idx: Tensor) -> Tensor:
     """``a[b, idx[b]]`` for ``a: [B, N, r]``, ``idx: [B, k]`` -> ``[B, k, r]``."""
@@ -108,3 +111,42 @@ def maxvol_rect(
         )
         score = free * (score - scale[:, None] * v.square())
     return torch.cat(chosen, dim=1), coef
+
+
+def first_of_duplicates(a: Tensor, idx: Tensor, keys: Tensor) -> Tensor:
+    """``idx`` with each chosen row of ``a: [B, N, r]`` replaced by the row of equal values
+    (bitwise) whose ``keys: [B, N]`` is smallest.
+
+    Maxvol cannot tell identical rows apart, so which of them it keeps is an accident of row
+    order; in a cross, that accident changes from pass to pass and makes each pass read new
+    entries that repeat known values. Keying rows by the multi-index they stand for makes the
+    choice the same every time, so later passes meet entries already in the cache. An item
+    whose choices would collide (identical rows chosen twice, as in a rank-deficient block)
+    keeps ``idx`` as it is.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+        >>> first_of_duplicates(a, torch.tensor([[2, 1]]), torch.tensor([[5, 7, 3]])).tolist()
+        [[2, 1]]
+        >>> first_of_duplicates(a, torch.tensor([[2, 1]]), torch.tensor([[2, 7, 3]])).tolist()
+        [[0, 1]]
+    """
+    fingerprint = _row_fingerprints(a)  # [B, N]
+    chosen = fingerprint.gather(1, idx)  # [B, m]
+    largest = torch.iinfo(keys.dtype).max
+    same = chosen[:, :, None] == fingerprint[:, None, :]  # [B, m, N]
+    first = torch.where(same, keys[:, None, :], torch.full_like(keys[:, None, :], largest)).argmin(-1)
+    # a fingerprint collision or two identical rows chosen: keep that item's choice
+    keep = (_rows(a, first) == _rows(a, idx)).all(dim=2).all(dim=1, keepdim=True)
+    keep &= (first.sort(dim=1).values.diff(dim=1) != 0).all(dim=1, keepdim=True)
+    return torch.where(keep, first, idx)
+
+
+def _row_fingerprints(a: Tensor) -> Tensor:
+    """One int64 per row of ``a: [B, N, r]``, equal for bitwise-equal rows: a random linear
+    hash of the bit patterns (exact integer arithmetic, so no rounding can split equal rows)."""
+    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
+    pattern = a.contiguous().view(bits).long()
+    weights = torch.arange(1, 2 * a.shape[2], 2, dtype=torch.long, device=a.device) * _MIX
+    return (pattern * weights).sum(dim=2)

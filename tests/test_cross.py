@@ -102,7 +102,10 @@ def test_cache_never_evaluates_an_entry_twice():
 def test_identical_rows_resolve_to_the_one_of_smallest_key(dtype):
     a = torch.randn(2, 12, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))
     a[:, 7], a[:, 9] = a[:, 2], a[:, 4]  # rows 7 and 9 repeat rows 2 and 4
-    keys = torch.arange(12).flip(0).expand(2, 12)  # later rows come first in key order
+
+    def keys():  # later rows come first in key order
+        return torch.arange(12).flip(0).expand(2, 12)
+
     got = first_of_duplicates(a, torch.tensor([[2, 4, 5], [7, 9, 0]]), keys)
     assert got.tolist() == [[7, 9, 5], [7, 9, 0]]  # rows without a twin stay
     nearly = a.clone()  # rows equal but for one ulp are not identical

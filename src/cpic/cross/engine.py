@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -198,7 +199,7 @@ class _Sweeper:
             q = torch.linalg.qr(unfolded).Q
             target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
             rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=_MIN_ROWS_ADDED)
-            rows = first_of_duplicates(unfolded, rows, left_row_keys(self.left[k], n[: k + 1]))
+            rows = first_of_duplicates(unfolded, rows, partial(left_row_keys, self.left[k], n[: k + 1]))
             self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
             self.left[k + 1] = extend_left(self.left[k], n[k], rows)
             self.ranks[k + 1] = rows.shape[1]
@@ -218,7 +219,7 @@ class _Sweeper:
             q = torch.linalg.qr(unfolded).Q
             target = self._target(k, n[k - 1] * self.ranks[k - 1])
             rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=_MIN_ROWS_ADDED)
-            rows = first_of_duplicates(unfolded, rows, right_row_keys(self.right[k + 1], n[k:]))
+            rows = first_of_duplicates(unfolded, rows, partial(right_row_keys, self.right[k + 1], n[k:]))
             self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
             self.right[k] = extend_right(self.right[k + 1], n[k], rows)
             self.ranks[k] = rows.shape[1]

@@ -411,10 +411,11 @@ def evaluation_medians(name: str, f, shape, target: float, seeds: int, max_steps
     return rows
 
 
-def section_b2(repeats: int, seeds: int = 4) -> None:
+def section_b2(repeats: int, seeds: int = 4, only: str = "") -> None:
     rows = []
     for name, f, shape, target in function_cases():
-        rows += evaluation_medians(f"{name} (target {target:g})", f, shape, target, seeds=seeds)
+        if name.lower().startswith(only.lower()):
+            rows += evaluation_medians(f"{name} (target {target:g})", f, shape, target, seeds=seeds)
     table(
         f"(b2) unique evaluations to reach the target, over {seeds} random starts (no timing)",
         ["function", "library, rows added per pass", "median", "starts reaching it", "min", "max"],
@@ -460,10 +461,17 @@ def main() -> None:
     )
     parser.add_argument("--sections", default="a,b,b2,c", help="which sections to run (default a,b,b2,c)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per timing, median reported (default 5)")
+    parser.add_argument("--seeds", type=int, default=4, help="random starts per setting in b2 (default 4)")
+    parser.add_argument("--function", default="", help="b2 only on the function whose name starts so")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpic {cpic.__version__}")
-    sections = {"a": section_a, "b": section_b, "b2": section_b2, "c": section_c}
+    sections = {
+        "a": section_a,
+        "b": section_b,
+        "b2": lambda repeats: section_b2(repeats, args.seeds, args.function),
+        "c": section_c,
+    }
     for name in args.sections.split(","):
         sections[name.strip()](args.repeats)
 

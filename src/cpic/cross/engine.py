@@ -18,6 +18,7 @@ from cpic.cross.fibers import (
     extend_right,
     fiber_indices,
     left_row_keys,
+    linear_strides,
     right_row_keys,
 )
 from cpic.cross.info import CrossInfo
@@ -174,6 +175,7 @@ class _Sweeper:
         self.right = list(right)
         self.cores: list[Tensor | None] = [None] * d
         self.grow = plan.adaptive
+        self.strides = linear_strides(plan.shape, plan.device)  # keys of identical rows
 
     def fiber(self, k: int) -> Tensor:
         left, right = self.left[k], self.right[k + 1]
@@ -199,7 +201,8 @@ class _Sweeper:
             q = torch.linalg.qr(unfolded).Q
             target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
             rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=_MIN_ROWS_ADDED)
-            rows = first_of_duplicates(unfolded, rows, partial(left_row_keys, self.left[k], n[: k + 1]))
+            keys = partial(left_row_keys, self.left[k], n[k], self.strides[: k + 1])
+            rows = first_of_duplicates(unfolded, rows, keys)
             self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
             self.left[k + 1] = extend_left(self.left[k], n[k], rows)
             self.ranks[k + 1] = rows.shape[1]
@@ -219,7 +222,8 @@ class _Sweeper:
             q = torch.linalg.qr(unfolded).Q
             target = self._target(k, n[k - 1] * self.ranks[k - 1])
             rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=_MIN_ROWS_ADDED)
-            rows = first_of_duplicates(unfolded, rows, partial(right_row_keys, self.right[k + 1], n[k:]))
+            keys = partial(right_row_keys, n[k], self.right[k + 1], self.strides[k:])
+            rows = first_of_duplicates(unfolded, rows, keys)
             self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
             self.right[k] = extend_right(self.right[k + 1], n[k], rows)
             self.ranks[k] = rows.shape[1]

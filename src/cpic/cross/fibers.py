@@ -56,48 +56,47 @@ def extend_right(right: Tensor, n: int, rows: Tensor) -> Tensor:
     return torch.cat([(rows // r)[:, :, None], suffix], dim=2)
 
 
-def _wrapped(count: int) -> int:
-    """``count`` as int64 arithmetic wraps it around."""
-    count %= 2**64
-    return count - 2**64 if count >= 2**63 else count
-
-
-def _linear(index: Tensor, sizes: Sequence[int]) -> Tensor:
-    """C-order linear index of each multi-index ``[..., len(sizes)]`` over modes of ``sizes``
-    (wrapping around in int64 past ``2**63``: keys then collide now and then, which only
-    costs a missed duplicate)."""
-    strides = [_wrapped(math.prod(sizes[j + 1 :])) for j in range(len(sizes))]
-    return (index * torch.tensor(strides, dtype=torch.long, device=index.device)).sum(-1)
-
-
-def left_row_keys(left: Tensor, sizes: Sequence[int]) -> Tensor:
-    """Keys of the rows of ``left x range(n)`` (``sizes`` = the modes up to and with ``n``),
-    ordered as the multi-indices they stand for: ``[B, r_left * n]``, the rows of a fiber
-    block unfolded for a left-to-right step.
+def linear_strides(shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+    """C-order strides of ``shape``, int64 on ``device``: ``multi_index @ strides`` is the
+    linear index (wrapping around past ``2**63``, where two multi-indices may share one).
 
     Example:
-        >>> import torch
-        >>> left_row_keys(torch.tensor([[[3], [1]]]), (4, 2)).tolist()
-        [[6, 7, 2, 3]]
+        >>> linear_strides((4, 3, 2)).tolist()
+        [6, 2, 1]
     """
-    n = sizes[-1]
-    base = _linear(left, sizes[:-1])
-    return (base[:, :, None] * n + torch.arange(n, device=left.device)).flatten(1)
+    strides = [math.prod(shape[k + 1 :]) % 2**64 for k in range(len(shape))]
+    wrapped = [s - 2**64 if s >= 2**63 else s for s in strides]
+    return torch.tensor(wrapped, dtype=torch.long, device=device)
 
 
-def right_row_keys(right: Tensor, sizes: Sequence[int]) -> Tensor:
-    """Keys of the rows of ``range(n) x right`` (``sizes`` = the modes from ``n`` on), ordered
-    as the multi-indices they stand for: ``[B, n * r_right]``, the rows of a fiber block
-    unfolded for a right-to-left step.
+def left_row_keys(left: Tensor, n: int, strides: Tensor) -> Tensor:
+    """Keys of the rows of ``left x range(n)``, the rows of a fiber block unfolded for a
+    left-to-right step, ``[B, r_left * n]``: their linear indices with the later modes at 0,
+    so keys order rows as their multi-indices. ``strides``: :func:`linear_strides` of the
+    tensor, up to and with ``n``'s mode.
 
     Example:
         >>> import torch
-        >>> right_row_keys(torch.tensor([[[3], [1]]]), (2, 4)).tolist()
+        >>> left_row_keys(torch.tensor([[[3], [1]]]), 2, linear_strides((4, 2, 5))[:2]).tolist()
+        [[30, 35, 10, 15]]
+    """
+    base = (left * strides[:-1]).sum(-1)
+    return (base[:, :, None] + torch.arange(n, device=left.device) * strides[-1]).flatten(1)
+
+
+def right_row_keys(n: int, right: Tensor, strides: Tensor) -> Tensor:
+    """Keys of the rows of ``range(n) x right``, the rows of a fiber block unfolded for a
+    right-to-left step, ``[B, n * r_right]``: their linear indices with the earlier modes at
+    0, so keys order rows as their multi-indices. ``strides``: :func:`linear_strides` of the
+    tensor, from ``n``'s mode on.
+
+    Example:
+        >>> import torch
+        >>> right_row_keys(2, torch.tensor([[[3], [1]]]), linear_strides((5, 2, 4))[1:]).tolist()
         [[3, 1, 7, 5]]
     """
-    n, tail = sizes[0], _wrapped(math.prod(sizes[1:]))
-    base = _linear(right, sizes[1:])
-    return (torch.arange(n, device=right.device)[:, None] * tail + base[:, None, :]).flatten(1)
+    base = (right * strides[1:]).sum(-1)
+    return (torch.arange(n, device=right.device)[:, None] * strides[0] + base[:, None, :]).flatten(1)
 
 
 def empty_set(batch: int, device: torch.device) -> Tensor:

@@ -151,8 +151,9 @@ def first_of_duplicates(a: Tensor, idx: Tensor, keys: Callable[[], Tensor]) -> T
 
 
 def _row_fingerprints(a: Tensor) -> Tensor:
-    """One int64 per row of ``a: [B, N, r]``, equal for bitwise-equal rows: a random linear
-    hash of the bit patterns (exact integer arithmetic, so no rounding can split equal rows)."""
+    """One int64 per row of ``a: [B, N, r]``, equal for bitwise-equal rows: a linear hash of
+    the bit patterns (exact integer arithmetic, so no rounding can split equal rows; unequal
+    rows that share a fingerprint are told apart by the caller)."""
     bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
     pattern = a.contiguous().view(bits).long()
     weights = torch.arange(1, 2 * a.shape[2], 2, dtype=torch.long, device=a.device) * _MIX

@@ -98,6 +98,23 @@ def test_cache_never_evaluates_an_entry_twice():
     assert nocache.evaluations > info.evaluations
 
 
+def test_a_stalled_run_returns_its_best_pass():
+    """Noise has no low rank: at the rank limit the error wanders instead of falling."""
+    noise = torch.rand((6,) * 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def f(idx):
+        return noise[tuple(idx[0].T)][None]
+
+    tt, info = cpic.cross(f, noise.shape, max_rank=4, tol=1e-6, dtype=torch.float64, seed=3)
+    assert info.stop == "stalled"
+    measured = info.errors[:-1, 0]  # the last row is the returned TT's
+    assert measured[-1] > measured.min()  # the last pass was not the best...
+    assert info.error.item() == measured.min().item()  # ...and the best one is returned
+    torch.testing.assert_close(cpic.interpolate(f, info).full(), tt.full())
+    approx = tt.eval(info.test_idx)
+    assert torch.allclose((approx - info.test_values).norm() / info.test_values.norm(), info.error)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_identical_rows_resolve_to_the_one_of_smallest_key(dtype):
     a = torch.randn(2, 12, 3, dtype=dtype, generator=torch.Generator().manual_seed(0))

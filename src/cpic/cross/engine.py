@@ -295,8 +295,9 @@ def cross(
     The run stops at ``tol`` (checked after every pass, i.e. half sweep), after ``sweeps``
     (default 4, or 100 when ``tol`` or ``budget`` is given), when the next call would exceed
     ``budget`` evaluations, when a whole sweep needs no new entries, or (with ``tol``) when
-    the ranks are at their limit and the error has not halved in three sweeps, whichever
-    comes first; ``info.stop`` says which. ``n_test`` random entries per item estimate the
+    the ranks are at their limit and the error has not halved in three sweeps ("stalled":
+    the pass of least held-out error is returned then, not the last), whichever comes first;
+    ``info.stop`` says which. ``n_test`` random entries per item estimate the
     error (``n_test=0``: the relative change between passes is used instead). ``init``
     warm-starts from the index sets of an earlier run's info. ``seed`` may give one integer per
     item: with a fixed rank, each item's result is then the same whatever batch it runs in.
@@ -332,6 +333,7 @@ def cross(
         info.test_evaluations = store.evaluations
 
     snapshot: tuple | None = None
+    best: tuple | None = None  # (snapshot, errors) of the measured pass of least worst error
     errors: list[Tensor] = []
     changes: list[Tensor] = []
     previous: list[TT] = []
@@ -339,7 +341,7 @@ def cross(
     def finish_pass(end_of_sweep: bool) -> bool:
         """Keep the TT of the pass just done; measure it (every pass with ``tol``, else every
         sweep); True when it meets ``tol``."""
-        nonlocal snapshot
+        nonlocal snapshot, best
         direction = "rtl" if end_of_sweep else "ltr"
         snapshot = (
             list(sweeper.cores),
@@ -353,6 +355,8 @@ def cross(
         current = TT(sweeper.cores)
         if test_idx is not None:
             errors.append(_relative_error(current.eval(test_idx), test_values))
+            if best is None or bool(errors[-1].max() < best[1].max()):
+                best = (snapshot, errors[-1])
         else:  # without a held-out set, the change between passes measures convergence
             if previous:
                 changes.append(_change(current, previous[0]))
@@ -391,6 +395,9 @@ def cross(
         if snapshot is None:  # cannot happen: the budget was checked against the first pass
             raise ValueError(f"budget={plan.budget} is too small for one sweep.") from None
 
+    if stop == "stalled" and best is not None and best[0] is not snapshot:
+        snapshot = best[0]  # the error has stopped falling: return the best pass, not the last
+        errors.append(best[1])
     cores, info.left, info.right, info.ranks, info.direction = snapshot
     tt = TT(cores)
     if stop == "budget" and test_idx is not None:  # measure the TT actually returned

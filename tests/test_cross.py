@@ -245,6 +245,8 @@ def test_info_reports_what_happened():
         (dict(tol=-1.0), "tol"),
         (dict(dtype=torch.int64), "dtype"),
         (dict(device="tpu:7"), "device"),
+        (dict(tau=0.9), "tau"),
+        (dict(tau="loose"), "tau"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -28,6 +28,9 @@ from cpic.tt import TT
 _DEFAULT_RANK = 10
 _DEFAULT_SWEEPS = 4
 _SAFETY_SWEEPS = 100
+#: maxvol's bound on its coefficients with fixed ranks, and when ranks grow (see ``cross``)
+_FIXED_TAU = 1.05
+_GROWING_TAU = 1.5
 #: adaptive ranks grow every bond by at least this many rows per step, by up to ``kick`` where needed
 _MIN_ROWS_ADDED = 1
 
@@ -117,6 +120,14 @@ def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick
         dtype=dtype,
         device=device,
     )
+
+
+def _maxvol_tau(tau, adaptive: bool) -> float:
+    if tau is None:
+        return _GROWING_TAU if adaptive else _FIXED_TAU
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 1:
+        raise ValueError(f"tau must be a number >= 1 (maxvol's bound on its coefficients), got {tau!r}.")
+    return float(tau)
 
 
 def _first_pass_cost(plan: _Plan) -> int:
@@ -282,7 +293,7 @@ def cross(
     n_test: int = 256,
     cache: bool = True,
     init: CrossInfo | None = None,
-    tau: float = 1.05,
+    tau: float | None = None,
 ) -> tuple[TT, CrossInfo]:
     """Tensor-train cross approximation of ``batch`` black-box tensors at once.
 
@@ -301,6 +312,12 @@ def cross(
     error (``n_test=0``: the relative change between passes is used instead). ``init``
     warm-starts from the index sets of an earlier run's info. ``seed`` may give one integer per
     item: with a fixed rank, each item's result is then the same whatever batch it runs in.
+
+    ``tau`` bounds maxvol's coefficients (``|coef| <= tau``: rows are swapped until none is
+    larger). The default is 1.05 with fixed ranks, where swaps are the only way pivots
+    improve, and 1.5 when ranks grow: the added rows explore anyway, and fewer swaps keep the
+    index sets steadier from pass to pass, so more fibers repeat and the cache serves them
+    (docs/benchmarks.md, table b2 and its validation on functions outside it).
 
     Example:
         >>> import torch, cpic
@@ -322,7 +339,7 @@ def cross(
     gen = _generators(seed, plan.batch, plan.device)
     store = EvaluationCache(plan.shape, plan.batch, plan.dtype, plan.device, plan.budget, enabled=cache)
     right = list(init.right) if init is not None else _random_right_sets(plan, gen)
-    sweeper = _Sweeper(f, plan, store, right, tau)
+    sweeper = _Sweeper(f, plan, store, right, _maxvol_tau(tau, plan.adaptive))
     info = CrossInfo(shape=plan.shape, batch=plan.batch)
 
     test_idx = test_values = None

@@ -9,6 +9,8 @@ Sections (``--sections a,b,c``):
   b2 the same targets, median unique evaluations over four random starts, for each growth
      setting of cpic (kick 1, 2) and teneva (+1, +2 rows per pass); counts only.
   c  batch scaling: B = 1, 4, 16 volumes in one cpic call, against B runs of tntorch.
+  tau  cpic alone, on six functions outside section b: unique evaluations to reach a target
+     with maxvol's tau at 1.05 and at its default where ranks grow (1.5).
 
 Every error is measured afterwards on the same 10,000 random entries, outside the timings.
 Times are medians over ``--repeats`` runs. Run: ``python benchmarks/cross_peers.py``.
@@ -24,6 +26,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -246,8 +249,11 @@ def _scorer(f, shape) -> Callable[[TT], float]:
     return lambda tt: rel_error(tt, idx, exact)
 
 
-def _cpic_sweeps(f, shape, sweeps: int, kick: int = 2, seed: int = 0) -> tuple[TT, int]:
-    """cpic with ranks grown from 1 for ``sweeps`` sweeps, no held-out set."""
+def _cpic_sweeps(
+    f, shape, sweeps: int, kick: int = 2, seed: int = 0, tau: float | None = None
+) -> tuple[TT, int]:
+    """cpic with ranks grown from 1 for ``sweeps`` sweeps, no held-out set: (TT, unique
+    evaluations)."""
     tt, info = cpic.cross(
         lambda i: torch.from_numpy(f(i[0].numpy()))[None],
         shape,
@@ -257,6 +263,7 @@ def _cpic_sweeps(f, shape, sweeps: int, kick: int = 2, seed: int = 0) -> tuple[T
         n_test=0,
         dtype=torch.float64,
         seed=seed,
+        tau=tau,
     )
     return tt, info.unique_evaluations
 
@@ -423,6 +430,90 @@ def section_b2(repeats: int, seeds: int = 4, only: str = "") -> None:
     )
 
 
+# ----------------------------------------------------------------------------- maxvol's tau
+def _norm(i: np.ndarray) -> np.ndarray:
+    x = _grid(-1.0, 1.1, 32)(i.astype(float))
+    return np.sqrt((x**2).sum(1))
+
+
+def _cauchy(i: np.ndarray) -> np.ndarray:
+    x = _grid(-2.0, 2.5, 32)(i.astype(float))
+    return 1.0 / (1.0 + (x**2).sum(1))
+
+
+def _rosenbrock(i: np.ndarray) -> np.ndarray:
+    x = _grid(-2.048, 2.048, 32)(i.astype(float))
+    return (100 * (x[:, 1:] - x[:, :-1] ** 2) ** 2 + (1 - x[:, :-1]) ** 2).sum(1)
+
+
+def _laplace(i: np.ndarray) -> np.ndarray:
+    x = _grid(-1.0, 1.3, 32)(i.astype(float))
+    return np.exp(-np.sqrt(((x - 0.2) ** 2).sum(1)))
+
+
+def _bumps() -> Callable[[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(7)
+    centres, widths = rng.uniform(-1, 1, (3, 7)), rng.uniform(0.3, 0.8, 3)
+
+    def f(i: np.ndarray) -> np.ndarray:
+        x = _grid(-1.0, 1.0, 24)(i.astype(float))
+        return sum(np.exp(-((x - c) ** 2).sum(1) / w) for c, w in zip(centres, widths))
+
+    return f
+
+
+def _random_tt() -> Callable[[np.ndarray], np.ndarray]:
+    """A random rank-6 TT, 12^7: no symmetry, so no ties between rows."""
+    ranks = [1, 6, 6, 6, 6, 6, 6, 1]
+    gens = [torch.Generator().manual_seed(k) for k in range(7)]
+    ref = TT(
+        [
+            torch.randn(1, a, 12, b, dtype=torch.float64, generator=g)
+            for a, b, g in zip(ranks, ranks[1:], gens)
+        ]
+    )
+    return lambda i: ref.eval(torch.from_numpy(i)[None])[0].numpy()
+
+
+def tau_cases() -> list[tuple]:
+    """Functions outside table (b), to check the default of maxvol's tau where ranks grow."""
+    return [
+        ("norm d=8 n=32", _norm, (32,) * 8, 1e-3),
+        ("1/(1 + sum x^2) d=8 n=32", _cauchy, (32,) * 8, 1e-5),
+        ("Rosenbrock d=8 n=32", _rosenbrock, (32,) * 8, 1e-9),
+        ("three Gaussians d=7 n=24", _bumps(), (24,) * 7, 1e-5),
+        ("random rank-6 TT d=7 n=12", _random_tt(), (12,) * 7, 1e-9),
+        ("exp(-norm(x - c)) d=8 n=32", _laplace, (32,) * 8, 1e-3),
+    ]
+
+
+def _cpic_median(f, shape, target: float, kick: int, tau: float | None, seeds: int, score) -> float:
+    """Median over ``seeds`` starts of cpic's unique evaluations to reach ``target``."""
+    counts = []
+    for seed in range(seeds):
+        runs = partial(_cpic_sweeps, f, shape, kick=kick, seed=seed, tau=tau)
+        found = _first_reaching(target, runs, range(1, 11), score)
+        counts.append(found[2] if found[3] <= target else float("inf"))
+    return statistics.median(counts)
+
+
+def section_tau(repeats: int, seeds: int = 4) -> None:
+    """Median unique evaluations to reach each target, cpic at tau 1.05 (the fixed-rank
+    default) and at its default where ranks grow, each at its better kick."""
+    rows = []
+    for name, f, shape, target in tau_cases():
+        score = _scorer(f, shape)
+        old, new = (
+            min(_cpic_median(f, shape, target, k, tau, seeds, score) for k in (1, 2)) for tau in (1.05, None)
+        )
+        rows.append([f"{name} (target {target:g})", int(old), int(new), f"{new / old:.2f}"])
+    table(
+        f"(tau) cpic's unique evaluations to reach the target, median of {seeds} starts, better kick",
+        ["function", "tau 1.05", "default (1.5)", "ratio"],
+        rows,
+    )
+
+
 # ----------------------------------------------------------------------------- batching
 def section_c(repeats: int) -> None:
     volumes = EncodedVolumes(smooth_volumes(16))
@@ -471,6 +562,7 @@ def main() -> None:
         "b": section_b,
         "b2": lambda repeats: section_b2(repeats, args.seeds, args.function),
         "c": section_c,
+        "tau": section_tau,
     }
     for name in args.sections.split(","):
         sections[name.strip()](args.repeats)

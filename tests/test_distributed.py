@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 import cpic
 from cpic.cli.main import main
+from cpic.cli.train import _leave
 from cpic.nn import Classification
 from cpic.sources import VolumeSource
 from cpic.train import Distributed, VolumeDataset, fit, load_checkpoint, load_model
@@ -157,11 +158,9 @@ def _collectives(rank: int, port: int, out: str) -> None:
     Path(out, f"{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # neither rank leaves (and drops its connections) while the other still works
     dist.destroy_process_group()
-    # the results are on disk: leave without the interpreter's teardown, where gloo's threads
-    # can still end rank 0 in std::terminate (SIGABRT; seen once in CI, 2026-11-28)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # the results are on disk: leave as `cpic train`'s ranks do, without the interpreter's
+    # teardown, where gloo's threads can still end rank 0 in std::terminate (SIGABRT)
+    _leave(0)
 
 
 def _small_model() -> cpic.CPIC:

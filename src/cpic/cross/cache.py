@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from cpic.cross.fibers import linear_strides
 from cpic.util import KeyStore
 
 #: ``f(idx: LongTensor[B, P, d]) -> Tensor[B, P]``
@@ -71,8 +72,7 @@ class EvaluationCache:
         self._item_bits = _KEY_BITS - batch_bits
         total = math.prod(self.shape)
         self.exact = total <= 2**self._item_bits
-        strides = [math.prod(self.shape[k + 1 :]) for k in range(len(self.shape))] if self.exact else [0]
-        self._strides = torch.tensor(strides, dtype=torch.long, device=self.device)
+        self._strides = linear_strides(self.shape if self.exact else (), self.device)
         self._store = KeyStore(dtype, self.device)
         self.evaluations = 0
         self.unique_evaluations = 0

@@ -49,6 +49,7 @@ class _Plan:
     sweeps: int
     budget: int | None
     n_test: int
+    tau: float  # maxvol's bound on its coefficients
     dtype: torch.dtype
     device: torch.device
 
@@ -61,7 +62,7 @@ def _positive_int(name: str, value, allow_none: bool = True) -> int | None:
     return value
 
 
-def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init) -> _Plan:
+def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init, tau) -> _Plan:
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:
@@ -78,6 +79,8 @@ def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick
         raise ValueError(f"tol must be a positive number, got {tol!r}.")
     if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0:
         raise ValueError(f"n_test must be a non-negative integer, got {n_test!r}.")
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 1):
+        raise ValueError(f"tau must be a number >= 1 (maxvol's bound on its coefficients), got {tau!r}.")
     if rank is not None and max_rank is not None and max_rank < rank:
         raise ValueError(f"max_rank ({max_rank}) must be >= rank ({rank}).")
     dtype = dtype or torch.float32
@@ -117,17 +120,10 @@ def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick
         sweeps=sweeps,
         budget=budget,
         n_test=n_test,
+        tau=float(tau) if tau is not None else (_GROWING_TAU if adaptive else _FIXED_TAU),
         dtype=dtype,
         device=device,
     )
-
-
-def _maxvol_tau(tau, adaptive: bool) -> float:
-    if tau is None:
-        return _GROWING_TAU if adaptive else _FIXED_TAU
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 1:
-        raise ValueError(f"tau must be a number >= 1 (maxvol's bound on its coefficients), got {tau!r}.")
-    return float(tau)
 
 
 def _first_pass_cost(plan: _Plan) -> int:
@@ -177,8 +173,8 @@ def _random_right_sets(plan: _Plan, gen) -> list[Tensor]:
 class _Sweeper:
     """State of one run: index sets, ranks, cores, and the cache that evaluates fibers."""
 
-    def __init__(self, f: BatchedFunction, plan: _Plan, cache: EvaluationCache, right, tau: float):
-        self.f, self.plan, self.cache, self.tau = f, plan, cache, tau
+    def __init__(self, f: BatchedFunction, plan: _Plan, cache: EvaluationCache, right):
+        self.f, self.plan, self.cache = f, plan, cache
         d = len(plan.shape)
         self.d = d
         self.ranks = list(plan.start_ranks)
@@ -211,7 +207,7 @@ class _Sweeper:
             unfolded = fiber.reshape(B, r0 * n[k], r1)
             q = torch.linalg.qr(unfolded).Q
             target = self._target(k + 1, n[k + 1] * self.ranks[k + 2])
-            rows, coef = maxvol_rect(q, target - r1, self.tau, min_extra=_MIN_ROWS_ADDED)
+            rows, coef = maxvol_rect(q, target - r1, self.plan.tau, min_extra=_MIN_ROWS_ADDED)
             keys = partial(left_row_keys, self.left[k], n[k], self.strides[: k + 1])
             rows = first_of_duplicates(unfolded, rows, keys)
             self.cores[k] = coef.reshape(B, r0, n[k], rows.shape[1])
@@ -232,7 +228,7 @@ class _Sweeper:
             unfolded = fiber.reshape(B, r0, n[k] * r1).mT
             q = torch.linalg.qr(unfolded).Q
             target = self._target(k, n[k - 1] * self.ranks[k - 1])
-            rows, coef = maxvol_rect(q, target - r0, self.tau, min_extra=_MIN_ROWS_ADDED)
+            rows, coef = maxvol_rect(q, target - r0, self.plan.tau, min_extra=_MIN_ROWS_ADDED)
             keys = partial(right_row_keys, n[k], self.right[k + 1], self.strides[k:])
             rows = first_of_duplicates(unfolded, rows, keys)
             self.cores[k] = coef.mT.reshape(B, rows.shape[1], n[k], r1)
@@ -329,7 +325,7 @@ def cross(
         (True, (1, 4, 4, 4, 4, 4, 1))
     """
     started = time.perf_counter()
-    plan = _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init)
+    plan = _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init, tau)
     if plan.budget is not None and plan.budget < _first_pass_cost(plan):
         raise ValueError(
             f"budget={plan.budget} is too small for one sweep: shape {plan.shape} at ranks "
@@ -339,7 +335,7 @@ def cross(
     gen = _generators(seed, plan.batch, plan.device)
     store = EvaluationCache(plan.shape, plan.batch, plan.dtype, plan.device, plan.budget, enabled=cache)
     right = list(init.right) if init is not None else _random_right_sets(plan, gen)
-    sweeper = _Sweeper(f, plan, store, right, _maxvol_tau(tau, plan.adaptive))
+    sweeper = _Sweeper(f, plan, store, right)
     info = CrossInfo(shape=plan.shape, batch=plan.batch)
 
     test_idx = test_values = None

@@ -185,9 +185,18 @@ def test_resume_and_config(cohort):
     assert len((root / "log.csv").read_text().splitlines()) == 3  # header + one epoch per run
 
 
+def test_train_with_val_0_trains_on_every_volume(cohort):
+    out = ok(run("train", "cohort.csv", "-o", "all/model", "--val", "0", *SMALL[:-1], cwd=cohort.root))
+    assert "10 training / no validation (--val 0)" in out.stdout
+    assert "val_" not in out.stdout
+    assert (cohort.root / "all" / "model.safetensors").is_file()
+
+
 def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
     root = cohort.root
     (root / "holes.csv").write_text("path,label\nv0.npy,healthy\nmissing_volume.npy,lesion\n")
+    rows = [f"v{i}.npy,{CLASSES[i % 2]}" for i in range(4)] + ["v4.npy,tumour"]
+    (root / "single.csv").write_text("\n".join(["path,label", *rows, ""]))
     (root / "broken").mkdir(exist_ok=True)
     for suffix in (".safetensors", ".json"):
         shutil.copy(root / f"model{suffix}", root / "broken" / f"model{suffix}")
@@ -197,6 +206,7 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
     cases = {
         "no_such.csv": ["train", "no_such.csv", "-o", "m"],
         "missing_volume.npy": ["train", "holes.csv", "-o", "m", "--val", "0"],
+        "class 'tumour' has 1 volume": ["train", "single.csv", "-o", "m", "--val", "0.2"],
         "diagnosis": ["train", "cohort.csv", "-o", "m", "--target", "diagnosis"],
         "patch": ["train", "cohort.csv", "-o", "m", "--patch", "4"],
         "'healthy'": ["train", "cohort.csv", "-o", "m", "--task", "regression"],

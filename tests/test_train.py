@@ -256,6 +256,55 @@ def test_split_is_stratified_and_disjoint():
         data.split(1.0)
 
 
+def tiny_volumes(n: int) -> list:
+    return [cpic.open_volume(torch.zeros(2, 2, 2)) for _ in range(n)]
+
+
+def test_split_of_ten_classes_of_four_validates_every_class():
+    labels = [i % 10 for i in range(40)]
+    rest, held = VolumeDataset(tiny_volumes(40), labels).split(0.2, seed=0)
+    assert sorted(held.targets.tolist()) == list(range(10))  # round(0.8) = 1 per class
+    assert sorted(rest.targets.tolist()) == sorted(list(range(10)) * 3)
+
+
+def test_split_of_uneven_classes_keeps_each_class_on_both_sides():
+    counts = {0: 2, 1: 3, 2: 10, 3: 25}
+    labels = [c for c, n in counts.items() for _ in range(n)]
+    names = [f"v{i}" for i in range(len(labels))]
+    rest, held = VolumeDataset(tiny_volumes(len(labels)), labels, names=names).split(0.2, seed=1)
+    held_counts = torch.bincount(held.targets, minlength=4).tolist()
+    rest_counts = torch.bincount(rest.targets, minlength=4).tolist()
+    assert held_counts == [1, 1, 2, 5]  # at least one; round(0.6) = 1, round(2.0), round(5.0)
+    assert rest_counts == [1, 2, 8, 20]
+    assert abs(len(held) / len(labels) - 0.2) < 0.05
+    assert not set(rest.names) & set(held.names)
+
+
+def test_split_names_a_class_with_a_single_volume():
+    data = VolumeDataset(tiny_volumes(5), [0, 0, 1, 1, 2], classes=["healthy", "lesion", "tumour"])
+    with pytest.raises(ValueError, match=r"class 'tumour' has 1 volume.*--val-manifest.*--val 0"):
+        data.split(0.2)
+    with pytest.raises(ValueError, match=r"classes 2, 3 each have 1 volume"):  # ids without names
+        VolumeDataset(tiny_volumes(6), [0, 0, 1, 1, 2, 3]).split(0.5)
+
+
+def test_split_of_real_targets_is_random_and_keeps_both_parts():
+    data = VolumeDataset(tiny_volumes(10), [float(i) for i in range(10)])
+    rest, held = data.split(0.2, seed=0)
+    assert (len(rest), len(held)) == (8, 2)
+    assert len(VolumeDataset(tiny_volumes(2), [0.5, 1.5]).split(0.01)[1]) == 1  # never an empty part
+    with pytest.raises(ValueError, match=r"at least 2 volumes, the dataset has 1.*--val 0"):
+        VolumeDataset(tiny_volumes(1), [0.5]).split(0.2)
+
+
+@pytest.mark.parametrize("targets", [[i % 4 for i in range(24)], [i / 3 for i in range(24)], None])
+def test_split_depends_only_on_the_seed(targets):
+    data = VolumeDataset(tiny_volumes(24), targets, names=[f"v{i}" for i in range(24)])
+    first = data.split(0.25, seed=7)[1].names
+    assert data.split(0.25, seed=7)[1].names == first
+    assert any(data.split(0.25, seed=s)[1].names != first for s in range(8))
+
+
 # ---------------------------------------------------------------------- target checks
 
 

@@ -541,10 +541,12 @@ def _summary(args, history, saved: Path, n_train: int, n_val: int, classes) -> d
 def _lines(summary: dict) -> list[str]:
     events = ", ".join(f"{k} {v}" for k, v in summary["numerics"].items() if v) or "none"
     classes = f" of {len(summary['classes'])} classes" if summary["classes"] else ""
+    n_val = summary["val_volumes"]
+    validation = f"{n_val} validation volumes" if n_val else "no validation (--val 0)"
+    best = "" if summary["best_epoch"] is None else f" (best {summary['best_epoch']})"
     lines = [
-        f"cpic train: {summary['task']}{classes}, {summary['train_volumes']} training / "
-        f"{summary['val_volumes']} validation volumes",
-        f"  epochs              {summary['epochs']} (best {summary['best_epoch']})"
+        f"cpic train: {summary['task']}{classes}, {summary['train_volumes']} training / {validation}",
+        f"  epochs              {summary['epochs']}{best}"
         + (" (resumed)" if summary["resumed"] else ""),
     ]
     if summary.get("processes", 1) > 1:

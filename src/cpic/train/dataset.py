@@ -84,29 +84,60 @@ class VolumeDataset:
         return part
 
     def split(self, fraction: float, seed: int = 0) -> tuple[VolumeDataset, VolumeDataset]:
-        """``(rest, held_out)`` with ``fraction`` of the volumes held out, stratified by class
-        when the targets are class ids."""
+        """``(rest, held_out)`` with about ``fraction`` of the volumes held out (for validation).
+
+        With class-id targets the split is stratified: each class holds out ``fraction`` of its
+        volumes, rounded to the nearest count but at least one and at most all but one, so every
+        class is both trained on and validated. A class with a single volume cannot be split and
+        is refused by name. Other targets (real values, none) get a random split. ``seed`` fixes
+        which volumes are held out.
+
+        Example:
+            >>> import torch, cpic
+            >>> vols = [cpic.open_volume(torch.rand(4, 4, 4)) for _ in range(8)]
+            >>> train, val = VolumeDataset(vols, targets=[0, 0, 0, 0, 0, 0, 1, 1]).split(0.2, seed=0)
+            >>> sorted(val.targets.tolist()), len(train)
+            ([0, 1], 6)
+        """
         if not 0 < fraction < 1:
             raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}.")
         gen = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=gen)
         if self.targets is not None and not self.targets.is_floating_point() and self.targets.dim() == 1:
-            # stratify: within each class, every 1/fraction-th volume goes to the held-out part
-            ranks = torch.empty_like(order)
             labels = self.targets[order]
-            for c in labels.unique():
-                members = (labels == c).nonzero().flatten()
+            classes, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+            single = classes[counts == 1].tolist()
+            if single:
+                raise ValueError(self._single_volume_message(single, fraction))
+            ranks = torch.empty_like(order)  # the position of each volume within its class
+            for c in range(len(classes)):
+                members = (inverse == c).nonzero().flatten()
                 ranks[members] = torch.arange(len(members))
-            counts = torch.bincount(labels)[labels]
-            held = torch.floor((ranks + 1) * fraction) > torch.floor(ranks * fraction)
-            held &= counts > 1
+            held_per_class = torch.floor(counts * fraction + 0.5).long().clamp(1, None).minimum(counts - 1)
+            held = ranks < held_per_class[inverse]
             held_idx, rest_idx = order[held], order[~held]
         else:
-            k = max(1, round(fraction * len(self)))
+            if len(self) < 2:
+                raise ValueError(
+                    "splitting off a validation part needs at least 2 volumes, the dataset has 1; "
+                    "add volumes, pass a validation manifest (cpic train --val-manifest), or train on "
+                    "everything (--val 0)."
+                )
+            k = min(max(1, round(fraction * len(self))), len(self) - 1)
             held_idx, rest_idx = order[:k], order[k:]
-        if not len(rest_idx) or not len(held_idx):
-            raise ValueError(f"splitting {len(self)} volumes at {fraction} leaves one part empty.")
         return self.subset(sorted(rest_idx.tolist())), self.subset(sorted(held_idx.tolist()))
+
+    def _single_volume_message(self, class_ids: list[int], fraction: float) -> str:
+        named = [
+            repr(self.classes[c]) if self.classes is not None and 0 <= c < len(self.classes) else str(c)
+            for c in class_ids
+        ]
+        which = f"class {named[0]} has" if len(named) == 1 else f"classes {', '.join(named)} each have"
+        return (
+            f"cannot split at {fraction} stratified by class: {which} 1 volume, and a class needs 2 or "
+            "more (one to train on, one to validate); add volumes of that class, pass a validation "
+            "manifest (cpic train --val-manifest), or train on everything (--val 0)."
+        )
 
     @classmethod
     def from_csv(

@@ -11,7 +11,7 @@ ALLOWED = {
     "layout": {"layout"},
     "cross": {"cross", "tt", "util"},
     "sources": {"sources", "util"},
-    "data": {"data", "sources"},
+    "data": {"data", "sources", "util"},
     "sampling": {"sampling", "layout", "sources"},
     "nn": {"nn", "tt", "layout", "cross", "sources"},
     "train": {"train", "nn", "tt", "layout", "cross", "sources", "data", "util", "_version"},

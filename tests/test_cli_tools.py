@@ -1,8 +1,10 @@
 """cpic compress / reconstruct / demo / bench, driven as a user would, in subprocesses (tiny settings)."""
 
 import contextlib
+import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -172,3 +174,42 @@ def test_cohort_writes_volumes_and_a_manifest_that_train_reads(tmp_path):
     assert trained.returncode == 0, trained.stderr
     usage_error(cli("cohort", "lesion", tmp_path / "x", "--side", 4), "--side")
     usage_error(run("cohort", "blob", tmp_path / "x"), "blob")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_every_output_has_the_mode_the_umask_gives(compressed, tmp_path, umask, mode):
+    """Models, checkpoints, CSV, figures, cohort volumes and decoded volumes: 0o666 & ~umask."""
+    import cpic
+    from cpic.cli import figures
+    from cpic.data import shape_cohort, write_cohort
+    from cpic.nn import Classification
+    from cpic.train import save_checkpoint, save_model
+    from cpic.util import write_text_atomic
+
+    folder, _ = compressed
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "ckpt", {"w": torch.ones(2)}, {"epoch": 1})
+        save_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(2)}, {"epoch": 2})  # replaces the pair
+        save_model(cpic.CPIC((8, 8, 8), Classification(2), features=2, patch=1, rank=2), tmp_path / "model")
+        write_text_atomic(tmp_path / "table.csv", "a,b\n")
+        sources, labels = shape_cohort(2, side=8)
+        write_cohort(sources, {"label": labels}, tmp_path / "npy")
+        outputs = ["npy/manifest.csv", "npy/sphere-0000.npy", "decoded.npy"]
+        outputs += [f"ckpt.{e}" for e in ("safetensors", "json")] + ["model.safetensors", "model.json"]
+        outputs += ["table.csv"]
+        reconstruct = ["reconstruct", folder / "vol.cpic", "-o", tmp_path / "decoded.npy", "--quiet"]
+        if importlib.util.find_spec("nibabel"):
+            write_cohort(sources, {"label": labels}, tmp_path / "nii", format="nii.gz")
+            assert cli("reconstruct", folder / "vol.cpic", "-o", tmp_path / "d.nii.gz").returncode == 0
+            outputs += ["nii/manifest.csv", "nii/cube-0001.nii.gz", "d.nii.gz"]
+        if importlib.util.find_spec("matplotlib"):
+            figures.slice_figure(np.zeros((4, 4)), tmp_path / "slice.png", "zeros")
+            reconstruct += ["--figure", tmp_path / "mid.png"]
+            outputs += ["slice.png", "mid.png"]
+        assert cli(*reconstruct).returncode == 0
+    finally:
+        os.umask(old)
+    modes = {name: oct((tmp_path / name).stat().st_mode & 0o777) for name in outputs}
+    assert modes == dict.fromkeys(outputs, oct(mode))
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left behind

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cpic.sources import VolumeSource
+from cpic.util import atomic_path
 
 FORMATS = ("npy", "nii.gz")
 
@@ -79,15 +80,13 @@ def write_cohort(
     files = []
     for source in progress(sources) if progress else sources:
         final = folder / f"{source.name}.{format}"
-        partial = folder / f".{source.name}.partial.{format}"
-        writer(source, partial)
-        partial.replace(final)
+        with atomic_path(final) as partial:
+            writer(source, partial)
         files.append(final.name)
-    manifest, partial = folder / "manifest.csv", folder / ".manifest.csv.partial"
-    with open(partial, "w", newline="") as fh:
+    manifest = folder / "manifest.csv"
+    with atomic_path(manifest) as partial, open(partial, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["path", *columns])
         for i, file in enumerate(files):
             out.writerow([file, *(columns[name][i] for name in columns)])
-    partial.replace(manifest)
     return manifest

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor
+
+from cpic.util import new_temp_file
 
 FORMAT = "cpic-checkpoint"
 VERSION = 1
@@ -75,9 +76,7 @@ def _for_saving(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _temp_path(final: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(name)
+    return new_temp_file(final.parent, prefix=f".{final.name}.", suffix=".tmp")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -155,7 +154,9 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
     temps, backup, replaced, done = [], None, False, False
     try:
         temps.append(st_tmp := _temp_path(st_path))
-        safetensors.torch.save_file(prepared, st_tmp, metadata={"format": "pt"})
+        # into the file made here: safetensors' save_file creates its own, mode 0600 whatever the umask
+        with open(st_tmp, "wb") as f:
+            f.write(safetensors.torch.save(prepared, metadata={"format": "pt"}))
         _fsync(st_tmp)
         record = {"format": FORMAT, "version": VERSION, "sha256": _sha256(st_tmp), "meta": meta}
         temps.append(json_tmp := _temp_path(json_path))

@@ -1,8 +1,29 @@
 """Shared test helpers."""
 
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from cpic import TT
+
+#: an oblique voxel-to-world affine (rotation, shear, anisotropic voxels, an origin off zero)
+OBLIQUE = np.array(
+    [[0.9, 0.2, 0.1, -80.0], [-0.15, 1.1, 0.3, -110.0], [0.05, -0.25, 1.3, -60.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def oblique_nifti(path: Path, array: np.ndarray) -> Path:
+    """``array`` as NIfTI with the sform ``OBLIQUE`` (MNI, code 4), a scanner qform of 2 mm
+    voxels (code 1), units mm and ms (needs nibabel)."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, None)
+    image.header.set_sform(OBLIQUE, code=4)
+    image.header.set_qform(np.diag([2.0, 2.0, 2.0, 1.0]), code=1)
+    image.header.set_xyzt_units("mm", "msec")
+    nib.save(image, path)
+    return path
 
 
 def random_tt(batch, shape, rank, dtype=torch.float64, seed=0) -> TT:

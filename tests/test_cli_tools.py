@@ -15,6 +15,7 @@ import torch
 
 from cpic.cli.main import main
 from cpic.data import blob_field, lesion_cohort
+from tests.helpers import OBLIQUE, oblique_nifti
 
 
 def run(*args, cwd=None):
@@ -136,6 +137,51 @@ def test_demo_tiny_writes_figures_and_json(tmp_path):
         assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000, name
 
 
+def test_reconstruct_writes_the_frame_of_the_source(tmp_path):
+    """An oblique MNI-space NIfTI through compress and reconstruct: affine, qform, codes and
+    units as in the source; a region's corner voxels at the source's world coordinates."""
+    nib = pytest.importorskip("nibabel")
+    coords = torch.stack(torch.meshgrid(*[torch.arange(8)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    array = (100 * blob_field(coords, (8, 8, 8))).reshape(8, 8, 8).numpy()
+    source = nib.load(oblique_nifti(tmp_path / "mni.nii.gz", array))
+    done = cli("compress", tmp_path / "mni.nii.gz", "-o", tmp_path / "c", "--steps", 2, "--quiet")
+    assert done.returncode == 0, done.stderr
+    for args, start in [((), (0, 0, 0)), (("--region", "2:6,1:8,3:5"), (2, 1, 3))]:
+        done = cli("reconstruct", tmp_path / "c", *args, "-o", tmp_path / "d.nii.gz", "--quiet")
+        assert done.returncode == 0, done.stderr
+        out = nib.load(tmp_path / "d.nii.gz")
+        header = out.header
+        assert (int(header["sform_code"]), int(header["qform_code"])) == (4, 1)
+        assert header.get_xyzt_units() == ("mm", "msec")
+        last = np.array(out.shape) - 1
+        for corner in [np.zeros(3), last, last * [1, 0, 1]]:
+            world = nib.affines.apply_affine(out.affine, corner)
+            assert np.allclose(world, nib.affines.apply_affine(source.affine, corner + start))
+            in_q = nib.affines.apply_affine(header.get_qform(), corner)
+            assert np.allclose(in_q, nib.affines.apply_affine(source.header.get_qform(), corner + start))
+    assert np.allclose(out.affine[:3, :3], OBLIQUE[:3, :3])
+
+
+def test_reconstruct_reads_files_without_a_recorded_frame(compressed, tmp_path):
+    """Latents written before the frame was recorded hold only the affine; a broken frame is refused."""
+    import shutil
+
+    nib = pytest.importorskip("nibabel")
+    folder, _ = compressed
+    for name in ("vol.cpic.json", "vol.cpic.safetensors", "vol.cpic.latent.safetensors"):
+        shutil.copy(folder / name, tmp_path / name)
+    record = json.loads((folder / "vol.cpic.latent.json").read_text())
+    spatial = record["meta"].pop("spatial")
+    record["meta"]["affine"] = spatial["affine"]
+    (tmp_path / "vol.cpic.latent.json").write_text(json.dumps(record))
+    assert cli("reconstruct", tmp_path / "vol.cpic", "-o", tmp_path / "old.nii", "--quiet").returncode == 0
+    assert int(nib.load(tmp_path / "old.nii").header["sform_code"]) == 2  # what such files got
+    record["meta"]["spatial"] = {"affine": [[1, 0], [0, 1]]}
+    (tmp_path / "vol.cpic.latent.json").write_text(json.dumps(record))
+    usage_error(cli("reconstruct", tmp_path / "vol.cpic", "-o", tmp_path / "bad.nii"), "voxel-to-world frame")
+    assert not (tmp_path / "bad.nii").exists()
+
+
 def test_bench_help_and_missing_scripts(tmp_path):
     out = run("bench", "--help")
     assert out.returncode == 0 and "--quick" in out.stdout and "example:" in out.stdout
@@ -156,7 +202,9 @@ def test_cohort_writes_volumes_and_a_manifest_that_train_reads(tmp_path):
     assert int(with_lesions[2]) >= 1 and float(with_lesions[3]) > 0 and with_lesions[4] != "none"
     import nibabel
 
-    assert nibabel.load(tmp_path / "les" / with_lesions[0]).shape == (16, 16, 16)
+    written = nibabel.load(tmp_path / "les" / with_lesions[0])
+    assert written.shape == (16, 16, 16) and int(written.header["sform_code"]) == 4  # Colin27's MNI frame
+    assert written.header.get_zooms() == pytest.approx((217 / 16,) * 3)  # the 217 mm head in 16 voxels
     cli("cohort", "lesion", tmp_path / "oed", "--count", 2, "--side", 16, "--oedema", "--quiet")
     swollen = np.load(tmp_path / "oed" / "colin27-0001.npy")
     expected, _ = lesion_cohort(2, side=16, oedema=True)

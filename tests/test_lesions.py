@@ -128,3 +128,37 @@ def test_write_cohort_round_trips_through_a_manifest(tmp_path):
     assert np.load(tmp_path / "colin27-0001.npy").shape == (16, 16, 16)
     with pytest.raises(ValueError, match="values for 2 sources"):
         write_cohort(sources, {"presence": [1]}, tmp_path / "bad")
+
+
+def test_nifti_cohort_volumes_sit_where_the_anatomy_does(tmp_path, monkeypatch):
+    """A 16^3 resampling of the 181 x 217 x 181 mm Colin27 head written as NIfTI: voxels of
+    217 / 16 mm, the anatomy's MNI frame, the grid centred on the head and its outer faces on
+    the head's along the longest axis (as nibabel reads the Colin27 file)."""
+    nib = pytest.importorskip("nibabel")
+    import numpy as np
+
+    from cpic.data import lesions, write_cohort
+    from cpic.data.real import MRICRON
+
+    colin = nib.load(MRICRON / "ch2.nii.gz")
+    sources, labels = lesion_cohort(2, side=16)
+    write_cohort(sources, {"presence": labels["presence"]}, tmp_path, format="nii.gz")
+    image = nib.load(tmp_path / "colin27-0001.nii.gz")
+    assert image.header.get_zooms() == pytest.approx((217 / 16,) * 3)
+    assert int(image.header["sform_code"]) == int(colin.header["sform_code"]) == 4
+    assert np.allclose(image.affine[:3, :3], np.diag([217 / 16] * 3))
+
+    def world(img, voxels):
+        return nib.affines.apply_affine(img.affine, np.asarray(voxels, dtype=float))
+
+    # outer corners of the voxel grids (half a voxel beyond the first and last centres)
+    low, high = world(image, [-0.5] * 3), world(image, [15.5] * 3)
+    head_low, head_high = world(colin, [-0.5] * 3), world(colin, np.array(colin.shape) - 0.5)
+    assert np.allclose((low + high) / 2, (head_low + head_high) / 2)  # centred on the head
+    assert np.allclose([low[1], high[1]], [head_low[1], head_high[1]])  # y: 217 mm, the longest axis
+    assert np.allclose(high - low, [217.0] * 3)
+    # where the volume's function samples the anatomy at each corner voxel (deformation off)
+    monkeypatch.setattr(lesions, "DEFORM_VOXELS", 0.0)
+    corners = torch.tensor([[0, 0, 0], [15, 15, 15], [0, 15, 0], [15, 0, 7]])
+    sampled = sources[1].function.to_anatomy(corners).double().numpy()
+    assert np.allclose(world(image, corners.numpy()), world(colin, sampled), atol=1e-4)

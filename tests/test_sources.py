@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cpic.sources import SourceError, open_volume
+from tests.helpers import OBLIQUE, oblique_nifti
 
 SHAPE = (13, 17, 11)  # non-cubic, odd sizes
 
@@ -192,6 +193,41 @@ def test_nifti_scaling_spacing_and_procedural(tmp_path):
     huge = open_volume(lambda c: c.sum(1).float(), shape=(2**15,) * 3)
     assert huge.read(torch.tensor([[2**15 - 1, 0, 1]])).item() == 2**15
     assert huge.stats.unique_voxels == 1
+
+
+def test_nifti_sources_carry_their_frame(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from cpic.sources import SpatialInfo
+
+    src = open_volume(oblique_nifti(tmp_path / "o.nii.gz", np.zeros((4, 5, 6), np.float32)))
+    info = src.spatial
+    assert np.allclose(info.affine, OBLIQUE) and np.allclose(info.qform, np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert (info.sform_code, info.qform_code, info.xyz_units, info.t_units) == (4, 1, "mm", "msec")
+    assert src.spacing == pytest.approx(np.linalg.norm(OBLIQUE[:3, :3], axis=0))
+    assert SpatialInfo.from_dict(info.to_dict()) == info
+    # a crop keeps the world position of every voxel
+    crop = info.resampled((1, 1, 1), (1, 2, 3))
+    assert np.allclose(crop.world((0, 0, 0)), info.world((1, 2, 3)))
+    # voxel sizes asked for replace the file's, the origin and directions stay
+    resized = open_volume(tmp_path / "o.nii.gz", spacing=(2.0, 2.0, 2.0)).spatial
+    assert resized.spacing == pytest.approx((2.0, 2.0, 2.0))
+    assert resized.world((0, 0, 0)) == info.world((0, 0, 0))
+    # without a file's frame: the spacing from the origin; none beyond three axes
+    assert open_volume(np.zeros((2, 2, 2)), spacing=(1.0, 2.0, 3.0)).spatial.affine[2] == (0, 0, 3, 0)
+    assert open_volume(np.zeros((2, 2, 2, 2))).spatial is None
+    with pytest.raises(ValueError, match="sform_code must be a NIfTI transform code 0..4, got 7"):
+        SpatialInfo(np.eye(4), sform_code=7)
+    with pytest.raises(ValueError, match="4x4 matrix, got shape"):
+        SpatialInfo(np.eye(3))
+    broken = np.eye(4)
+    broken[0, 0] = np.nan
+    image = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), None)
+    image.header.set_sform(broken, code=4)
+    nib.save(image, tmp_path / "nan.nii")
+    with pytest.raises(SourceError, match="nan.nii: the header's voxel-to-world frame is unusable"):
+        open_volume(tmp_path / "nan.nii")
+    with pytest.raises(ValueError, match="xyz_units must be one of"):
+        SpatialInfo(np.eye(4), xyz_units="furlong")
 
 
 def test_normalization(volume):

@@ -7,8 +7,10 @@ volume, reading only the voxels at its cross pivots, and writes two files pairs:
   :func:`cpic.train.save_model` file whose provenance says ``kind="compressed-volume"``;
 - ``FILE.latent.safetensors`` + ``FILE.latent.json``: the volume's latent TT cores
   (``core_0`` ... ``core_{d-1}``, each ``[r_k, n_k, r_{k+1}]``) as a
-  :func:`cpic.train.save_checkpoint`, with the grid, the normalisation, the affine and the
-  sha256 of the model's tensors, so that a latent is never decoded by another model.
+  :func:`cpic.train.save_checkpoint`, with the grid, the normalisation, the source's
+  voxel-to-world frame (affine, NIfTI transform codes and units: what a NIfTI output of
+  ``reconstruct`` carries) and the sha256 of the model's tensors, so that a latent is never
+  decoded by another model.
 
 ``reconstruct`` decodes any voxel from those files alone: the source volume is not needed.
 """
@@ -35,7 +37,7 @@ from cpic.cli.common import (
     subparser,
 )
 from cpic.nn import Reconstruction
-from cpic.sources import VolumeSource, open_volume
+from cpic.sources import SpatialInfo, VolumeSource, open_volume
 from cpic.train import (
     CheckpointError,
     checkpoint_paths,
@@ -247,19 +249,6 @@ def held_out_error(model: cpic.CPIC, latent: TT, src: VolumeSource, seen: torch.
     return {"voxels": len(ids), "psnr_db": psnr, "relative_error": rel}
 
 
-def _affine(src: VolumeSource, volume: str) -> list[list[float]]:
-    """The voxel-to-world affine: a NIfTI's own, else the spacing on the diagonal."""
-    if volume.lower().endswith((".nii", ".nii.gz")):
-        try:
-            import nibabel as nib
-
-            return np.asarray(nib.load(volume).affine, dtype=float).tolist()
-        except (ImportError, OSError, ValueError):
-            pass
-    spacing = src.spacing or (1.0,) * src.ndim
-    return np.diag([*spacing, 1.0]).tolist()
-
-
 def _save(model: cpic.CPIC, latent: TT, src: VolumeSource, args: argparse.Namespace) -> dict[str, int]:
     """Write the model and the latent checkpoint; returns ``{path: bytes}`` of the four files."""
     norm = src.normalization
@@ -281,7 +270,7 @@ def _save(model: cpic.CPIC, latent: TT, src: VolumeSource, args: argparse.Namesp
         "grid": list(src.shape),
         "dtype": str(src.dtype),
         "normalization": normalization,
-        "affine": _affine(src, str(args.volume)),
+        "spatial": src.spatial.to_dict(),
         "ranks": list(latent.ranks),
         "model_sha256": _sha256(model_st),
     }
@@ -437,6 +426,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if args.figure and not args.figure.lower().endswith(".png"):
         raise ValueError(f"--figure must be a .png path, got {args.figure!r}.")
     model, latent, meta = load_compressed(args.file, device_of(args))
+    spatial = _spatial(args.file, meta)
     shape = tuple(meta["grid"])
     cut = parse_slice(args.slice, shape) if args.slice else None
     box = parse_region(args.region, shape) if args.region else [(0, n) for n in shape]
@@ -449,7 +439,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if not args.normalized:
         block = block * (norm["high"] - norm["low"] if norm["high"] != norm["low"] else 1.0) + norm["low"]
     if writer is not None:
-        writer(args.output, block, cut, box, meta["affine"])
+        writer(args.output, block, cut, spatial.resampled((1, 1, 1), [lo for lo, _ in box]))
     if args.figure:
         _figure(args, block, cut, box)
     summary = {
@@ -495,21 +485,30 @@ def _writer(output: str):
     raise ValueError(f"-o must end in .npy, .nii or .nii.gz, got {output!r}.")
 
 
-def _write_npy(path: str, block: torch.Tensor, cut, box, affine) -> None:
+def _spatial(file: str, meta: dict) -> SpatialInfo:
+    """The source's frame as compress recorded it; files without one (older) hold its affine."""
+    try:
+        if "spatial" in meta:
+            return SpatialInfo.from_dict(meta["spatial"])
+        return SpatialInfo(meta["affine"])  # nibabel's default codes, as these files were written
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{latent_path(file)}: the recorded voxel-to-world frame is unusable ({err})."
+        ) from None
+
+
+def _write_npy(path: str, block: torch.Tensor, cut, spatial: SpatialInfo) -> None:
     array = block.numpy()
     with atomic_path(path) as temp:
         np.save(temp, array.squeeze(cut[0]) if cut is not None else array)
 
 
-def _write_nifti(path: str, block: torch.Tensor, cut, box, affine) -> None:
+def _write_nifti(path: str, block: torch.Tensor, cut, spatial: SpatialInfo) -> None:
+    """The block in the source's frame, its first voxel where it sat in the volume."""
     import nibabel as nib
 
-    affine = np.asarray(affine, dtype=float)
-    origin = np.array([lo for lo, _ in box] + [1.0])
-    shifted = affine.copy()
-    shifted[:, 3] = affine @ origin  # the region's first voxel sits where it sat in the volume
     with atomic_path(path) as temp:
-        nib.save(nib.Nifti1Image(block.numpy().astype(np.float32), shifted), temp)
+        nib.save(spatial.nifti_image(block.numpy().astype(np.float32)), temp)
 
 
 def _reconstruct_lines(s: dict) -> list[str]:

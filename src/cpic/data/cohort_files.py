@@ -31,9 +31,7 @@ def _write_nifti(source: VolumeSource, path: Path) -> None:
     scratch = path.with_name(path.name + ".npy")
     try:
         _write_npy(source, scratch)
-        spacing = source.spacing or (1.0,) * source.ndim
-        image = nibabel.Nifti1Image(np.load(scratch, mmap_mode="r"), np.diag([*spacing, 1.0]))
-        nibabel.save(image, path)
+        nibabel.save(source.spatial.nifti_image(np.load(scratch, mmap_mode="r")), path)
     finally:
         scratch.unlink(missing_ok=True)
 
@@ -50,7 +48,8 @@ def write_cohort(
 
     Each file is written under a temporary name and renamed when complete, and the manifest is
     written last, so an interrupted run leaves no partial volume behind a listed name.
-    ``progress`` (e.g. ``tqdm``) wraps the loop over the sources. The
+    ``progress`` (e.g. ``tqdm``) wraps the loop over the sources. NIfTI files carry each source's
+    ``spatial`` frame (affine, transform codes, units). The
     manifest loads with :meth:`cpic.train.VolumeDataset.from_csv` (``target=`` one label column).
 
     Example:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from cpic.data.real import MRICRON, colin27, head_ct, mean_head, mni152
-from cpic.sources import ProceduralSource
+from cpic.sources import ProceduralSource, SpatialInfo
 
 #: anatomies a cohort can be built on, and the loader of each (all from installed packages)
 ANATOMIES = ("colin27", "mni152", "mean_head", "head_ct")
@@ -58,6 +58,7 @@ class _Anatomy:
     tissue: Tensor  # [N, 3] voxel coordinates where a lesion centre may go
     regions: Tensor | None  # [X, Y, Z] atlas labels, or None
     names: dict[int, str]
+    spatial: SpatialInfo  # the anatomy's voxel-to-world frame
 
 
 @functools.lru_cache(maxsize=4)
@@ -84,7 +85,7 @@ def _anatomy(name: str) -> _Anatomy:
     tissue = _erode(allowed, 6).nonzero()
     if len(tissue) == 0:
         raise ValueError(f"{name}: found no tissue to place lesions in.")
-    return _Anatomy(volume, tissue, regions, names)
+    return _Anatomy(volume, tissue, regions, names, source.spatial)
 
 
 def _dense(source) -> Tensor:
@@ -196,6 +197,9 @@ class LesionVolume:
         extent = max(anat.volume.shape)
         self.scale = extent / side  # anatomy voxels per grid voxel
         self.offset = torch.tensor([(n - extent) / 2 for n in anat.volume.shape])
+        # grid voxel c's centre lies at anatomy voxel offset + (c + 0.5) scale - 0.5 (see to_anatomy)
+        start = (self.offset + 0.5 * self.scale - 0.5).tolist()
+        self.spatial = anat.spatial.resampled((self.scale,) * 3, start)
 
     def unit(self, coords: Tensor) -> Tensor:
         """Grid coordinates ``[K, 3]`` -> voxel centres in the unit cube (float32)."""
@@ -256,9 +260,11 @@ def lesion_source(
     """One volume: ``anatomy`` (see ``ANATOMIES``) on a ``side^3`` grid with ``lesions`` lesions,
     each inside a faint hypointense oedema halo (``OEDEMA_*``) when ``oedema``.
 
-    The returned source's ``.function`` is a :class:`LesionVolume`; its ``.lesions`` list says
-    what was inserted (centre, radii, contrast, AAL region on Colin27) and ``.lesion_voxels``
-    their total volume in grid voxels.
+    The source's ``spatial`` frame is the anatomy's, resampled: voxels of ``extent / side``
+    anatomy voxels (``extent`` the anatomy's longest axis), centred on the anatomy as the grid
+    is. Its ``.function`` is a :class:`LesionVolume`; its ``.lesions`` list says what was
+    inserted (centre, radii, contrast, AAL region on Colin27) and ``.lesion_voxels`` their total
+    volume in grid voxels.
 
     Example:
         >>> src = lesion_source("colin27", side=64, seed=1, lesions=2)   # doctest: +SKIP
@@ -268,7 +274,9 @@ def lesion_source(
     _check_int("side", side, 8)
     _check_int("lesions", lesions, 0)
     function = LesionVolume(anatomy, int(side), seed, int(lesions), bool(oedema))
-    return ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
+    source = ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
+    source.spatial = function.spatial
+    return source
 
 
 def lesion_cohort(

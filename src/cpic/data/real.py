@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpic.sources import SourceError, VolumeSource, open_volume
+from cpic.sources import SourceError, SpatialInfo, VolumeSource, open_volume
 
 MRICRON = Path("/usr/share/mricron/templates")
 INVESALIUS = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
@@ -117,7 +117,7 @@ def head_ct(normalize=(-1024.0, 2048.0)) -> VolumeSource:
     info = plistlib.loads(meta.read_bytes())
     shape = tuple(int(n) for n in info["matrix"]["shape"])
     spacing = tuple(float(s) for s in info.get("spacing", (1.0, 1.0, 1.0)))[::-1]  # (x, y, z) -> (z, y, x)
-    return open_volume(
+    source = open_volume(
         matrix,
         format="raw",
         shape=shape,
@@ -125,6 +125,9 @@ def head_ct(normalize=(-1024.0, 2048.0)) -> VolumeSource:
         spacing=spacing,
         normalize=normalize,
     )
+    # world x, y, z run along the matrix's axes 2, 1, 0 (their directions' signs are not recorded)
+    source.spatial = SpatialInfo(np.diag([*spacing, 1.0])[[2, 1, 0, 3]], xyz_units="mm")
+    return source
 
 
 def _extract_inv3(archive: Path, target: Path) -> None:

@@ -8,6 +8,7 @@ from cpic.sources.base import Normalization, ReadStats, SourceError, VolumeSourc
 from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource
 from cpic.sources.open import FORMATS, detect_format, open_volume
 from cpic.sources.procedural import ProceduralSource
+from cpic.sources.spatial import SpatialInfo
 
 __all__ = [
     "check_same_grid",
@@ -18,6 +19,7 @@ __all__ = [
     "ProceduralSource",
     "ReadStats",
     "SourceError",
+    "SpatialInfo",
     "TiffSource",
     "VolumeSource",
     "ZarrSource",

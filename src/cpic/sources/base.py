@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cpic.sources.spatial import SpatialInfo
 from cpic.util import KeyStore
 
 BORDERS = ("reflect", "edge", "zero")
@@ -194,6 +195,7 @@ class VolumeSource(ABC):
         self.dtype = dtype
         self.channels = channels
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self._spatial: SpatialInfo | None = None
         if nonfinite not in NONFINITE_POLICIES:
             raise SourceError(f"{name}: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}.")
         self.nonfinite = nonfinite
@@ -207,6 +209,30 @@ class VolumeSource(ABC):
     def ndim(self) -> int:
         """Number of grid axes ``D`` (channels excluded)."""
         return len(self.shape)
+
+    @property
+    def spatial(self) -> SpatialInfo | None:
+        """Where the grid sits in the world (affine, NIfTI codes and units): what a NIfTI file
+        or a resampled anatomy says, else axis-aligned voxels of ``spacing`` (1 when unknown)
+        from the origin; None for grids of more than three axes. Setting it sets ``spacing``.
+
+        Example:
+            >>> import numpy as np
+            >>> from cpic.sources import ArraySource
+            >>> ArraySource(np.zeros((4, 4, 4)), spacing=(2.0, 2.0, 3.0)).spatial.affine[2]
+            (0.0, 0.0, 3.0, 0.0)
+        """
+        if self._spatial is not None or self.ndim > 3:
+            return self._spatial
+        return SpatialInfo.from_spacing(self.spacing or (1.0,) * self.ndim)
+
+    @spatial.setter
+    def spatial(self, info: SpatialInfo | None) -> None:
+        if info is not None and self.ndim > 3:
+            raise SourceError(f"{self.name}: a {self.ndim}-D grid has no 3-D world frame.")
+        self._spatial = info
+        if info is not None:
+            self.spacing = info.spacing[: self.ndim]
 
     @property
     def size(self) -> int:

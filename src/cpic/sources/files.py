@@ -16,6 +16,7 @@ import numpy as np
 
 from cpic.sources.array import ArraySource
 from cpic.sources.base import SourceError
+from cpic.sources.spatial import SpatialInfo
 
 #: the largest .nii.gz decompressed into memory (a larger one must be a .nii, memory-mapped)
 _MAX_DECOMPRESSED = 16 * 2**30
@@ -157,7 +158,9 @@ def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "ra
     """A NIfTI-1/2 image: ``.nii`` memory-mapped, ``.nii.gz`` decompressed once into memory.
 
     The header's scaling (``scl_slope``, ``scl_inter``) is applied to the values read and
-    its voxel sizes become the spacing. A 4-D image's fourth axis is its channel axis.
+    its voxel sizes become the spacing, and its affine, transform codes and units the source's
+    ``spatial`` frame (cpic's axes are the file's ``i, j, k``). A 4-D image's fourth axis is its
+    channel axis.
     """
     require_file(path)
     try:
@@ -202,12 +205,18 @@ def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "ra
                 f"but the file holds only {path.stat().st_size} bytes."
             )
         array = np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F", offset=offset)
-    spatial = len(shape) - (0 if channel_axis is None else 1)
-    return ArraySource(
+    axes = len(shape) - (0 if channel_axis is None else 1)
+    source = ArraySource(
         array,
         name=name,
         channel_axis=channel_axis,
-        spacing=spacing[:spatial],
+        spacing=spacing[:axes],
         nonfinite=nonfinite,
         scale=scale,
     )
+    if source.ndim <= 3:
+        try:
+            source.spatial = SpatialInfo.from_nifti(header)
+        except (*failures, ValueError) as err:  # e.g. a header whose affine is not finite
+            raise SourceError(f"{path}: the header's voxel-to-world frame is unusable ({err}).") from None
+    return source

@@ -100,6 +100,8 @@ def open_volume(
         raise SourceError(f"{source.name}: spacing {tuple(spacing)} must have {source.ndim} values.")
     if spacing is not None:
         source.spacing = tuple(float(s) for s in spacing)
+        if source._spatial is not None:  # a file's frame, with the voxel sizes asked for
+            source.spatial = source._spatial.with_spacing(source.spacing)
     return source.set_normalization(normalize).enable_cache(cache_bytes)
 
 

@@ -98,11 +98,21 @@ class SpatialInfo:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel sizes: the lengths of the affine's first three columns."""
+        """Voxel sizes: the lengths of the affine's first three columns.
+
+        Example:
+            >>> SpatialInfo([[0, 0, 3, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]]).spacing
+            (1.0, 2.0, 3.0)
+        """
         return tuple(float(v) for v in np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0))
 
     def world(self, voxel: Sequence[float]) -> tuple[float, float, float]:
-        """World coordinates of the (possibly fractional) voxel index ``voxel``."""
+        """World coordinates of the (possibly fractional) voxel index ``voxel``.
+
+        Example:
+            >>> SpatialInfo.from_spacing((2.0, 2.0, 2.0)).world((1, 0.5, 0))
+            (2.0, 1.0, 0.0)
+        """
         padded = [*map(float, voxel), *[0.0] * (3 - len(voxel))]
         return tuple(float(v) for v in (np.asarray(self.affine) @ [*padded, 1.0])[:3])
 
@@ -124,7 +134,12 @@ class SpatialInfo:
         return SpatialInfo(mapped(self.affine), *codes, mapped(self.qform))
 
     def with_spacing(self, spacing: Sequence[float]) -> SpatialInfo:
-        """The same frame (origin, directions) with voxels of ``spacing`` instead."""
+        """The same frame (origin, directions) with voxels of ``spacing`` instead.
+
+        Example:
+            >>> SpatialInfo.from_spacing((1.0, 1.0, 1.0)).with_spacing((0.5, 0.5, 2.0)).spacing
+            (0.5, 0.5, 2.0)
+        """
         current = self.spacing
         ratios = [float(s) / c if c > 0 else float(s) for s, c in zip(spacing, current)]
         return self.resampled(ratios + [1.0] * (3 - len(ratios)), (0.0, 0.0, 0.0))
@@ -148,7 +163,13 @@ class SpatialInfo:
 
     @classmethod
     def from_dict(cls, fields: dict) -> SpatialInfo:
-        """The record :meth:`to_dict` wrote; a ValueError naming what is wrong otherwise."""
+        """The record :meth:`to_dict` wrote; a ValueError naming what is wrong otherwise.
+
+        Example:
+            >>> import numpy as np
+            >>> SpatialInfo.from_dict({"affine": np.eye(4).tolist(), "sform_code": 4}).sform_code
+            4
+        """
         if not isinstance(fields, dict) or "affine" not in fields:
             raise ValueError(f"a spatial record needs an 'affine', got {fields!r}.")
         known = {"affine", "qform_code", "sform_code", "xyz_units", "t_units", "qform"}

@@ -114,6 +114,10 @@ class HDF5Source(VolumeSource):
             self.data, dataset = self._dataset(h5py, path, dataset, limits)
             _check_storage(h5py, self.data, f"{path}:{dataset}", path, limits)
             data_shape, chunks, dtype = self.data.shape, self.data.chunks, self.data.dtype
+            if chunks is None:  # contiguous: read in blocks that fit the budget, not in one
+                chunks = _blocks_within(data_shape, dtype.itemsize, limits.budget)
+            what = f"one chunk of shape {chunks}"
+            limits.require_memory(f"{path}:{dataset}", math.prod(chunks) * dtype.itemsize, what)
         except SourceError:
             self.file.close()
             raise
@@ -124,9 +128,6 @@ class HDF5Source(VolumeSource):
         super().__init__(f"{path}:{dataset}", shape, dtype, channels, nonfinite=nonfinite)
         if channels is not None and channel_axis % self.data.ndim != self.data.ndim - 1:
             raise SourceError(f"{self.name}: only a trailing channel axis is supported for HDF5.")
-        if chunks is None:  # contiguous: read in blocks that fit the budget, not in one
-            chunks = _blocks_within(data_shape, dtype.itemsize, limits.budget)
-        limits.require_memory(self.name, math.prod(chunks) * dtype.itemsize, f"one chunk of shape {chunks}")
         self._chunks = tuple(chunks[: self.ndim])
         self._grid = tuple(-(-n // c) for n, c in zip(self.shape, self._chunks))
         self.chunk_bytes = int(np.prod(chunks)) * dtype.itemsize
@@ -185,9 +186,8 @@ def _check_links(h5py, file, path: Path, dataset: str, limits: LoadLimits, depth
         elif isinstance(link, h5py.ExternalLink):
             target = Path(link.filename)
             near = path.parent / target
-            limits.require_external(
-                f"{path}:{at}", f"an external link to {link.path!r}", [near if near.exists() else target]
-            )
+            found = f"is an external link to {link.path!r} in"
+            limits.require_external(f"{path}:{at}", found, [near if near.exists() else target])
         elif link is None:
             return  # missing: the caller says so
 
@@ -198,12 +198,12 @@ def _check_storage(h5py, data, name: str, path: Path, limits: LoadLimits) -> Non
     plist = data.id.get_create_plist()
     files = [plist.get_external(i)[0].decode("utf-8", "replace") for i in range(plist.get_external_count())]
     if files:  # HDF5 resolves these names against the working directory
-        limits.require_external(name, "external raw storage", files)
+        limits.require_external(name, "reads external raw storage in", files)
     if data.is_virtual:
         sources = sorted({m.file_name for m in data.virtual_sources()} - {"."})
         if sources:
             near = [path.parent / f if (path.parent / f).exists() else Path(f) for f in sources]
-            limits.require_external(name, "a virtual dataset mapping", near)
+            limits.require_external(name, "is a virtual dataset mapping", near)
 
 
 def _blocks_within(shape: tuple[int, ...], itemsize: int, budget: int | None) -> tuple[int, ...]:
@@ -241,8 +241,9 @@ def _check_store(root: Path, limits: LoadLimits) -> None:
                 elif not entry.is_file(follow_symlinks=False):
                     check_path(entry.path, f"chunk of the Zarr store {root}", error=SourceError)
     if outside:
-        targets = [Path(p).resolve() for p in sorted(outside)]
-        limits.require_external(f"{root}", f"symlinks leaving the store ({sorted(outside)[0]} ->)", targets)
+        first = Path(sorted(outside)[0]).relative_to(root)
+        found = f"has {len(outside)} symlink(s) out of the store ({first}, ...) to"
+        limits.require_external(str(root), found, [Path(p).resolve() for p in sorted(outside)])
 
 
 class TiffSource(VolumeSource):

@@ -216,11 +216,10 @@ def _gz_header(path: Path, nib):
         block = fh.read(540)
     if len(block) < 348:
         raise ValueError(f"it holds {len(block)} bytes once decompressed, less than a NIfTI header")
-    sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}
-    klass = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+    sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}  # sizeof_hdr, either byte order
     if not sizes & {348, 540}:
         raise ValueError("its first 4 bytes are not a NIfTI header size (348 or 540)")
-    size = 540 if klass is nib.Nifti2Header else 348
+    klass, size = (nib.Nifti1Header, 348) if 348 in sizes else (nib.Nifti2Header, 540)
     return klass.from_fileobj(io.BytesIO(block[:size]))
 
 
@@ -245,4 +244,6 @@ def _inflate(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -
             f"{path}: the compressed data is truncated: it holds {got} of the {len(view)} bytes "
             f"the header declares (shape {shape} of {dtype})."
         )
+    if not dtype.isnative:  # swapped in place: torch reads native byte order only
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
     return array

@@ -59,34 +59,36 @@ class LoadLimits:
             v.gz: loading it needs 1.0 GiB in memory (1024^3 uint8), more than the memory budget (1.0 MiB).
         """
         if self.budget is not None and needed > self.budget:
+            need, have = format_bytes(needed), format_bytes(self.budget)
+            if need == have:  # too close to tell apart rounded
+                need, have = f"{needed} B", f"{self.budget} B"
             raise SourceError(
-                f"{name}: loading it needs {format_bytes(needed)} in memory ({what}), more than "
-                f"{self.budget_is} ({format_bytes(self.budget)}){hint}."
+                f"{name}: loading it needs {need} in memory ({what}), "
+                f"more than {self.budget_is} ({have}){hint}."
             )
 
     def require_external(self, name: str, found: str, files: list[str | os.PathLike[str]]) -> None:
         """Refuse a volume that reads ``files`` besides itself (``found`` says how) unless external
-        references are allowed; allowed ones must still pass :func:`cpic.util.guard.check_path`.
+        files are allowed; allowed ones must still pass :func:`cpic.util.guard.check_path`.
 
         Example:
             >>> try:
-            ...     LoadLimits().require_external("x.h5:/v", "external storage", ["/etc/passwd"])
+            ...     LoadLimits().require_external("x.h5:/v", "reads external raw storage in", ["/etc/passwd"])
             ... except SourceError as err:
             ...     print(err)  # doctest: +NORMALIZE_WHITESPACE
-            x.h5:/v: uses external storage in /etc/passwd, a file not named; refused
+            x.h5:/v: reads external raw storage in /etc/passwd, a file not named; refused
             (allow_external=True or --allow-external reads it).
         """
         if not self.allow_external:
             more = f" and {len(files) - 3} more" if len(files) > 3 else ""
             shown = ", ".join(str(f) for f in files[:3]) + more
             raise SourceError(
-                f"{name}: uses {found} in {shown}, a file not named; refused "
+                f"{name}: {found} {shown}, a file not named; refused "
                 "(allow_external=True or --allow-external reads it)."
             )
         for file in files:
             if Path(file).exists():
-                what = f"target of {found} of {name}"
-                check_path(file, what, folder=Path(file).is_dir(), error=SourceError)
+                check_path(file, f"file read by {name}", folder=Path(file).is_dir(), error=SourceError)
 
 
 @contextlib.contextmanager

@@ -184,7 +184,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
 def _read_record(json_path: Path) -> dict:
     if not json_path.exists():
         raise CheckpointError(f"checkpoint metadata {json_path} does not exist")
-    raw = read_bytes(json_path, "checkpoint metadata file (.json)", error=CheckpointError)
+    raw = read_bytes(json_path, "checkpoint metadata file (.json)", max_bytes=1 << 28, error=CheckpointError)
     try:
         record = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:

@@ -105,20 +105,22 @@ def read_bytes(
                 raise error(f"{path}: holds more than {max_bytes} bytes; expected a small {what}.")
             return _read_all(fd, path, what, max_bytes, None, error)
         if stat.S_ISFIFO(mode) and pipe_timeout is not None:
-            return _read_all(fd, path, what, max_bytes, time.monotonic() + pipe_timeout, error)
+            return _read_all(fd, path, what, max_bytes, pipe_timeout, error)
         raise error(f"{path}: is {_kind(mode)}, not a regular file; expected a {what}.")
     finally:
         os.close(fd)
 
 
-def _read_all(fd: int, path: Path, what: str, limit: int, deadline: float | None, error) -> bytes:
-    """Read ``fd`` to its end: at most ``limit`` bytes, before ``deadline`` (a pipe) if given."""
+def _read_all(fd: int, path: Path, what: str, limit: int, seconds: float | None, error) -> bytes:
+    """Read ``fd`` to its end: at most ``limit`` bytes, within ``seconds`` (a pipe) if given."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     parts, size = [], 0
     while True:
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise error(f"{path}: nothing more arrived from the pipe within the time limit ({what}).")
+                late = f"a pipe that did not deliver a {what} within the time limit ({seconds:g} s)"
+                raise error(f"{path}: {late}.")
         try:
             block = os.read(fd, 1 << 16)
         except BlockingIOError:

@@ -351,3 +351,110 @@ def broken_latents(root: Path, base: Path) -> dict[str, tuple[Path, str]]:
         (root / "no_latent" / f"vol{suffix}").write_bytes(base.with_name(base.name + suffix).read_bytes())
     out["latent files missing"] = (root / "no_latent" / "vol", "latent")
     return out
+
+
+def gzip_bomb(path: Path, shape=(1024, 1024, 1024), dtype="float32") -> Path:
+    """A valid ``.nii.gz`` whose header declares ``shape`` of ``dtype`` and whose zero voxels
+    are all there (4 GiB for the default) in about 4 MB: deflate blocks of 1 MiB of zeros after
+    a full flush are identical, so one is compressed and repeated. Its ISIZE trailer is the
+    size mod 2^32 (352 bytes for the default), so only the header says how big it is."""
+    import zlib
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    head = header.binaryblock + b"\0" * 4  # no extensions; voxels at offset 352
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    zeros = bytes(1 << 20)
+    assert size % len(zeros) == 0
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    crc = zlib.crc32(head)
+    with open(path, "wb") as fh:
+        fh.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff")
+        fh.write(deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH))
+        block = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+        for _ in range(size // len(zeros)):
+            fh.write(block)
+            crc = zlib.crc32(zeros, crc)
+        fh.write(deflate.flush())
+        fh.write(struct.pack("<II", crc, (len(head) + size) % 2**32))
+    return path
+
+
+def _raw_zarr(folder: Path, grid=GRID, chunks=(4, 4, 4), write_chunks: bool = True) -> Path:
+    """A Zarr v2 array of float32 stored raw (no compressor): chunk ``i.j.k`` holds the value i+j+k."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"zarr_format": 2, "shape": list(grid), "chunks": list(chunks), "dtype": "<f4", "compressor": None,
+            "fill_value": 0, "order": "C", "filters": None}  # fmt: skip
+    (folder / ".zarray").write_text(json.dumps(meta))
+    if write_chunks:
+        for i, j, k in np.ndindex(*(g // c for g, c in zip(grid, chunks))):
+            (folder / f"{i}.{j}.{k}").write_bytes(np.full(chunks, i + j + k, "<f4").tobytes())
+    return folder
+
+
+def hostile_volumes(root: Path) -> dict[str, tuple[Path | str, str]]:
+    """Volumes that reach for files the user did not name, or declare more memory than a
+    budget allows: ``{case: (path, needle)}``, ``needle`` in the one-line refusal. The memory
+    cases are refused under a budget of 512 MiB (``--memory-budget 512M``)."""
+    import h5py
+    import nibabel as nib
+
+    root.mkdir(parents=True, exist_ok=True)
+    good = np.random.default_rng(2).normal(size=GRID).astype(np.float32)
+    c: dict[str, tuple[Path | str, str]] = {}
+    with h5py.File(root / "ext_passwd.h5", "w") as h5:  # the bytes of /etc/passwd as voxels
+        h5.create_dataset("v", shape=(4, 4, 4), dtype="u1", external=[("/etc/passwd", 0, 64)])
+    c["h5 external storage in /etc/passwd"] = (root / "ext_passwd.h5", "external raw storage in /etc/passwd")
+    (root / "outside.bin").write_bytes(good.tobytes())
+    with h5py.File(root / "ext_raw.h5", "w") as h5:
+        h5.create_dataset("v", shape=GRID, dtype="f4", external=[(str(root / "outside.bin"), 0, good.nbytes)])
+    c["h5 external storage in another file"] = (root / "ext_raw.h5", "external raw storage")
+    if not (root / "fifo.bin").exists():
+        os.mkfifo(root / "fifo.bin")
+    with h5py.File(root / "ext_fifo.h5", "w") as h5:
+        h5.create_dataset("v", shape=GRID, dtype="f4", external=[(str(root / "fifo.bin"), 0, good.nbytes)])
+    c["h5 external storage in a FIFO"] = (root / "ext_fifo.h5", "external raw storage")
+    with h5py.File(root / "target.h5", "w") as h5:
+        h5.create_dataset("v", data=good)
+    with h5py.File(root / "ext_link.h5", "w") as h5:
+        h5["v"] = h5py.ExternalLink("target.h5", "/v")
+    c["h5 external link"] = (f"{root / 'ext_link.h5'}:/v", "external link")
+    with h5py.File(root / "ext_link_group.h5", "w") as h5:  # a soft link into an external group
+        h5["g"] = h5py.ExternalLink("target.h5", "/")
+        h5["v"] = h5py.SoftLink("/g/v")
+    c["h5 soft link through an external link"] = (f"{root / 'ext_link_group.h5'}:/v", "external link")
+    layout = h5py.VirtualLayout(shape=GRID, dtype="f4")
+    layout[:] = h5py.VirtualSource(str(root / "target.h5"), "v", shape=GRID)
+    with h5py.File(root / "virtual.h5", "w") as h5:
+        h5.create_virtual_dataset("v", layout)
+    c["h5 virtual dataset"] = (root / "virtual.h5", "virtual dataset")
+    zarr = _raw_zarr(root / "link_out.zarr")
+    (root / "outside_chunk.bin").write_bytes(np.full((4, 4, 4), 7, "<f4").tobytes())
+    (zarr / "1.1.1").unlink()
+    (zarr / "1.1.1").symlink_to(root / "outside_chunk.bin")
+    c["zarr chunk symlinked out of the store"] = (zarr, "symlink(s) out of the store")
+    zarr = _raw_zarr(root / "fifo_chunk.zarr")
+    (zarr / "0.0.1").unlink()
+    os.mkfifo(zarr / "0.0.1")
+    c["zarr chunk that is a FIFO"] = (zarr, "FIFO")
+    link = root / "zero.npy"
+    if not link.is_symlink():
+        link.symlink_to("/dev/zero")
+    c["a device file (/dev/zero) as a volume"] = (link, "character device")
+    c["nii.gz bomb: 4 GiB of zeros in 4 MB"] = (gzip_bomb(root / "bomb.nii.gz"), "4.0 GiB")
+    nib.save(nib.Nifti1Image(good, np.eye(4)), root / "huge_header.nii.gz")
+    data = bytearray(gzip.decompress((root / "huge_header.nii.gz").read_bytes()))
+    data[40:56] = struct.pack("<8h", 3, 32767, 32767, 32767, 1, 1, 1, 1)
+    (root / "huge_header.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    c["nii.gz header declaring 32767^3 voxels"] = (root / "huge_header.nii.gz", "128.0 TiB")
+    with h5py.File(root / "huge_chunk.h5", "w") as h5:  # nothing written: the file stays small
+        side = (1024, 1024, 1024)
+        h5.create_dataset("v", shape=side, dtype="u1", chunks=side, compression="gzip")
+    c["h5 one 1 GiB compressed chunk"] = (root / "huge_chunk.h5", "one chunk")
+    side = (2048, 2048, 2048)
+    _raw_zarr(root / "huge_chunk.zarr", grid=side, chunks=side, write_chunks=False)
+    c["zarr one 32 GiB chunk"] = (root / "huge_chunk.zarr", "one chunk")
+    return c

@@ -96,6 +96,7 @@ def world(tmp_path_factory):
         odd=bad_corpus.odd_volumes(root / "odd"),
         manifests=bad_corpus.manifests(root, names),
         models=bad_corpus.broken_models(root / "models", root / "model"),
+        hostile=bad_corpus.hostile_volumes(root / "hostile"),
     )
 
 
@@ -141,6 +142,7 @@ def pytest_generate_tests(metafunc):
 def test_corpus_lists_every_case(world):
     assert len(world.broken) == 45 and len(world.odd) == 6
     assert len(world.manifests) == 13 and len(world.models) == 23
+    assert len(world.hostile) == len(HOSTILE_CASES) == 13
 
 
 def test_broken_volume_is_refused_by_every_command(world, broken_case, capsys, out, tmp_path):
@@ -173,6 +175,126 @@ def test_odd_volumes_are_described_but_not_used(world, case, needle, capsys, out
     compress_needle = needle if "NaN" in needle else ("grid axes" if case in ("2-D", "5-D") else "too thin")
     compressed = cli(capsys, "compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet")
     refused(compressed, compress_needle.split()[0], out)
+
+
+# ---------------------------------------------------------------------- files not named, memory
+HOSTILE_CASES = [
+    "h5 external storage in /etc/passwd", "h5 external storage in another file",
+    "h5 external storage in a FIFO", "h5 external link", "h5 soft link through an external link",
+    "h5 virtual dataset", "zarr chunk symlinked out of the store", "zarr chunk that is a FIFO",
+    "a device file (/dev/zero) as a volume", "nii.gz bomb: 4 GiB of zeros in 4 MB",
+    "nii.gz header declaring 32767^3 voxels", "h5 one 1 GiB compressed chunk", "zarr one 32 GiB chunk",
+]  # fmt: skip
+BUDGET = ["--memory-budget", "512M"]
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES)
+def test_volume_beyond_its_file_or_budget_is_refused_by_every_command(world, case, capsys, out, tmp_path):
+    path, needle = world.hostile[case]
+    refused(cli(capsys, "inspect", path), needle)  # inspect's own budget: 256M
+    refused(cli(capsys, "predict", world.model, path, "-o", out / "p.csv", *BUDGET), needle, out)
+    compress = ["compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet", *BUDGET]
+    refused(cli(capsys, *compress), needle, out)
+    manifest = manifest_with(world, path, tmp_path)
+    refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY, *BUDGET), needle, out)
+    refused(cli(capsys, "evaluate", world.model, manifest, *BUDGET), needle)
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [("h5 external storage in another file", "good"), ("h5 external link", "good"),
+     ("h5 soft link through an external link", "good"), ("h5 virtual dataset", "good"),
+     ("zarr chunk symlinked out of the store", "chunks")],
+)  # fmt: skip
+def test_files_a_volume_refers_to_are_read_when_allowed(world, case, expected, capsys):
+    path, _ = world.hostile[case]
+    described = cli(capsys, "inspect", path, "--allow-external", "--json")
+    assert described.code == 0 and not described.err, described.err
+    values = open_volume(path, allow_external=True).read_planes(0, bad_corpus.GRID[0]).numpy()
+    if expected == "good":  # the data the links and mappings point at
+        good = np.random.default_rng(2).normal(size=bad_corpus.GRID).astype(np.float32)
+        np.testing.assert_array_equal(values, good)
+    else:  # chunk (i, j, k) holds i + j + k; chunk (1, 1, 1) is the file outside, holding 7
+        assert values[4:, 4:, 4:].min() == values[4:, 4:, 4:].max() == 7 and values[:4, :4, 4:].max() == 1
+
+
+def test_allowed_external_files_must_still_be_regular_files(world):
+    for case, needle in [("h5 external storage in a FIFO", "FIFO"), ("zarr chunk that is a FIFO", "FIFO")]:
+        with pytest.raises(SourceError, match=needle):
+            open_volume(world.hostile[case][0], allow_external=True)
+
+
+def test_model_files_that_are_not_regular_files_are_refused(world, capsys, out, tmp_path):
+    st, js = world.model.with_suffix(".safetensors"), world.model.with_suffix(".json")
+    cases = {}
+    for name, fifo_suffix in [("fifo_json", ".json"), ("fifo_tensors", ".safetensors")]:
+        for suffix, source in [(".json", js), (".safetensors", st)]:
+            if suffix == fifo_suffix:
+                os.mkfifo(tmp_path / f"{name}{suffix}")
+            else:
+                shutil.copy(source, tmp_path / f"{name}{suffix}")
+        cases[tmp_path / name] = "FIFO"
+    shutil.copy(st, tmp_path / "zero.safetensors")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    cases[tmp_path / "zero"] = "character device"
+    shutil.copy(js, tmp_path / "zero_st.json")
+    (tmp_path / "zero_st.safetensors").symlink_to("/dev/zero")
+    cases[tmp_path / "zero_st"] = "character device"
+    volume = world.root / world.names[0]
+    for base, needle in cases.items():
+        refused(cli(capsys, "predict", base, volume, "-o", out / "p.csv"), needle, out)
+        refused(cli(capsys, "inspect", f"{base}.json"), needle)
+        refused(cli(capsys, "evaluate", base, world.root / "cohort.csv"), needle)
+
+
+def test_config_that_is_not_a_small_regular_file_is_refused_fast(world, capsys, out, tmp_path, monkeypatch):
+    from cpic.cli import train
+
+    monkeypatch.setattr(train, "CONFIG_PIPE_SECONDS", 0.5)
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    cases = {"fifo.json": "time limit (0.5 s)", "folder.json": "is a directory",
+             "deep.json": "not valid JSON", "zero.json": "character device"}  # fmt: skip
+    args = [world.root / "cohort.csv", "-o", out / "m", "--val", "0", *TINY]
+    for name, needle in cases.items():
+        refused(cli(capsys, "train", *args, "--config", tmp_path / name), needle, out)
+    writer = os.open(tmp_path / "fifo.json", os.O_RDWR)  # a writer that never writes
+    try:
+        refused(cli(capsys, "train", *args, "--config", tmp_path / "fifo.json"), "time limit", out)
+    finally:
+        os.close(writer)
+    read, write = os.pipe()  # --config <(...): a pipe that delivers is read
+    os.write(write, b'{"rank": 3}')
+    os.close(write)
+    try:
+        assert train._config(f"/dev/fd/{read}") == {"rank": 3}
+    finally:
+        os.close(read)
+
+
+def test_gzip_bomb_is_refused_fast_without_inflating(world, tmp_path):
+    """In a fresh process: inspect (its own budget) and predict (--memory-budget) refuse the
+    4 GiB bomb within seconds, and the process never holds more than a fraction of it."""
+    bomb, _ = world.hostile["nii.gz bomb: 4 GiB of zeros in 4 MB"]
+    script = (  # VmHWM: this process's peak RSS (ru_maxrss would carry the forking parent's over exec)
+        "import re, time\n"
+        "from cpic.cli.main import main\n"
+        "start = time.monotonic()\n"
+        f"codes = [main(['inspect', {str(bomb)!r}]),\n"
+        f"         main(['predict', {str(world.model)!r}, {str(bomb)!r}, '--memory-budget', '1G'])]\n"
+        "peak = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "print(codes, time.monotonic() - start, peak)\n"
+    )
+    command = [sys.executable, "-c", script]
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=120)
+    codes, seconds, peak = proc.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert codes == "[2, 2]" and float(seconds) < 10, proc.stdout + proc.stderr
+    assert int(peak) < 2**30, f"peak RSS {int(peak) / 2**20:.0f} MiB"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and all("4.0 GiB" in line and "bomb.nii.gz" in line for line in lines), lines
+    assert "256.0 MiB" in lines[0] and "1.0 GiB" in lines[1]
 
 
 # ---------------------------------------------------------------------- manifests
@@ -407,6 +529,8 @@ def test_real_processes_print_one_line_and_no_traceback(world, tmp_path):
         ["predict", world.model, b["zarr chunk of the wrong size"], "-o", out / "p.csv"],
         ["compress", world.odd["NaN voxels"], "-o", out / "c", "--steps", "2"],
         ["train", world.root / "cohort.csv", "-o", out / "m", "--device", "tpu"],
+        ["inspect", world.hostile["zarr chunk that is a FIFO"][0]],  # FIFOs: refused, never read
+        ["inspect", world.hostile["h5 external storage in a FIFO"][0], "--allow-external"],
     ]
     procs = [
         subprocess.Popen(

@@ -341,3 +341,76 @@ def test_zarr_by_url(volume, files):
     np.testing.assert_array_equal(
         src.gather(centres, patch=3).numpy(), reference(volume, centres.numpy(), 3, "reflect")
     )
+
+
+# ---------------------------------------------------------------------- memory budget on load
+def test_nii_gz_is_inflated_only_to_its_declared_size(tmp_path, volume):
+    """Whatever follows the voxels the header declares is never decompressed; a stream that ends
+    before them is refused as truncated; a declared size above the budget is refused first."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "v.nii.gz")
+    raw = gzip.decompress((tmp_path / "v.nii.gz").read_bytes())
+    (tmp_path / "tail.nii.gz").write_bytes(gzip.compress(raw + bytes(64 << 20), compresslevel=1))
+    tail = open_volume(tmp_path / "tail.nii.gz")
+    np.testing.assert_array_equal(tail.read_planes(0, SHAPE[0]).numpy(), volume)
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(SourceError, match=r"short.nii.gz: the compressed data is truncated"):
+        open_volume(tmp_path / "short.nii.gz")
+    needed = volume.nbytes
+    over = rf"v.nii.gz: loading it needs {needed} B .*int16.*budget \({needed - 1} B"
+    with pytest.raises(SourceError, match=over):
+        open_volume(tmp_path / "v.nii.gz", memory_budget=needed - 1)
+    assert open_volume(tmp_path / "v.nii.gz", memory_budget=needed).shape == SHAPE
+
+
+def test_big_endian_nii_gz_is_read_in_native_order(tmp_path, volume):
+    import nibabel as nib
+
+    header = nib.Nifti1Image(volume, np.eye(4)).header.as_byteswapped(">")
+    nib.save(nib.Nifti1Image(volume.astype(">i2"), np.eye(4), header=header), tmp_path / "be.nii.gz")
+    assert gzip.decompress((tmp_path / "be.nii.gz").read_bytes())[:4] == (348).to_bytes(4, "big")
+    values = open_volume(tmp_path / "be.nii.gz").read_planes(0, SHAPE[0]).numpy()
+    np.testing.assert_array_equal(values, volume)
+
+
+def test_contiguous_hdf5_is_read_in_blocks_within_the_budget(tmp_path, volume):
+    import h5py
+
+    with h5py.File(tmp_path / "c.h5", "w") as h5:
+        h5.create_dataset("v", data=volume)  # contiguous: no chunks of its own
+    whole = open_volume(tmp_path / "c.h5")
+    small = open_volume(tmp_path / "c.h5", memory_budget=512)
+    assert whole._chunks == SHAPE and np.prod(small._chunks) * 2 <= 512
+    coords = torch.cartesian_prod(*[torch.arange(n) for n in SHAPE])
+    np.testing.assert_array_equal(small.read(coords, normalize=False).numpy(), volume.reshape(-1))
+
+
+def test_decoded_chunks_and_pages_must_fit_the_budget(tmp_path, volume):
+    import h5py
+    import tifffile
+
+    with h5py.File(tmp_path / "z.h5", "w") as h5:
+        h5.create_dataset("v", data=volume, chunks=(13, 17, 1), compression="gzip")
+    with pytest.raises(SourceError, match=r"z.h5:v: loading it needs 442 B in memory \(one chunk"):
+        open_volume(tmp_path / "z.h5", memory_budget=441)
+    tifffile.imwrite(tmp_path / "z.tif", volume, compression="zlib")
+    with pytest.raises(SourceError, match=r"z.tif: loading it needs 374 B in memory \(one slice"):
+        open_volume(tmp_path / "z.tif", memory_budget=100)
+    assert open_volume(tmp_path / "z.tif", memory_budget=374).shape == SHAPE
+
+
+def test_load_limits_come_from_the_call_then_open_defaults_then_memory():
+    from cpic.sources import LoadLimits, open_defaults
+    from cpic.util.memory import available_memory
+
+    have = available_memory()
+    default = LoadLimits.resolve()
+    assert not default.allow_external
+    assert default.budget == (None if have is None else have // 2) or abs(default.budget - have / 2) < 2**26
+    with open_defaults(allow_external=True, memory_budget=2**20):
+        assert LoadLimits.resolve() == LoadLimits(True, 2**20)
+        assert LoadLimits.resolve(allow_external=False, budget=5) == LoadLimits(False, 5)
+    assert LoadLimits.resolve() == default
+    with pytest.raises(SourceError, match="memory_budget must be a positive"):
+        LoadLimits.resolve(budget=0)

@@ -51,8 +51,47 @@ def memory_budget_option(what: str) -> dict:
     return dict(
         type=byte_size,
         metavar="SIZE",
-        help=f"refuse {what} whose estimated memory exceeds SIZE (e.g. 4G; default: free memory)",
+        help=f"refuse {what}, or loading a volume, whose estimated memory exceeds SIZE (e.g. 4G; "
+        "default: free memory for a step, half of it for a load)",
     )
+
+
+#: commands that open volumes, and so take ``--allow-external``
+VOLUME_COMMANDS = ("train", "predict", "evaluate", "inspect", "compress")
+#: what ``inspect`` may allocate to load a volume unless told otherwise: it reads a sample only
+INSPECT_BUDGET = "256M"
+
+
+def add_volume_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--allow-external`` (and ``inspect``'s ``--memory-budget``) on a command that opens volumes."""
+    parser.add_argument(
+        "--allow-external",
+        action="store_true",
+        default=None,
+        help="read files a volume refers to besides itself (HDF5 external storage, external links, "
+        "virtual datasets; Zarr chunks linked out of the store); refused by default",
+    )
+    if name == "inspect":
+        parser.add_argument(
+            "--memory-budget",
+            type=byte_size,
+            default=byte_size(INSPECT_BUDGET),
+            metavar="SIZE",
+            help=f"refuse a volume whose loading needs more than SIZE (default {INSPECT_BUDGET})",
+        )
+
+
+def volume_defaults(args: argparse.Namespace) -> dict:
+    """The ``open_defaults`` keywords of a command's flags: every volume it opens obeys them.
+
+    Example:
+        >>> volume_defaults(argparse.Namespace(allow_external=True, memory_budget=None))
+        {'allow_external': True, 'memory_budget': None}
+    """
+    return {
+        "allow_external": getattr(args, "allow_external", None),
+        "memory_budget": getattr(args, "memory_budget", None),
+    }
 
 
 def subparser(commands, name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:

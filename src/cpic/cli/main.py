@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from cpic._version import __version__
 from cpic.cli import bench, cohort, compress, demo, inspect, predict, train
-from cpic.cli.common import EXIT_USAGE, fail
+from cpic.cli.common import EXIT_USAGE, VOLUME_COMMANDS, add_volume_options, fail, volume_defaults
+from cpic.sources import open_defaults
 
 #: the subcommand modules, in the order ``--help`` lists them
 COMMANDS = [demo, cohort, train, predict, inspect, compress, bench]
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMANDS:
         module.register(commands)
     for name, sub in commands.choices.items():  # usage errors: one line on stderr, exit code 2
+        if name in VOLUME_COMMANDS:
+            add_volume_options(sub, name)
         train.one_line_errors(sub, name)
     parser.error = lambda message: parser.exit(EXIT_USAGE, f"cpic: {message} (see cpic --help)\n")
     return parser
@@ -49,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.handler(args)
+        with open_defaults(**volume_defaults(args)):
+            return args.handler(args)
     except (ValueError, FileNotFoundError, OSError) as err:  # bad input: one clear line, no traceback
         return fail(args.command, str(err), EXIT_USAGE)
 

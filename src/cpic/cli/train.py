@@ -31,6 +31,7 @@ from cpic.cli.common import (
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
 from cpic.train import VolumeDataset, checkpoint_paths, distributed, fit, save_model
 from cpic.train.launch import launch
+from cpic.util.guard import read_bytes
 
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
 _OPTIONS: dict[str, tuple[argparse.Action, object]] = {}
@@ -228,13 +229,16 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- --config
+#: a --config file is small; a pipe (``--config <(...)``) must deliver it within this many seconds
+CONFIG_BYTES, CONFIG_PIPE_SECONDS = 1 << 20, 5.0
+
+
 def _config(path: str) -> dict:
     """The options of a JSON config file, converted and checked like their flags."""
+    text = read_bytes(path, "config file (JSON)", max_bytes=CONFIG_BYTES, pipe_timeout=CONFIG_PIPE_SECONDS)
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"config {path!r} does not exist.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raw = json.loads(text.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"config {path!r} is not valid JSON: {err}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"config {path!r} must hold a JSON object of option names and values.")

@@ -6,6 +6,7 @@ Imports only cpic.util: sources know volumes, not tensor trains.
 from cpic.sources.array import ArraySource
 from cpic.sources.base import Normalization, ReadStats, SourceError, VolumeSource, check_same_grid
 from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource
+from cpic.sources.limits import LoadLimits, open_defaults
 from cpic.sources.open import FORMATS, detect_format, open_volume
 from cpic.sources.procedural import ProceduralSource
 from cpic.sources.spatial import SpatialInfo
@@ -15,6 +16,7 @@ __all__ = [
     "FORMATS",
     "ArraySource",
     "HDF5Source",
+    "LoadLimits",
     "Normalization",
     "ProceduralSource",
     "ReadStats",
@@ -24,5 +26,6 @@ __all__ = [
     "VolumeSource",
     "ZarrSource",
     "detect_format",
+    "open_defaults",
     "open_volume",
 ]

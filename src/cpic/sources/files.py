@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import logging
 import math
-import os
-import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,10 +15,9 @@ import numpy as np
 
 from cpic.sources.array import ArraySource
 from cpic.sources.base import SourceError
+from cpic.sources.limits import LoadLimits
 from cpic.sources.spatial import SpatialInfo
-
-#: the largest .nii.gz decompressed into memory (a larger one must be a .nii, memory-mapped)
-_MAX_DECOMPRESSED = 16 * 2**30
+from cpic.util.guard import check_path
 
 
 @contextlib.contextmanager
@@ -44,7 +42,7 @@ def quiet(logger: str) -> Iterator[None]:
 
 def require_file(path: Path) -> None:
     """Refuse a path that is missing, a directory, not a regular file (a FIFO would block the
-    reader forever) or not readable, with a message naming it.
+    reader forever, a device never ends) or not readable, with a message naming it.
 
     Example:
         >>> try:
@@ -53,19 +51,7 @@ def require_file(path: Path) -> None:
         ...     print(err)
         /: is a directory, expected a volume file.
     """
-    if not path.exists():
-        raise SourceError(f"{path}: no such file.")
-    if path.is_dir():
-        raise SourceError(f"{path}: is a directory, expected a volume file.")
-    if not stat.S_ISREG(path.stat().st_mode):
-        raise SourceError(f"{path}: not a regular file (a pipe, socket or device), expected a volume file.")
-    if not os.access(path, os.R_OK):
-        raise SourceError(f"{path}: not readable (permission denied).")
-    try:
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        raise SourceError(f"{path}: not readable (permission denied).") from None
+    check_path(path, "volume file", error=SourceError)
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
@@ -154,49 +140,59 @@ def open_raw(
     return ArraySource(array, name=str(path), channel_axis=channel_axis, spacing=spacing, nonfinite=nonfinite)
 
 
-def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "raise") -> ArraySource:
+def open_nifti(
+    path: Path, channel_axis: int | None = None, nonfinite: str = "raise", limits: LoadLimits | None = None
+) -> ArraySource:
     """A NIfTI-1/2 image: ``.nii`` memory-mapped, ``.nii.gz`` decompressed once into memory.
 
     The header's scaling (``scl_slope``, ``scl_inter``) is applied to the values read and
     its voxel sizes become the spacing, and its affine, transform codes and units the source's
     ``spatial`` frame (cpic's axes are the file's ``i, j, k``). A 4-D image's fourth axis is its
-    channel axis.
+    channel axis. A ``.nii.gz`` is decompressed only after the size its header declares has been
+    checked against ``limits``' memory budget, and no further than that size (a gzip bomb behind
+    a small header inflates no more than the header says).
     """
     require_file(path)
     try:
         import nibabel as nib
     except ImportError:
         raise SourceError(f"{path}: reading NIfTI needs nibabel: pip install 'cpic[io]'.") from None
+    gz = str(path).endswith(".gz")
     failures = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, OSError)
     try:
         with quiet("nibabel"):
-            image = nib.load(str(path), mmap=True)
-            header = image.header
-            shape = tuple(int(n) for n in image.shape)
+            if gz:
+                header = _gz_header(path, nib)
+                dataobj = None
+            else:
+                image = nib.load(str(path), mmap=True)
+                header, dataobj = image.header, image.dataobj
+            shape = tuple(int(n) for n in header.get_data_shape())
             dtype = header.get_data_dtype()
-            offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+            offset = int(getattr(dataobj, "offset", header.get_data_offset()))
+            if gz:
+                slope, inter = header.get_slope_inter()
+            else:
+                slope, inter = getattr(dataobj, "slope", 1.0), getattr(dataobj, "inter", 0.0)
     except (*failures, gzip.BadGzipFile, zlib.error, ValueError, OverflowError) as err:
         raise SourceError(f"{path}: not a readable NIfTI image ({err}).") from None
     if not shape or any(n < 1 for n in shape):
         raise SourceError(f"{path}: the header declares shape {shape}; every axis must be >= 1.")
-    slope = float(getattr(image.dataobj, "slope", 1.0))
-    inter = float(getattr(image.dataobj, "inter", 0.0))
+    slope = 1.0 if slope is None or not math.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not math.isfinite(inter) else float(inter)
     scale = None if (slope, inter) == (1.0, 0.0) else (slope, inter)
     spacing = tuple(float(z) for z in header.get_zooms()[:3])
     if channel_axis is None and len(shape) == 4:
         channel_axis = 3
-    name = str(path)
-    if str(path).endswith(".gz"):
+    if gz:
         needed = math.prod(shape) * dtype.itemsize
-        if needed > _MAX_DECOMPRESSED:
-            raise SourceError(
-                f"{path}: the header declares shape {shape} of {dtype} ({needed} bytes once decompressed); "
-                f"decompress it to .nii (read through a memory map) to open a volume this large."
-            )
-        try:
-            array = np.asarray(image.dataobj.get_unscaled())
-        except (EOFError, OSError, ValueError, gzip.BadGzipFile, zlib.error) as err:
-            raise SourceError(f"{path}: the compressed data is truncated or corrupt ({err}).") from None
+        (limits or LoadLimits.resolve()).require_memory(
+            str(path),
+            needed,
+            f"the header declares shape {shape} of {dtype}, decompressed",
+            "; decompress it to .nii, which is read through a memory map, or raise the budget",
+        )
+        array = _inflate(path, shape, dtype, offset)
     else:
         needed = offset + math.prod(shape) * dtype.itemsize
         if path.stat().st_size < needed:
@@ -208,7 +204,7 @@ def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "ra
     axes = len(shape) - (0 if channel_axis is None else 1)
     source = ArraySource(
         array,
-        name=name,
+        name=str(path),
         channel_axis=channel_axis,
         spacing=spacing[:axes],
         nonfinite=nonfinite,
@@ -220,3 +216,42 @@ def open_nifti(path: Path, channel_axis: int | None = None, nonfinite: str = "ra
         except (*failures, ValueError) as err:  # e.g. a header whose affine is not finite
             raise SourceError(f"{path}: the header's voxel-to-world frame is unusable ({err}).") from None
     return source
+
+
+def _gz_header(path: Path, nib):
+    """The NIfTI-1 or -2 header at the start of a ``.nii.gz``, read without inflating the rest."""
+    with gzip.open(path, "rb") as fh:
+        block = fh.read(540)
+    if len(block) < 348:
+        raise ValueError(f"it holds {len(block)} bytes once decompressed, less than a NIfTI header")
+    sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}  # sizeof_hdr, either byte order
+    if not sizes & {348, 540}:
+        raise ValueError("its first 4 bytes are not a NIfTI header size (348 or 540)")
+    klass, size = (nib.Nifti1Header, 348) if 348 in sizes else (nib.Nifti2Header, 540)
+    return klass.from_fileobj(io.BytesIO(block[:size]))
+
+
+def _inflate(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
+    """The voxels of a ``.nii.gz``: the stream after ``offset`` decompressed into one array of
+    exactly the declared size (never more), Fortran order as NIfTI stores them."""
+    array = np.empty(shape, dtype=dtype, order="F")
+    view = memoryview(array.reshape(-1, order="A").view(np.uint8))
+    try:
+        with gzip.open(path, "rb") as fh:
+            fh.seek(offset)
+            got = 0
+            while got < len(view):
+                n = fh.readinto(view[got : got + (1 << 24)])
+                if not n:
+                    break
+                got += n
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as err:
+        raise SourceError(f"{path}: the compressed data is truncated or corrupt ({err}).") from None
+    if got < len(view):
+        raise SourceError(
+            f"{path}: the compressed data is truncated: it holds {got} of the {len(view)} bytes "
+            f"the header declares (shape {shape} of {dtype})."
+        )
+    if not dtype.isnative:  # swapped in place: torch reads native byte order only
+        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return array

@@ -12,6 +12,7 @@ from cpic.sources.array import ArraySource
 from cpic.sources.base import SourceError, VolumeSource
 from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource, split_dataset
 from cpic.sources.files import open_nifti, open_npy, open_raw, quiet, require_file
+from cpic.sources.limits import LoadLimits
 from cpic.sources.procedural import ProceduralSource
 
 FORMATS = ("array", "npy", "raw", "nifti", "zarr", "hdf5", "tiff", "procedural")
@@ -71,6 +72,8 @@ def open_volume(
     nonfinite: str = "raise",
     ndim: int | None = None,
     cache_bytes: int = 0,
+    allow_external: bool | None = None,
+    memory_budget: int | None = None,
 ) -> VolumeSource:
     """Open a volume for on-demand reading.
 
@@ -83,6 +86,13 @@ def open_volume(
     requires that many grid axes. ``cache_bytes > 0`` keeps voxels read (up to that many
     bytes) so that repeated patches are served without reading storage again.
 
+    Only the files named are read: an HDF5 dataset with external storage, behind an external
+    link or virtual, or a local Zarr store with a chunk that links out of the store, is
+    refused unless ``allow_external=True``. A load that would allocate memory scaling with the
+    file (a ``.nii.gz`` decompressed, one chunk or page decoded) is checked first against
+    ``memory_budget`` bytes (default: half the available memory). Both defaults may be set
+    for a block with :func:`cpic.sources.open_defaults`.
+
     Example:
         >>> import numpy as np, torch
         >>> from cpic import open_volume
@@ -90,7 +100,8 @@ def open_volume(
         >>> src.shape, src.gather(torch.tensor([[5, 6, 7]]), patch=5).shape
         ((32, 40, 24), torch.Size([1, 125]))
     """
-    source = _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite)
+    limits = LoadLimits.resolve(allow_external, memory_budget)
+    source = _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite, limits)
     if ndim is not None and source.ndim != ndim:
         raise SourceError(
             f"{source.name}: has {source.ndim} grid axes {source.shape}, expected {ndim}"
@@ -105,7 +116,7 @@ def open_volume(
     return source.set_normalization(normalize).enable_cache(cache_bytes)
 
 
-def _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite) -> VolumeSource:
+def _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfinite, limits) -> VolumeSource:
     if format is not None and format not in FORMATS:
         raise SourceError(f"format must be one of {FORMATS}, got {format!r}.")
     if isinstance(x, VolumeSource):
@@ -132,17 +143,17 @@ def _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfini
     if fmt == "raw":
         return open_raw(path, shape, dtype, order, offset, channel_axis, spacing, nonfinite)
     if fmt == "nifti":
-        return open_nifti(path, channel_axis, nonfinite)
+        return open_nifti(path, channel_axis, nonfinite, limits)
     if fmt == "zarr":
-        return ZarrSource(location, channel_axis, nonfinite)
+        return ZarrSource(location, channel_axis, nonfinite, limits)
     if fmt == "hdf5":
         file, dataset = split_dataset(location)
         require_file(Path(file))
-        return HDF5Source(Path(file), dataset, channel_axis, nonfinite)
+        return HDF5Source(Path(file), dataset, channel_axis, nonfinite, limits)
     if fmt == "tiff":
         require_file(path)
         with quiet("tifffile"):
-            return TiffSource(path, nonfinite)
+            return TiffSource(path, nonfinite, limits)
     raise SourceError(f"{location}: format {fmt!r} needs a function, not a path.")
 
 

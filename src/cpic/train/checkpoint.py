@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from cpic.util import new_temp_file
+from cpic.util.guard import check_path, read_bytes
 
 FORMAT = "cpic-checkpoint"
 VERSION = 1
@@ -181,11 +182,12 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
 
 
 def _read_record(json_path: Path) -> dict:
+    if not json_path.exists():
+        raise CheckpointError(f"checkpoint metadata {json_path} does not exist")
+    raw = read_bytes(json_path, "checkpoint metadata file (.json)", max_bytes=1 << 28, error=CheckpointError)
     try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint metadata {json_path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        record = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON: {e}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT or "sha256" not in record:
         raise CheckpointError(f"{json_path} is not a {FORMAT} metadata file")
@@ -218,10 +220,10 @@ def load_checkpoint(
     """
     st_path, json_path = checkpoint_paths(path)
     record = _read_record(json_path)
-    try:
-        digest = _sha256(st_path)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint tensors {st_path} do not exist") from None
+    if not st_path.exists():
+        raise CheckpointError(f"checkpoint tensors {st_path} do not exist")
+    check_path(st_path, "checkpoint tensor file (.safetensors)", error=CheckpointError)
+    digest = _sha256(st_path)
     if digest != record["sha256"]:
         backup = _backup_path(st_path)  # a save killed between its two renames: the previous pair
         if not (backup.is_file() and _sha256(backup) == record["sha256"]):

@@ -1,0 +1,57 @@
+"""How much memory a load may take: the system's available memory and the default budget."""
+
+from __future__ import annotations
+
+#: the share of the available memory a load may take when no budget is given
+DEFAULT_FRACTION = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes the system can still give without swapping (``MemAvailable``), or None if unknown.
+
+    Example:
+        >>> have = available_memory()
+        >>> have is None or have > 0
+        True
+    """
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_budget(budget: int | None = None) -> tuple[int | None, str]:
+    """``(bytes, how it was chosen)``: ``budget`` when given, else half the available memory
+    (None where the system does not say).
+
+    Example:
+        >>> memory_budget(2**30)
+        (1073741824, 'the memory budget')
+    """
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"memory_budget must be a positive number of bytes or None, got {budget!r}.")
+        return budget, "the memory budget"
+    have = available_memory()
+    if have is None:
+        return None, "unknown"
+    share = int(have * DEFAULT_FRACTION)
+    return share, f"the default memory budget (half the {format_bytes(have)} available)"
+
+
+def format_bytes(n: int | float) -> str:
+    """A byte count for people.
+
+    Example:
+        >>> format_bytes(4 * 2**30), format_bytes(1536), format_bytes(12)
+        ('4.0 GiB', '1.5 KiB', '12 B')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PiB"

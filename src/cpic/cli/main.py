@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from cpic._version import __version__
 from cpic.cli import bench, cohort, compress, demo, inspect, predict, train
 from cpic.cli.common import EXIT_USAGE, fail
+from cpic.util import use_threads
 
 #: the subcommand modules, in the order ``--help`` lists them
 COMMANDS = [demo, cohort, train, predict, inspect, compress, bench]
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if hasattr(args, "threads"):
+            args.threads_used = use_threads(args.threads)
         return args.handler(args)
     except (ValueError, FileNotFoundError, OSError) as err:  # bad input: one clear line, no traceback
         return fail(args.command, str(err), EXIT_USAGE)

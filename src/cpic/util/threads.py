@@ -73,8 +73,8 @@ def choose_threads(requested: int | None = None, environ: Mapping[str, str] | No
     try:
         load = os.getloadavg()[0]
     except OSError:  # no load average on this system
-        return Threads(cores, "all cores (load unknown)")
-    return Threads(idle_cores(cores, load), f"idle cores of {cores} (load {load:.1f})")
+        return Threads(cores, "all cores, load unknown")
+    return Threads(idle_cores(cores, load), f"idle cores of {cores}, load {load:.1f}")
 
 
 def use_threads(requested: int | None = None) -> Threads:

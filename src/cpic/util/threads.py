@@ -15,6 +15,8 @@ import torch
 
 #: the environment variables through which a user sets torch's intra-op threads
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: torch's own choice (its physical cores), read once so that a count set later does not lower it
+TORCH_DEFAULT = torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def choose_threads(requested: int | None = None, environ: Mapping[str, str] | No
     for name in THREAD_VARIABLES:
         if environ.get(name, "").strip():
             return Threads(torch.get_num_threads(), name)
-    cores = min(usable_cores(), torch.get_num_threads())
+    cores = min(usable_cores(), TORCH_DEFAULT)
     try:
         load = os.getloadavg()[0]
     except OSError:  # no load average on this system

@@ -2,7 +2,8 @@
 # cpic as a new user gets it, in virtual environments made from nothing (no system site
 # packages, nothing pre-installed):
 #   1. `make demo` (the README's first command) in a new venv: it must install all the demo needs;
-#   2. `python -m build`: a wheel and an sdist, checked to hold every source file and the README;
+#   2. `python -m build`: a wheel and an sdist, built without deprecation warnings and checked to
+#      hold every source file and the README;
 #   3. each artifact installed (dependencies resolved by pip from its metadata) in a new venv
 #      holding only the CPU torch, then `cpic --version` and a short demo; without the plot
 #      extra the demo must stop at once, naming `pip install 'cpic[plot]'`, and write nothing.
@@ -61,6 +62,7 @@ step "python -m build"
 "$work/editable/bin/python" -m pip install --quiet build
 "$work/editable/bin/python" -m build --outdir "$work/dist" "$root" > "$work/build.log" 2>&1 \
     || { cat "$work/build.log"; die "python -m build failed"; }
+! grep -i "deprecated" "$work/build.log" || die "python -m build warns of a deprecated setting (above)"
 wheel=$(ls "$work"/dist/cpic-"$VERSION"-*.whl)
 sdist=$(ls "$work"/dist/cpic-"$VERSION".tar.gz)
 echo "built $(basename "$wheel") and $(basename "$sdist")"

@@ -222,6 +222,30 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
     assert not (root / "m.safetensors").exists()
 
 
+def test_predict_figure_refused_without_matplotlib_before_any_work(cohort, tmp_path, monkeypatch, capsys):
+    from cpic.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import fails
+    model, volume = cohort.root / "model", cohort.root / cohort.volumes[0]
+    out, figure = tmp_path / "p.csv", tmp_path / "look.png"
+    args = ["predict", model, volume, "--extra", "61", "-o", out, "--figure", figure]
+    assert main([str(a) for a in args]) == 2
+    needs = "cpic predict: figures need matplotlib: pip install 'cpic[plot]'"
+    assert capsys.readouterr().err.strip() == needs
+    assert not out.exists() and not figure.exists()
+
+
+def test_predict_prints_plain_csv_and_says_its_threads_in_json(cohort):
+    table, document = run_all(
+        ["predict", "model", cohort.volumes[0], "--extra", "61"],
+        ["predict", "model", cohort.volumes[0], "--extra", "61", "--json", "--threads", "1"],
+        cwd=cohort.root,
+    )
+    rows = list(csv.DictReader(ok(table).stdout.splitlines()))
+    assert [r["volume"] for r in rows] == [cohort.volumes[0]]  # data only: no threads line
+    assert json.loads(ok(document).stdout)["threads"] == 1
+
+
 @pytest.mark.parametrize("command", ["train", "predict", "evaluate", "inspect"])
 def test_help_of_each_command_shows_an_example(command, capsys):
     from cpic.cli.main import main  # in-process: --help needs no subprocess of its own

@@ -125,10 +125,11 @@ def test_compress_bad_inputs(tmp_path):
 def test_demo_tiny_writes_figures_and_json(tmp_path):
     out = run(
         "demo", "--side", 16, "--count", 30, "--classes", 3, "--epochs", 2, "--scale-max", 64,
-        "--out", tmp_path / "demo", "--json",
+        "--out", tmp_path / "demo", "--json", "--threads", 1,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     s = json.loads(out.stdout)
+    assert s["threads"] == 1
     assert s["epochs"] == 2 and len(s["history"]) == 2 and 0 <= s["val_accuracy"] <= 1
     assert s["cohort"]["volumes"] == 30 and s["cohort"]["classes"][:2] == ["sphere", "cube"]
     assert 0 < s["fraction_read_mean"] <= s["fraction_read_max"] < 1
@@ -180,6 +181,32 @@ def test_reconstruct_reads_files_without_a_recorded_frame(compressed, tmp_path):
     (tmp_path / "vol.cpic.latent.json").write_text(json.dumps(record))
     usage_error(cli("reconstruct", tmp_path / "vol.cpic", "-o", tmp_path / "bad.nii"), "voxel-to-world frame")
     assert not (tmp_path / "bad.nii").exists()
+
+
+def test_commands_that_draw_refuse_without_matplotlib_before_any_work(compressed, tmp_path, monkeypatch):
+    folder, _ = compressed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import fails
+    needs = "figures need matplotlib: pip install 'cpic[plot]'"
+    usage_error(cli("demo", "--out", tmp_path / "demo"), needs)
+    out = tmp_path / "all.npy"
+    usage_error(cli("reconstruct", folder / "vol.cpic", "-o", out, "--figure", tmp_path / "f.png"), needs)
+    assert sorted(tmp_path.iterdir()) == []  # nothing trained, decoded or written
+    assert cli("reconstruct", folder / "vol.cpic", "-o", out, "--quiet").returncode == 0  # no figure
+
+
+def test_cohort_nifti_refused_without_nibabel_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    usage_error(
+        cli("cohort", "shapes", tmp_path / "c", "--count", 2, "--side", 8, "--format", "nii.gz"),
+        "NIfTI volumes need nibabel: pip install 'cpic[io]'",
+    )
+    assert not (tmp_path / "c").exists()
+
+
+def test_threads_option_and_its_line(tmp_path, one_thread):
+    usage_error(cli("cohort", "shapes", tmp_path / "c", "--threads", 0), "--threads")
+    out = cli("cohort", "shapes", tmp_path / "c", "--count", 2, "--side", 8, "--threads", 1)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1].split() == ["threads", "1", "(--threads)"]
 
 
 def test_bench_help_and_missing_scripts(tmp_path):

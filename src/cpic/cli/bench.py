@@ -38,7 +38,7 @@ def register(commands) -> None:
     p.add_argument("--quick", action="store_true", help="tiny settings: one section, one repeat")
     p.add_argument("--only", choices=sorted(SCRIPTS), action="append", help="only this script (repeatable)")
     p.add_argument("--benchmarks", metavar="DIR", help="the benchmarks folder (default: the checkout's)")
-    add_common(p, device=False, seed=False)
+    add_common(p, device=False, seed=False, threads=False)
     p.set_defaults(handler=run)
 
 

@@ -12,6 +12,7 @@ from cpic.cli.compress import human_bytes, progress, shows_progress
 from cpic.cli.train import one_line_errors, positive_int
 from cpic.data import ANATOMIES, SHAPE_CLASSES, lesion_cohort, shape_cohort, write_cohort
 from cpic.data.cohort_files import FORMATS
+from cpic.util import require
 
 
 def register(commands) -> None:
@@ -51,6 +52,8 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.side < 8:
         raise ValueError(f"--side must be at least 8, got {args.side}.")
+    if args.format == "nii.gz":
+        require("nibabel", "io", "NIfTI volumes")
     started = time.perf_counter()
     if args.kind == "lesion":
         sources, labels = lesion_cohort(

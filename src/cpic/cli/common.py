@@ -13,14 +13,24 @@ import torch
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def add_common(parser: argparse.ArgumentParser, device: bool = True, seed: bool = True) -> None:
-    """``--json``, ``--quiet`` and (optionally) ``--device``, ``--seed``."""
+def add_common(
+    parser: argparse.ArgumentParser, device: bool = True, seed: bool = True, threads: bool = True
+) -> None:
+    """``--json``, ``--quiet`` and (optionally) ``--device``, ``--seed``, ``--threads`` (for the
+    commands that compute; ``main`` applies it before the command runs)."""
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
     if device:
         parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if threads:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            metavar="N",
+            help="CPU threads per operation (default: OMP_NUM_THREADS if set, else the idle cores)",
+        )
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -132,8 +142,25 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def emit(args: argparse.Namespace, summary: dict, lines: list[str]) -> None:
-    """Print ``summary`` as JSON with ``--json``, else ``lines`` unless ``--quiet``."""
+def emit(args: argparse.Namespace, summary: dict, lines: list[str], footer: bool = True) -> None:
+    """Print ``summary`` as JSON with ``--json``, else ``lines`` unless ``--quiet``; both say the
+    CPU threads used (``args.threads_used``, where ``main`` set them), the table in a last line
+    unless ``footer`` is false (output that is data, such as CSV).
+
+    Example:
+        >>> from cpic.util import Threads
+        >>> args = argparse.Namespace(json=False, threads_used=Threads(1, "--threads"))
+        >>> emit(args, {"volumes": 3}, ["cpic cohort: wrote 3 volumes"])
+        cpic cohort: wrote 3 volumes
+          threads              1 (--threads)
+        >>> emit(argparse.Namespace(json=True, threads_used=Threads(1, "--threads")), {"volumes": 3}, [])
+        {"volumes": 3, "threads": 1}
+    """
+    threads = getattr(args, "threads_used", None)
+    if threads is not None:
+        summary = {**summary, "threads": threads.count}
+        if footer:
+            lines = [*lines, f"  threads              {threads.count} ({threads.reason})"]
     if getattr(args, "json", False):
         print(json.dumps(summary))
     elif not getattr(args, "quiet", False):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import cpic
+from cpic.cli import figures
 from cpic.cli.common import (
     EXIT_FAILED,
     add_common,
@@ -425,6 +426,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     writer = _writer(args.output) if args.output else None
     if args.figure and not args.figure.lower().endswith(".png"):
         raise ValueError(f"--figure must be a .png path, got {args.figure!r}.")
+    if args.figure:
+        figures.require_matplotlib()
     model, latent, meta = load_compressed(args.file, device_of(args))
     spatial = _spatial(args.file, meta)
     shape = tuple(meta["grid"])
@@ -461,8 +464,6 @@ def run_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _figure(args, block: torch.Tensor, cut, box) -> None:
-    from cpic.cli import figures
-
     where = ", ".join(f"{lo}:{hi}" for lo, hi in box)
     if cut is not None:
         image = block.select(cut[0], 0)

@@ -100,6 +100,7 @@ def cohort(count: int, side: int, classes: int, seed: int) -> VolumeDataset:
 
 def run(args: argparse.Namespace) -> int:
     _check(args)
+    figures.require_matplotlib()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

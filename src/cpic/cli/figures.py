@@ -12,17 +12,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cpic.util import atomic_path
+from cpic.util import atomic_path, require
 
 AXES = ("x", "y", "z")
 
 
+def require_matplotlib():
+    """matplotlib, or a :class:`cpic.util.MissingDependency` naming the extra that installs it:
+    commands that draw call it before any work."""
+    return require("matplotlib", "plot", "figures")
+
+
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend; a clear error when matplotlib is missing."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ValueError("figures need matplotlib: pip install matplotlib") from None
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -31,7 +31,7 @@ def register(commands) -> None:
     p.add_argument(
         "--sample", type=positive_int, default=4096, help="voxels sampled from a volume (default 4096)"
     )
-    add_common(p, device=False)
+    add_common(p, device=False, threads=False)
     one_line_errors(p, "inspect")
     p.set_defaults(handler=run)
 

@@ -10,6 +10,7 @@ from cpic._version import __version__
 from cpic.cli import bench, cohort, compress, demo, inspect, predict, train
 from cpic.cli.common import EXIT_USAGE, VOLUME_COMMANDS, add_volume_options, fail, volume_defaults
 from cpic.sources import open_defaults
+from cpic.util import use_threads
 
 #: the subcommand modules, in the order ``--help`` lists them
 COMMANDS = [demo, cohort, train, predict, inspect, compress, bench]
@@ -52,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if hasattr(args, "threads"):
+            args.threads_used = use_threads(args.threads)
         with open_defaults(**volume_defaults(args)):
             return args.handler(args)
     except (ValueError, FileNotFoundError, OSError) as err:  # bad input: one clear line, no traceback

@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("predict", f"-o {args.output!r}: the file name must end in .csv or .json.")
     if args.figure and Path(args.figure).suffix.lower() != ".png":
         return fail("predict", f"--figure {args.figure!r}: the file name must end in .png.")
+    if args.figure:
+        figures.require_matplotlib()
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
     if model.head.task == "reconstruction":
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(args.output, text)
         emit(args, document | {"output": args.output}, [f"wrote {len(rows)} prediction(s) to {args.output}"])
     else:
-        emit(args, document, [_csv_text(rows).rstrip("\n")])
+        emit(args, document, [_csv_text(rows).rstrip("\n")], footer=False)
     return 0
 
 

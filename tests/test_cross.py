@@ -9,7 +9,7 @@ import cpic
 from cpic import TT
 from cpic.cross import CrossInfo
 from cpic.cross.cache import EvaluationCache
-from cpic.cross.maxvol import first_of_duplicates
+from cpic.cross.maxvol import first_of_duplicates, maxvol_rect
 from tests.helpers import random_tt
 
 
@@ -130,6 +130,30 @@ def test_identical_rows_resolve_to_the_one_of_smallest_key(dtype):
     assert first_of_duplicates(nearly, torch.tensor([[2, 4, 0]] * 2), keys).tolist() == [[2, 9, 0]] * 2
     a[:, 5] = a[:, 2]  # a rank-deficient block: two identical rows chosen together
     assert first_of_duplicates(a, torch.tensor([[2, 5, 0]] * 2), keys).tolist() == [[2, 5, 0]] * 2
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_rectangular_maxvol_agrees_with_teneva(adaptive):
+    """Same rows and coefficients as teneva's ``maxvol_rect`` (the identity on the chosen
+    rows, least squares elsewhere), item by item of a batch; with ``min_extra`` below
+    ``extra``, rows stop being added where teneva stops (one item per call: batch items share
+    their row count)."""
+    teneva = pytest.importorskip("teneva")
+    gen = torch.Generator().manual_seed(0)
+    for n, r, extra in [(40, 4, 5), (17, 1, 6), (25, 5, 0), (9, 3, 6), (60, 2, 3)]:
+        a = torch.randn(1 if adaptive else 3, n, r, dtype=torch.float64, generator=gen)
+        low = 1 if adaptive else extra
+        idx, coef = maxvol_rect(a, extra, tau=1.05, max_iters=100, min_extra=low, tau_rect=1.1)
+        for b in range(a.shape[0]):
+            want_idx, want_coef = teneva.maxvol_rect(
+                a[b].numpy(), e=1.1, dr_min=min(low, extra), dr_max=extra, e0=1.05, k0=100
+            )
+            assert idx[b].tolist() == want_idx.tolist()
+            torch.testing.assert_close(coef[b], torch.from_numpy(want_coef), rtol=0, atol=1e-12)
+        m = idx.shape[1]
+        chosen = coef.gather(1, idx[:, :, None].expand(-1, -1, m))
+        assert torch.equal(chosen, torch.eye(m, dtype=a.dtype).expand_as(chosen))
+        torch.testing.assert_close(coef @ a.gather(1, idx[:, :, None].expand(-1, -1, r)), a)
 
 
 def test_pivots_among_identical_rows_are_the_first_multi_indices():

@@ -255,6 +255,66 @@ def test_info_reports_what_happened():
     assert "sweeps" in info.summary()
 
 
+def test_callback_sees_every_sweep_and_can_stop_the_run():
+    seen = []
+
+    def watch(tt, info):
+        seen.append((tt, info.sweeps, info.error.clone(), info.ranks, info.unique_evaluations))
+
+    run = dict(max_rank=10, sweeps=4, dtype=torch.float64, seed=0)
+    tt, info = cpic.cross(hilbert, (8,) * 6, callback=watch, **run)
+    assert [s[1] for s in seen] == [1, 2, 3, 4] and info.stop == "sweeps"
+    torch.testing.assert_close(seen[-1][0].full(), tt.full())  # the last call saw the returned TT
+    for t, _, error, ranks, _ in seen:  # each call's info describes the TT it was given
+        exact = info.test_values
+        torch.testing.assert_close(error, ((t.eval(info.test_idx) - exact).norm() / exact.norm())[None])
+        assert ranks == t.ranks
+    assert [s[4] for s in seen] == sorted(s[4] for s in seen)
+
+    stopped, sinfo = cpic.cross(hilbert, (8,) * 6, callback=lambda t, i: i.sweeps == 2, **run)
+    assert sinfo.stop == "callback" and sinfo.sweeps == 2
+    torch.testing.assert_close(stopped.full(), seen[1][0].full())
+    assert sinfo.unique_evaluations == seen[1][4]
+    with pytest.raises(ValueError, match="callback"):
+        cpic.cross(hilbert, (4, 4), rank=2, callback=3)
+
+
+def test_user_validation_set_replaces_the_random_one():
+    ref = random_tt(2, (6, 5, 6, 5), 3, seed=2)
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.stack([torch.randint(0, n, (2, 40), generator=gen) for n in ref.shape], -1)
+    values = ref.eval(idx)
+    calls = []
+
+    def f(i):
+        calls.append(i.shape[1])
+        return ref.eval(i)
+
+    tt, info = cpic.cross(f, ref.shape, batch=2, rank=2, sweeps=2, dtype=torch.float64, seed=0,
+                          validation=(idx, values))
+    assert info.test_evaluations == 0 and torch.equal(info.test_idx, idx)
+    assert torch.equal(info.test_values, values)
+    torch.testing.assert_close(info.error, (tt.eval(idx) - values).norm(dim=1) / values.norm(dim=1))
+    # the given values are what the error is measured against, not f's
+    _, doubled = cpic.cross(ref.eval, ref.shape, batch=2, rank=3, sweeps=2, dtype=torch.float64, seed=0,
+                            validation=(idx, 2 * values))
+    torch.testing.assert_close(doubled.error, torch.full((2,), 0.5, dtype=torch.float64))
+    # without values, f evaluates the given entries; tol is judged on them
+    _, own = cpic.cross(ref.eval, ref.shape, batch=2, max_rank=6, tol=1e-10, dtype=torch.float64, seed=0,
+                        validation=(idx, None))
+    assert 0 < own.test_evaluations <= 80 and own.stop == "tol" and (own.error <= 1e-10).all()
+    for bad, match in (
+        ((idx[:1], values[:1]), "shape"),
+        ((idx.double(), values), "integer"),
+        ((idx + 6, values), "outside"),
+        ((idx, values[:, :3]), "values must have shape"),
+        ((idx, torch.full_like(values, float("inf"))), "finite"),
+        (idx, "pair"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            cpic.cross(ref.eval, ref.shape, batch=2, rank=2, validation=bad)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

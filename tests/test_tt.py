@@ -185,6 +185,7 @@ def test_orthogonalize_to_a_core(core):
         (slice(None), [2, 0], 1, slice(None, None, 2)),
         (slice(None), torch.tensor(1), torch.tensor([3, 1]), slice(None), slice(2, 4)),
         ([1, 0], 0, 1, 1, 0),
+        (slice(None), np.int64(2), ..., np.int64(-1)),
         (slice(None), slice(None), 1, ..., slice(-2, None)),
     ],
 )
@@ -214,6 +215,7 @@ def test_fixing_modes_per_item_equals_looping():
         (lambda: t[:, 1:1], "empty"),
         (lambda: t[:, 0, 0, 0, 0, 0], "too many"),
         (lambda: t[:, 0.5], "takes an integer"),
+        (lambda: t[:, torch.tensor(1.0)], "takes an integer"),
     ):
         with pytest.raises(ValueError, match=match):
             bad()

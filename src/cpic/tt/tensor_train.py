@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -113,7 +114,8 @@ class TT:
             raise ValueError(f"batch index {batch_key!r} selects no item of a batch of {self.batch}.")
         fixed, positions = [], []
         for k, key_k in enumerate(mode_keys):
-            if isinstance(key_k, int) or (isinstance(key_k, Tensor) and key_k.dim() == 0):
+            scalar = isinstance(key_k, Tensor) and key_k.dim() == 0 and not key_k.is_floating_point()
+            if isinstance(key_k, numbers.Integral) or scalar:
                 fixed.append(k)
                 positions.append(int(key_k))
             elif key_k != slice(None):

@@ -9,11 +9,15 @@ Sections (``--sections a,b,c``):
   b2 the same targets, median unique evaluations over four random starts, for each growth
      setting of cpic (kick 1, 2) and teneva (+1, +2 rows per pass); counts only.
   c  batch scaling: B = 1, 4, 16 volumes in one cpic call, against B runs of tntorch.
+  d  an MLP encoder on 5x5x5 patches, B = 1 at 64^3, 128^3 and 256^3 (``--sides``), cpic vs
+     tntorch and teneva, and cpic at B = 16 at the smallest side.
   tau  cpic alone, on six functions outside section b: unique evaluations to reach a target
      with maxvol's tau at 1.05 and at its default where ranks grow (1.5).
 
 Every error is measured afterwards on the same 10,000 random entries, outside the timings.
-Times are medians over ``--repeats`` runs. Run: ``python benchmarks/cross_peers.py``.
+Times are medians over ``--repeats`` runs. Every case also shows its floor: ``f`` alone, called
+once on all the entries cpic's run evaluated (with held-out points), and each library's time
+over it. Run: ``python benchmarks/cross_peers.py``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,28 @@ def median_time(run: Callable[[], object], repeats: int) -> tuple[float, object]
     return statistics.median(times), result
 
 
+class Recorder:
+    """A batched function that keeps every request it serves: cpic's cache asks only for entries
+    it has not evaluated, so the requests of one run are that run's unique entries."""
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor]):
+        self.f, self.calls = f, []
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls.append(idx)
+        return self.f(idx)
+
+    def entries(self) -> torch.Tensor:
+        return torch.cat(self.calls, dim=1)
+
+
+def floor_time(f: Callable[[torch.Tensor], torch.Tensor], entries: torch.Tensor, repeats: int) -> float:
+    """Median time of ``f`` alone on ``entries`` ``[B, P, d]`` in one call: the floor of any
+    cross that evaluates them."""
+    with torch.no_grad():
+        return median_time(lambda: f(entries), repeats)[0]
+
+
 def held_out(shape, count: int = 10_000, batch: int = 1, seed: int = 123) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randint(0, n, (batch, count), generator=gen) for n in shape], -1)
@@ -81,25 +107,26 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 
 # ----------------------------------------------------------------------------- the C-PIC case
 class EncodedVolumes:
-    """Latent tensor ``E[b, voxel, feature]`` of an MLP on 3x3x3 patches of ``B`` volumes.
+    """Latent tensor ``E[b, voxel, feature]`` of an MLP on ``patch``^3 patches of ``B`` volumes.
 
     ``__call__(idx [B, P, 7]) -> [B, P]`` encodes each distinct voxel of the request once
     (the feature mode shares voxels) and reads patches with one gather from edge-padded
     volumes. The same callable serves cpic (batched) and tntorch (one volume, ``B = 1``).
     """
 
-    def __init__(self, volumes: torch.Tensor, features: int = 16, seed: int = 0):
+    def __init__(self, volumes: torch.Tensor, features: int = 16, seed: int = 0, patch: int = 3):
         torch.manual_seed(seed)
         self.B, n = volumes.shape[0], volumes.shape[1]
-        self.n = n
+        self.n, h = n, patch // 2
+        self.halo = h
         self.layout = QTTLayout((n, n, n), group=True, features=features)
-        self.padded = torch.nn.functional.pad(volumes[:, None], (1, 1) * 3, mode="replicate")[:, 0]
-        m = n + 2
-        off = torch.stack(torch.meshgrid(*[torch.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        self.padded = torch.nn.functional.pad(volumes[:, None], (h, h) * 3, mode="replicate")[:, 0]
+        m = n + 2 * h
+        off = torch.stack(torch.meshgrid(*[torch.arange(-h, h + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
         self.offsets = (off[:, 0] * m + off[:, 1]) * m + off[:, 2]
         self.flat = self.padded.reshape(-1)
         self.encoder = torch.nn.Sequential(
-            torch.nn.Linear(27, 64), torch.nn.ReLU(), torch.nn.Linear(64, features)
+            torch.nn.Linear(patch**3, 64), torch.nn.ReLU(), torch.nn.Linear(64, features)
         ).requires_grad_(False)
 
     @property
@@ -108,11 +135,12 @@ class EncodedVolumes:
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         B, P, _ = idx.shape
-        m = self.n + 2
-        c = self.layout.to_coords(idx) + 1
+        m = self.n + 2 * self.halo
+        c = self.layout.to_coords(idx) + self.halo
         voxel = torch.arange(B)[:, None] * m**3 + (c[..., 0] * m + c[..., 1]) * m + c[..., 2]
         unique, inverse = torch.unique(voxel.flatten(), return_inverse=True)
-        patches = self.flat.index_select(0, (unique[:, None] + self.offsets).flatten()).reshape(-1, 27)
+        patches = self.flat.index_select(0, (unique[:, None] + self.offsets).flatten())
+        patches = patches.reshape(len(unique), -1)
         features = self.encoder(patches)
         rows = inverse * features.shape[1] + idx[..., -1].flatten()
         return features.flatten().index_select(0, rows).reshape(B, P)
@@ -144,11 +172,16 @@ def smooth_volumes(count: int, n: int = 64) -> torch.Tensor:
 
 
 def run_cpic_case(volumes: EncodedVolumes, repeats: int, seed: int = 0):
+    """(median time, TT, info, floor): the floor is ``volumes`` alone on the run's entries."""
     shape = volumes.shape
-    t, (tt, info) = median_time(
-        lambda: cpic.cross(volumes, shape, batch=volumes.B, rank=10, sweeps=3, seed=seed), repeats
-    )
-    return t, tt, info
+
+    def run(f):
+        return cpic.cross(f, shape, batch=volumes.B, rank=10, sweeps=3, seed=seed)
+
+    t, (tt, info) = median_time(lambda: run(volumes), repeats)
+    recorder = Recorder(volumes)
+    run(recorder)
+    return t, tt, info, floor_time(volumes, recorder.entries(), repeats)
 
 
 def run_tntorch_case(volumes: EncodedVolumes, b: int, repeats: int, seed: int = 0):
@@ -174,19 +207,44 @@ def run_tntorch_case(volumes: EncodedVolumes, b: int, repeats: int, seed: int = 
     return t, tntorch_tt(tt), info
 
 
+def run_teneva_case(volumes: EncodedVolumes, b: int, repeats: int, seed: int = 0):
+    """teneva.cross at fixed rank 10 (plain maxvol), 3 sweeps, with its cache: (time, TT, evaluations)."""
+    import teneva
+
+    f = volumes.one(b)
+    info: dict = {}
+
+    def run():
+        y0 = teneva.rand(list(volumes.shape), 10, seed=seed)
+        function = partial(_numpy_call, f)
+        return teneva.cross(function, y0, nswp=3, dr_min=0, dr_max=0, info=info, cache={})
+
+    t, cores = median_time(run, repeats)
+    return t, teneva_tt(cores), int(info["m"])
+
+
+def _numpy_call(f, i: np.ndarray) -> np.ndarray:
+    return f(torch.from_numpy(i)).numpy()
+
+
 def section_a(repeats: int, seeds: int = 5) -> None:
     """Median time and mean held-out error over ``seeds`` random starts of each library."""
     volumes = EncodedVolumes(smooth_volumes(1))
     idx = held_out(volumes.shape)
     exact = volumes(idx)
-    results = {"cpic": [], "tntorch": []}
+    results = {"cpic": [], "tntorch": [], "teneva": []}
+    floors = []
     for seed in range(seeds):
-        t, tt, info = run_cpic_case(volumes, repeats, seed=seed)
+        t, tt, info, floor = run_cpic_case(volumes, repeats, seed=seed)
+        floors.append(floor)
         results["cpic"].append((t, info.evaluations, info.unique_evaluations, rel_error(tt, idx, exact)))
         t, tt, info = run_tntorch_case(volumes, 0, max(1, repeats // 2), seed=seed)
         results["tntorch"].append((t, int(info["nsamples"]), "-", rel_error(tt, idx, exact)))
+        t, tt, evaluations = run_teneva_case(volumes, 0, max(1, repeats // 2), seed=seed)
+        results["teneva"].append((t, evaluations, evaluations, rel_error(tt, idx, exact)))
     rows = []
     t_cpic = statistics.median(r[0] for r in results["cpic"])
+    floor = statistics.median(floors)
     for name, runs in results.items():
         t = statistics.median(r[0] for r in runs)
         errors = [r[3] for r in runs]
@@ -199,11 +257,14 @@ def section_a(repeats: int, seeds: int = 5) -> None:
                 statistics.mean(errors),
                 f"{min(errors):.3f}-{max(errors):.3f}",
                 f"{t / t_cpic:.1f}",
+                f"{t / floor:.2f}",
             ]
         )
     table(
-        f"(a) C-PIC case: 64^3 volume, QTT 8^6 + 16 features, 3^3 MLP, rank 10, 3 sweeps ({seeds} seeds)",
-        ["library", "time (s)", "evaluations", "unique", "mean held-out error", "range", "time / cpic's"],
+        f"(a) C-PIC case: 64^3 volume, QTT 8^6 + 16 features, 3^3 MLP, rank 10, 3 sweeps ({seeds} seeds); "
+        f"floor (f alone on cpic's entries, one call) {floor:.4f} s",
+        ["library", "time (s)", "evaluations", "unique", "mean held-out error", "range", "time / cpic's"]
+        + ["time / floor"],
         rows,
     )
 
@@ -249,13 +310,18 @@ def _scorer(f, shape) -> Callable[[TT], float]:
     return lambda tt: rel_error(tt, idx, exact)
 
 
+def _batched(f) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A numpy function of ``[P, d]`` multi-indices as cpic's batched function (``B = 1``)."""
+    return lambda i: torch.from_numpy(f(i[0].numpy()))[None]
+
+
 def _cpic_sweeps(
-    f, shape, sweeps: int, kick: int = 2, seed: int = 0, tau: float | None = None
+    f, shape, sweeps: int, kick: int = 2, seed: int = 0, tau: float | None = None, recorder=None
 ) -> tuple[TT, int]:
     """cpic with ranks grown from 1 for ``sweeps`` sweeps, no held-out set: (TT, unique
-    evaluations)."""
+    evaluations); ``recorder``: a :class:`Recorder` of ``_batched(f)`` to evaluate through."""
     tt, info = cpic.cross(
-        lambda i: torch.from_numpy(f(i[0].numpy()))[None],
+        recorder or _batched(f),
         shape,
         max_rank=80,
         kick=kick,
@@ -329,6 +395,9 @@ def run_function(name: str, f, shape, target: float, repeats: int, max_steps: in
     rows = []
     sweeps, tt, evals, err = _first_reaching(target, cpic_run, steps, score)
     t, _ = median_time(lambda: cpic_run(sweeps), repeats)
+    recorder = Recorder(_batched(f))
+    _cpic_sweeps(f, shape, sweeps, recorder=recorder)
+    floor = floor_time(_batched(f), recorder.entries(), repeats)
     rows.append([name, "cpic", sweeps, t, evals, err, max(tt.ranks)])
     for cached in (True, False):
         best = None
@@ -343,6 +412,8 @@ def run_function(name: str, f, shape, target: float, repeats: int, max_steps: in
     sweeps, tt, evals, err = _first_reaching(target, tntorch_run, range(1, 9), score)
     t, _ = median_time(lambda: tntorch_run(sweeps), max(1, repeats // 2))
     rows.append([name, "tntorch", sweeps, t, evals, err, max(tt.ranks)])
+    for row in rows:
+        row += [floor, f"{row[3] / floor:.1f}"]
     return rows
 
 
@@ -377,6 +448,8 @@ def section_b(repeats: int) -> None:
             "unique evaluations",
             "held-out error",
             "max rank",
+            "floor (s)",
+            "time / floor",
             "peer's time, evaluations vs cpic's",
         ],
         rows,
@@ -525,11 +598,22 @@ def section_c(repeats: int) -> None:
         sub = volumes.items(slice(0, B))
         idx = held_out(sub.shape, batch=B, count=2000)
         exact = sub(idx)
-        t, tt, info = run_cpic_case(sub, repeats)
+        t, tt, info, floor = run_cpic_case(sub, repeats)
         per = t / B
         base = base or per
         rows.append(
-            [B, t, per, base / per, t_t / per, info.unique_evaluations // B, rel_error(tt, idx, exact)]
+            [
+                B,
+                t,
+                per,
+                base / per,
+                t_t / per,
+                info.unique_evaluations // B,
+                rel_error(tt, idx, exact),
+                floor,
+                f"{t / floor:.2f}",
+                f"{t_t / (floor / B):.1f}",
+            ]
         )
     table(
         "(c) batch scaling: B volumes in one cpic call (tntorch: one volume per call)",
@@ -541,7 +625,41 @@ def section_c(repeats: int) -> None:
             "per volume vs tntorch",
             "unique evals per volume",
             "worst held-out error",
+            "floor (s)",
+            "cpic / floor",
+            "tntorch per volume / floor per volume",
         ],
+        rows,
+    )
+
+
+def section_d(repeats: int, sides: tuple[int, ...] = (64, 128, 256), batch: int = 16) -> None:
+    """The 5^3-patch encoder, B = 1 at each side, and B = ``batch`` at the smallest: each
+    library's time beside the floor (f alone, in one call, on the entries cpic's run evaluated)."""
+    rows = []
+    for side in sides:
+        volumes = EncodedVolumes(smooth_volumes(1, n=side), patch=5)
+        idx = held_out(volumes.shape, count=2000)
+        exact = volumes(idx)
+        t, tt, info, floor = run_cpic_case(volumes, repeats)
+        cases = [("cpic", t, info.unique_evaluations, rel_error(tt, idx, exact))]
+        t, tt, tinfo = run_tntorch_case(volumes, 0, max(1, repeats // 2))
+        cases.append(("tntorch", t, int(tinfo["nsamples"]), rel_error(tt, idx, exact)))
+        t, tt, evaluations = run_teneva_case(volumes, 0, max(1, repeats // 2))
+        cases.append(("teneva (cache)", t, evaluations, rel_error(tt, idx, exact)))
+        for name, t, evaluations, error in cases:
+            rows.append([f"{side}^3", 1, name, t, evaluations, error, floor, f"{t / floor:.2f}"])
+    side = min(sides)
+    many = EncodedVolumes(smooth_volumes(batch, n=side), patch=5)
+    idx = held_out(many.shape, batch=batch, count=2000)
+    t, tt, info, floor = run_cpic_case(many, repeats)
+    error = rel_error(tt, idx, many(idx))
+    rows.append([f"{side}^3", batch, "cpic", t, info.unique_evaluations, error, floor, f"{t / floor:.2f}"])
+    table(
+        "(d) 5^3-patch MLP encoder, 16 features, rank 10, 3 sweeps: time beside the floor "
+        "(f alone on cpic's entries, one call)",
+        ["volume", "B", "library", "time (s)", "evaluations", "worst held-out error", "floor (s)"]
+        + ["time / floor"],
         rows,
     )
 
@@ -550,10 +668,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sections", default="a,b,b2,c", help="which sections to run (default a,b,b2,c)")
+    parser.add_argument("--sections", default="a,b,b2,c,d", help="which sections to run (default a,b,b2,c,d)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per timing, median reported (default 5)")
     parser.add_argument("--seeds", type=int, default=4, help="random starts per setting in b2 (default 4)")
     parser.add_argument("--function", default="", help="b2 only on the function whose name starts so")
+    parser.add_argument("--sides", default="64,128,256", help="section d's volume sides (default 64,128,256)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpic {cpic.__version__}")
@@ -562,6 +681,7 @@ def main() -> None:
         "b": section_b,
         "b2": lambda repeats: section_b2(repeats, args.seeds, args.function),
         "c": section_c,
+        "d": lambda repeats: section_d(repeats, tuple(int(n) for n in args.sides.split(","))),
         "tau": section_tau,
     }
     for name in args.sections.split(","):

@@ -9,7 +9,7 @@ import cpic
 from cpic import TT
 from cpic.cross import CrossInfo
 from cpic.cross.cache import EvaluationCache
-from cpic.cross.maxvol import first_of_duplicates
+from cpic.cross.maxvol import first_of_duplicates, maxvol_rect
 from tests.helpers import random_tt
 
 
@@ -132,6 +132,30 @@ def test_identical_rows_resolve_to_the_one_of_smallest_key(dtype):
     assert first_of_duplicates(a, torch.tensor([[2, 5, 0]] * 2), keys).tolist() == [[2, 5, 0]] * 2
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_rectangular_maxvol_agrees_with_teneva(adaptive):
+    """Same rows and coefficients as teneva's ``maxvol_rect`` (the identity on the chosen
+    rows, least squares elsewhere), item by item of a batch; with ``min_extra`` below
+    ``extra``, rows stop being added where teneva stops (one item per call: batch items share
+    their row count)."""
+    teneva = pytest.importorskip("teneva")
+    gen = torch.Generator().manual_seed(0)
+    for n, r, extra in [(40, 4, 5), (17, 1, 6), (25, 5, 0), (9, 3, 6), (60, 2, 3)]:
+        a = torch.randn(1 if adaptive else 3, n, r, dtype=torch.float64, generator=gen)
+        low = 1 if adaptive else extra
+        idx, coef = maxvol_rect(a, extra, tau=1.05, max_iters=100, min_extra=low, tau_rect=1.1)
+        for b in range(a.shape[0]):
+            want_idx, want_coef = teneva.maxvol_rect(
+                a[b].numpy(), e=1.1, dr_min=min(low, extra), dr_max=extra, e0=1.05, k0=100
+            )
+            assert idx[b].tolist() == want_idx.tolist()
+            torch.testing.assert_close(coef[b], torch.from_numpy(want_coef), rtol=0, atol=1e-12)
+        m = idx.shape[1]
+        chosen = coef.gather(1, idx[:, :, None].expand(-1, -1, m))
+        assert torch.equal(chosen, torch.eye(m, dtype=a.dtype).expand_as(chosen))
+        torch.testing.assert_close(coef @ a.gather(1, idx[:, :, None].expand(-1, -1, r)), a)
+
+
 def test_pivots_among_identical_rows_are_the_first_multi_indices():
     """Hilbert's rows are identical exactly when their indices have the same sum: of each such
     group, the cross's index sets hold the lexicographically first member, pass after pass,
@@ -229,6 +253,66 @@ def test_info_reports_what_happened():
     assert [s.shape[2] for s in info.right[1:]] == list(range(4, -1, -1))
     assert info.errors.shape == (2, 1)  # one per sweep without tol
     assert "sweeps" in info.summary()
+
+
+def test_callback_sees_every_sweep_and_can_stop_the_run():
+    seen = []
+
+    def watch(tt, info):
+        seen.append((tt, info.sweeps, info.error.clone(), info.ranks, info.unique_evaluations))
+
+    run = dict(max_rank=10, sweeps=4, dtype=torch.float64, seed=0)
+    tt, info = cpic.cross(hilbert, (8,) * 6, callback=watch, **run)
+    assert [s[1] for s in seen] == [1, 2, 3, 4] and info.stop == "sweeps"
+    torch.testing.assert_close(seen[-1][0].full(), tt.full())  # the last call saw the returned TT
+    for t, _, error, ranks, _ in seen:  # each call's info describes the TT it was given
+        exact = info.test_values
+        torch.testing.assert_close(error, ((t.eval(info.test_idx) - exact).norm() / exact.norm())[None])
+        assert ranks == t.ranks
+    assert [s[4] for s in seen] == sorted(s[4] for s in seen)
+
+    stopped, sinfo = cpic.cross(hilbert, (8,) * 6, callback=lambda t, i: i.sweeps == 2, **run)
+    assert sinfo.stop == "callback" and sinfo.sweeps == 2
+    torch.testing.assert_close(stopped.full(), seen[1][0].full())
+    assert sinfo.unique_evaluations == seen[1][4]
+    with pytest.raises(ValueError, match="callback"):
+        cpic.cross(hilbert, (4, 4), rank=2, callback=3)
+
+
+def test_user_validation_set_replaces_the_random_one():
+    ref = random_tt(2, (6, 5, 6, 5), 3, seed=2)
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.stack([torch.randint(0, n, (2, 40), generator=gen) for n in ref.shape], -1)
+    values = ref.eval(idx)
+    calls = []
+
+    def f(i):
+        calls.append(i.shape[1])
+        return ref.eval(i)
+
+    tt, info = cpic.cross(f, ref.shape, batch=2, rank=2, sweeps=2, dtype=torch.float64, seed=0,
+                          validation=(idx, values))
+    assert info.test_evaluations == 0 and torch.equal(info.test_idx, idx)
+    assert torch.equal(info.test_values, values)
+    torch.testing.assert_close(info.error, (tt.eval(idx) - values).norm(dim=1) / values.norm(dim=1))
+    # the given values are what the error is measured against, not f's
+    _, doubled = cpic.cross(ref.eval, ref.shape, batch=2, rank=3, sweeps=2, dtype=torch.float64, seed=0,
+                            validation=(idx, 2 * values))
+    torch.testing.assert_close(doubled.error, torch.full((2,), 0.5, dtype=torch.float64))
+    # without values, f evaluates the given entries; tol is judged on them
+    _, own = cpic.cross(ref.eval, ref.shape, batch=2, max_rank=6, tol=1e-10, dtype=torch.float64, seed=0,
+                        validation=(idx, None))
+    assert 0 < own.test_evaluations <= 80 and own.stop == "tol" and (own.error <= 1e-10).all()
+    for bad, match in (
+        ((idx[:1], values[:1]), "shape"),
+        ((idx.double(), values), "integer"),
+        ((idx + 6, values), "outside"),
+        ((idx, values[:, :3]), "values must have shape"),
+        ((idx, torch.full_like(values, float("inf"))), "finite"),
+        (idx, "pair"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            cpic.cross(ref.eval, ref.shape, batch=2, rank=2, validation=bad)
 
 
 @pytest.mark.parametrize(

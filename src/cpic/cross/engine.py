@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -48,7 +48,8 @@ class _Plan:
     tol: float | None
     sweeps: int
     budget: int | None
-    n_test: int
+    n_test: int  # held-out entries that f evaluates
+    validation: tuple[Tensor, Tensor | None] | None  # user-supplied held-out indices, values
     tau: float  # maxvol's bound on its coefficients
     dtype: torch.dtype
     device: torch.device
@@ -62,7 +63,41 @@ def _positive_int(name: str, value, allow_none: bool = True) -> int | None:
     return value
 
 
-def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init, tau) -> _Plan:
+def _validation_set(
+    validation, shape: tuple[int, ...], batch: int, dtype, device
+) -> tuple[Tensor, Tensor | None]:
+    """``validation`` (``(idx, values)``, ``values`` possibly ``None``) checked and moved to
+    ``device``: ``idx`` ``LongTensor[batch, P, d]`` inside ``shape``, ``values`` ``[batch, P]``."""
+    if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+        raise ValueError("validation must be a pair (idx [B, P, d], values [B, P] or None).")
+    idx, values = validation
+    d = len(shape)
+    if not isinstance(idx, Tensor) or idx.is_floating_point() or idx.dtype == torch.bool:
+        raise ValueError("validation's idx must be an integer tensor [B, P, d].")
+    if idx.dim() != 3 or idx.shape[0] != batch or idx.shape[2] != d or idx.shape[1] == 0:
+        raise ValueError(
+            f"validation's idx must have shape [B={batch}, P > 0, d={d}], got {tuple(idx.shape)}."
+        )
+    high = torch.tensor(shape)
+    idx = idx.long().cpu()
+    if bool(((idx < 0) | (idx >= high)).any()):
+        raise ValueError(f"validation's idx holds multi-indices outside the shape {shape}.")
+    if values is not None:
+        values = torch.as_tensor(values)
+        if values.shape != idx.shape[:2]:
+            raise ValueError(
+                f"validation's values must have shape {tuple(idx.shape[:2])} (one per index), "
+                f"got {tuple(values.shape)}."
+            )
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError("validation's values must be finite.")
+        values = values.to(device=device, dtype=dtype)
+    return idx.to(device), values
+
+
+def _plan(
+    shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init, tau, validation
+) -> _Plan:
     try:
         shape = tuple(int(n) for n in shape)
     except TypeError:
@@ -92,6 +127,9 @@ def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick
         raise ValueError(f"device {device!r} is not a valid torch device: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was asked for, but this torch build sees no CUDA device.")
+    if validation is not None:
+        validation = _validation_set(validation, shape, batch, dtype, device)
+        n_test = validation[0].shape[1] if validation[1] is None else 0
     d = len(shape)
     caps = [1] + [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, d)] + [1]
     adaptive = max_rank is not None and (rank is None or max_rank > rank)
@@ -120,6 +158,7 @@ def _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick
         sweeps=sweeps,
         budget=budget,
         n_test=n_test,
+        validation=validation,
         tau=float(tau) if tau is not None else (_GROWING_TAU if adaptive else _FIXED_TAU),
         dtype=dtype,
         device=device,
@@ -290,6 +329,8 @@ def cross(
     cache: bool = True,
     init: CrossInfo | None = None,
     tau: float | None = None,
+    validation: tuple[Tensor, Tensor | None] | None = None,
+    callback: Callable[[TT, CrossInfo], bool | None] | None = None,
 ) -> tuple[TT, CrossInfo]:
     """Tensor-train cross approximation of ``batch`` black-box tensors at once.
 
@@ -305,7 +346,9 @@ def cross(
     the ranks are at their limit and the error has not halved in three sweeps ("stalled":
     the pass of least held-out error is returned then, not the last), whichever comes first;
     ``info.stop`` says which. ``n_test`` random entries per item estimate the
-    error (``n_test=0``: the relative change between passes is used instead). ``init``
+    error (``n_test=0``: the relative change between passes is used instead);
+    ``validation=(idx, values)`` gives the held-out set instead (``idx: LongTensor[batch, P,
+    d]``, ``values: Tensor[batch, P]``, or ``None`` for ``f`` to evaluate them). ``init``
     warm-starts from the index sets of an earlier run's info. ``seed`` may give one integer per
     item: with a fixed rank, each item's result is then the same whatever batch it runs in.
 
@@ -315,6 +358,10 @@ def cross(
     index sets steadier from pass to pass, so more fibers repeat and the cache serves them
     (docs/benchmarks.md, table b2 and its validation on functions outside it).
 
+    ``callback(tt, info)`` is called after every sweep with that sweep's TT and the info so
+    far (its index sets would warm-start another run); returning true stops the run
+    (``info.stop == "callback"``), which returns that TT.
+
     Example:
         >>> import torch, cpic
         >>> def f(idx):                                     # a rank-2 function of 6 indices
@@ -323,9 +370,20 @@ def cross(
         >>> tt, info = cpic.cross(f, [16] * 6, rank=4, dtype=torch.float64, seed=0)
         >>> bool(info.error.max() < 1e-10), info.ranks
         (True, (1, 4, 4, 4, 4, 4, 1))
+        >>> def enough(tt, info):                         # stop once the error is small
+        ...     return bool(info.error.max() < 1e-3)
+        >>> idx = torch.randint(0, 16, (1, 100, 6), generator=torch.Generator().manual_seed(0))
+        >>> _, info = cpic.cross(f, [16] * 6, max_rank=8, sweeps=10, dtype=torch.float64, seed=0,
+        ...                      validation=(idx, f(idx)), callback=enough)
+        >>> info.stop, info.sweeps, info.test_evaluations
+        ('callback', 2, 0)
     """
     started = time.perf_counter()
-    plan = _plan(shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init, tau)
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable (tt, info) -> bool, got {callback!r}.")
+    plan = _plan(
+        shape, batch, rank, max_rank, tol, sweeps, budget, dtype, device, kick, n_test, init, tau, validation
+    )
     if plan.budget is not None and plan.budget < _first_pass_cost(plan):
         raise ValueError(
             f"budget={plan.budget} is too small for one sweep: shape {plan.shape} at ranks "
@@ -338,10 +396,11 @@ def cross(
     sweeper = _Sweeper(f, plan, store, right)
     info = CrossInfo(shape=plan.shape, batch=plan.batch)
 
-    test_idx = test_values = None
-    if plan.n_test:
+    test_idx, test_values = plan.validation or (None, None)
+    if test_idx is None and plan.n_test:
         high = torch.tensor(plan.shape, device=plan.device)
         test_idx = (_uniform(gen, plan.batch, plan.n_test, len(plan.shape), device=plan.device) * high).long()
+    if test_idx is not None and test_values is None:
         test_values = store.evaluate(f, test_idx)
         info.test_evaluations = store.evaluations
 
@@ -377,6 +436,20 @@ def cross(
         measure = errors[-1] if errors else (changes[-1] if changes else None)
         return plan.tol is not None and measure is not None and bool((measure <= plan.tol).all())
 
+    def record(stop: str) -> TT:
+        """The snapshot's TT, with ``info`` filled in from the run so far."""
+        cores, info.left, info.right, info.ranks, info.direction = snapshot
+        B = plan.batch
+        info.errors = torch.stack(errors).cpu() if errors else torch.empty(0, B)
+        info.changes = torch.stack(changes).cpu() if changes else torch.empty(0, B)
+        info.evaluations = store.evaluations
+        info.unique_evaluations = store.unique_evaluations
+        info.cache_hits = store.hits
+        info.test_idx, info.test_values = test_idx, test_values
+        info.stop = stop
+        info.time = time.perf_counter() - started
+        return TT(cores)
+
     stop = "sweeps"
     try:
         fiber = sweeper.fiber(0)
@@ -391,7 +464,11 @@ def cross(
                 break
             fiber = sweeper.right_to_left(fiber)
             info.sweeps += 1
-            if finish_pass(end_of_sweep=True):
+            met = finish_pass(end_of_sweep=True)
+            if callback is not None and callback(record(""), info):
+                stop = "callback"
+                break
+            if met:
                 stop = "tol"
                 break
             if plan.tol is not None and _stalled(errors or changes, sweeper):
@@ -411,17 +488,6 @@ def cross(
     if stop == "stalled" and best is not None and best[0] is not snapshot:
         snapshot = best[0]  # the error has stopped falling: return the best pass, not the last
         errors.append(best[1])
-    cores, info.left, info.right, info.ranks, info.direction = snapshot
-    tt = TT(cores)
     if stop == "budget" and test_idx is not None:  # measure the TT actually returned
-        errors.append(_relative_error(tt.eval(test_idx), test_values))
-    B = plan.batch
-    info.errors = torch.stack(errors).cpu() if errors else torch.empty(0, B)
-    info.changes = torch.stack(changes).cpu() if changes else torch.empty(0, B)
-    info.evaluations = store.evaluations
-    info.unique_evaluations = store.unique_evaluations
-    info.cache_hits = store.hits
-    info.test_idx, info.test_values = test_idx, test_values
-    info.stop = stop
-    info.time = time.perf_counter() - started
-    return tt, info
+        errors.append(_relative_error(TT(snapshot[0]).eval(test_idx), test_values))
+    return record(stop), info

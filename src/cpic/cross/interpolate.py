@@ -33,8 +33,9 @@ def _match(rows: Tensor, wanted: Tensor) -> Tensor:
 
 
 def _coefficients(fibers: Tensor, rows: Tensor) -> Tensor:
-    """``Q @ inv(Q[rows])`` for the QR factor ``Q`` of each ``fibers[b]: [N, c]`` (least squares
-    when ``rows`` is not ``c`` long) -> ``[B, N, len(rows)]``.
+    """``Q @ inv(Q[rows])`` for the QR factor ``Q`` of each ``fibers[b]: [N, c]`` -> ``[B, N,
+    len(rows)]``; when ``rows`` is longer than ``c``, least squares ``Q @ pinv(Q[rows])`` with
+    the identity on the rows themselves, as :func:`cpic.cross.maxvol_rect` gives them.
 
     A rank-deficient fiber (a blank or constant volume) has a QR factor whose extra columns are
     arbitrary; :func:`safe_qr` keeps their gradient finite.
@@ -43,7 +44,9 @@ def _coefficients(fibers: Tensor, rows: Tensor) -> Tensor:
     sub = q.gather(1, rows[:, :, None].expand(-1, -1, q.shape[2]))
     if sub.shape[1] == sub.shape[2]:
         return torch.linalg.solve(sub, q, left=False)
-    return q @ torch.linalg.pinv(sub)
+    m = rows.shape[1]
+    eye = torch.eye(m, dtype=q.dtype, device=q.device).expand(q.shape[0], m, m)
+    return (q @ torch.linalg.pinv(sub)).scatter(1, rows[:, :, None].expand(-1, -1, m), eye)
 
 
 def interpolate(f: BatchedFunction, info: CrossInfo) -> TT:

@@ -76,8 +76,9 @@ def maxvol_rect(
     ``min_extra`` are added only while some item has a row whose coefficients have norm above
     ``tau_rect`` (a row the current ones represent poorly). Every batch item gets the same
     number of rows, so ranks stay shared by the batch.
-    Returns ``idx: [B, r + extra]`` and ``coef: [B, N, r + extra]`` with ``a = coef @ a[idx]``
-    (least-squares coefficients, ``coef[idx]`` the identity).
+    Returns ``idx: [B, r + k]`` and ``coef: [B, N, r + k]`` with ``a = coef @ a[idx]``:
+    ``coef[idx]`` is the identity, and every other row holds the least-squares coefficients
+    ``a @ pinv(a[idx])`` of that row (as teneva's ``maxvol_rect``).
 
     Example:
         >>> import torch
@@ -87,17 +88,32 @@ def maxvol_rect(
         (torch.Size([1, 5]), torch.Size([1, 30, 5]))
         >>> bool(torch.allclose(coef @ a.gather(1, idx[..., None].expand(-1, -1, 3)), a))
         True
+        >>> bool(torch.equal(coef.gather(1, idx[..., None].expand(-1, -1, 5))[0], torch.eye(5).double()))
+        True
     """
     idx, coef = maxvol(a, tau, max_iters)
     B, N, r = a.shape
     extra = min(int(extra), N - r)
-    if extra <= 0:
-        return idx, coef
-    batch = torch.arange(B, device=a.device)
-    free = torch.ones(B, N, dtype=a.dtype, device=a.device).scatter(1, idx, 0.0)
+    if extra > 0:
+        min_extra = extra if min_extra is None else min(min_extra, extra)
+        idx, coef = _add_rows(idx, coef, extra, min_extra, tau_rect)
+    # the least-squares coefficients of a chosen row form a row of a projector, not a unit
+    # vector: the identity makes the cross interpolate its pivots exactly
+    m = idx.shape[1]
+    eye = torch.eye(m, dtype=a.dtype, device=a.device).expand(B, m, m)
+    return idx, coef.scatter(1, idx[:, :, None].expand(B, m, m), eye)
+
+
+def _add_rows(
+    idx: Tensor, coef: Tensor, extra: int, min_extra: int, tau_rect: float
+) -> tuple[Tensor, Tensor]:
+    """Greedy rows of largest coefficient norm added to maxvol's ``idx``, ``coef``; the
+    coefficients kept the least-squares ones by rank-one updates."""
+    B, N, _ = coef.shape
+    batch = torch.arange(B, device=coef.device)
+    free = torch.ones(B, N, dtype=coef.dtype, device=coef.device).scatter(1, idx, 0.0)
     score = free * coef.square().sum(2)
     chosen = [idx]
-    min_extra = extra if min_extra is None else min(min_extra, extra)
     for k in range(extra):
         top, i = score.max(dim=1)  # [B]
         if k >= min_extra and not bool((top > tau_rect**2).any()):

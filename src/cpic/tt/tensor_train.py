@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from cpic.tt import svd
+from cpic.tt import algebra, indexing, svd
 
 
 class TT:
@@ -86,11 +87,61 @@ class TT:
     def detach(self) -> TT:
         return TT([c.detach() for c in self.cores])
 
-    def __getitem__(self, items) -> TT:
-        """Select batch items: ``t[0:2]`` or ``t[[0, 3]]`` keeps the batch axis."""
-        if isinstance(items, int):
-            items = slice(items, items + 1 if items != -1 else None)
-        return TT([c[items] for c in self.cores])
+    def __getitem__(self, key) -> TT | Tensor:
+        """Index like the dense ``[B, n_1, ..., n_d]`` tensor: ``t[batch, i_1, ..., i_d]``.
+
+        The batch key selects items and always keeps the batch axis (``t[0]`` is a batch of
+        one). A mode indexed by an integer is fixed and removed; by a slice, a sequence of
+        integers or a 1-D integer tensor it is kept, restricted to those positions. The
+        result is a TT of the remaining modes, or ``Tensor[B]`` when every mode is fixed.
+        Per-item indices: :meth:`fix`.
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x = torch.rand(2, 4, 5, 6, dtype=torch.float64)
+            >>> t = TT.from_dense(x)
+            >>> t[1].batch, t[:, 2].shape, t[:, 1:3, ..., [0, 5]].shape
+            (1, (5, 6), (2, 5, 2))
+            >>> torch.allclose(t[:, -1, 1:4, 2].full(), x[:, -1, 1:4, 2])
+            True
+        """
+        batch_key, mode_keys = indexing.split_key(key, self.d)
+        if isinstance(batch_key, int):
+            batch_key = slice(batch_key, batch_key + 1 if batch_key != -1 else None)
+        cores = [c[batch_key] for c in self.cores]
+        if cores[0].shape[0] == 0:
+            raise ValueError(f"batch index {batch_key!r} selects no item of a batch of {self.batch}.")
+        fixed, positions = [], []
+        for k, key_k in enumerate(mode_keys):
+            scalar = isinstance(key_k, Tensor) and key_k.dim() == 0 and not key_k.is_floating_point()
+            if isinstance(key_k, numbers.Integral) or scalar:
+                fixed.append(k)
+                positions.append(int(key_k))
+            elif key_k != slice(None):
+                cores[k] = indexing.select(cores[k], key_k, k)
+        return TT(cores).fix(fixed, positions) if fixed else TT(cores)
+
+    def fix(self, modes: int | Sequence[int], indices) -> TT | Tensor:
+        """The tensors with ``modes`` fixed at ``indices``: one integer per mode for the whole
+        batch, or ``LongTensor[B, len(modes)]`` per item -> a TT of the remaining modes, or
+        ``Tensor[B]`` when all are fixed.
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+            >>> t = TT.from_dense(x)
+            >>> torch.allclose(t.fix([0, 2], [1, 4]).full(), x[:, 1, :, 4])
+            True
+            >>> per_item = t.fix(1, torch.tensor([[0], [3]])).full()
+            >>> torch.allclose(per_item, torch.stack([x[0, :, 0], x[1, :, 3]]))
+            True
+        """
+        modes = indexing.mode_list(modes, self.d)
+        idx = indexing.fixed_indices(indices, self.batch, [self.shape[k] for k in modes], self.device)
+        kept = indexing.absorb(self.cores, indexing.slice_matrices(self.cores, modes, idx))
+        return kept if isinstance(kept, Tensor) else TT(kept)
 
     # ---------------------------------------------------------------- evaluation
     def eval(self, idx: Tensor) -> Tensor:
@@ -186,31 +237,10 @@ class TT:
         return self._contract_modes(modes, weights)
 
     def _contract_modes(self, modes, weights: list[Tensor]) -> Tensor | TT:
-        if modes is None:
-            modes = range(self.d)
-        elif isinstance(modes, int):
-            modes = [modes]
-        chosen = set()
-        for m in modes:
-            if not -self.d <= m < self.d:
-                raise ValueError(f"mode {m} is out of range for a TT with {self.d} modes.")
-            chosen.add(m % self.d)
-        kept: list[Tensor] = []
-        carry = None  # product of contracted cores since the last kept core: [B, r, r']
-        for k, core in enumerate(self.cores):
-            if k in chosen:
-                mat = torch.einsum("brns,n->brs", core, weights[k])
-                carry = mat if carry is None else carry @ mat
-            else:
-                if carry is not None:
-                    core = torch.einsum("bqr,brns->bqns", carry, core)
-                    carry = None
-                kept.append(core)
-        if not kept:
-            return carry[:, 0, 0]
-        if carry is not None:
-            kept[-1] = torch.einsum("brns,bst->brnt", kept[-1], carry)
-        return TT(kept)
+        chosen = indexing.mode_list(modes, self.d)
+        mats = {k: torch.einsum("brns,n->brs", self.cores[k], weights[k]) for k in chosen}
+        kept = indexing.absorb(self.cores, mats)
+        return kept if isinstance(kept, Tensor) else TT(kept)
 
     def dot(self, other: TT) -> Tensor:
         """Inner product ``<self, other>`` per batch item -> ``Tensor[B]``.
@@ -222,9 +252,9 @@ class TT:
             >>> torch.allclose(TT.from_dense(x).dot(TT.from_dense(y)), (x * y).sum((1, 2)))
             True
         """
-        self._check_compatible(other)
+        mine, theirs = self._paired(other)
         acc = None  # [B, r_self, r_other]
-        for a, b in zip(self.cores, other.cores):
+        for a, b in zip(mine, theirs):
             if acc is None:
                 acc = torch.einsum("brns,bqnt->bst", a, b)
             else:
@@ -268,47 +298,135 @@ class TT:
         return out
 
     # ---------------------------------------------------------------- algebra
-    def _check_compatible(self, other: TT) -> None:
+    def _paired(self, other: TT) -> tuple[list[Tensor], list[Tensor]]:
+        """The cores of ``self`` and ``other``, a batch of one broadcast to the other's batch."""
         if not isinstance(other, TT):
             raise TypeError(f"expected a TT, got {type(other).__name__}.")
-        if other.shape != self.shape or other.batch != self.batch:
+        if other.shape != self.shape or (other.batch != self.batch and 1 not in (self.batch, other.batch)):
             raise ValueError(
                 f"TTs differ: batch {self.batch} shape {self.shape} "
                 f"vs batch {other.batch} shape {other.shape}."
             )
+        batch = max(self.batch, other.batch)
+        return [c.expand(batch, -1, -1, -1) for c in self.cores], [
+            c.expand(batch, -1, -1, -1) for c in other.cores
+        ]
 
-    def __add__(self, other: TT) -> TT:
-        self._check_compatible(other)
-        if self.d == 1:
-            return TT([self.cores[0] + other.cores[0]])
-        cores = []
-        for k, (a, b) in enumerate(zip(self.cores, other.cores)):
-            if k == 0:
-                cores.append(torch.cat([a, b], dim=3))
-            elif k == self.d - 1:
-                cores.append(torch.cat([a, b], dim=1))
-            else:
-                B, ra, n, sa = a.shape
-                rb, sb = b.shape[1], b.shape[3]
-                top = torch.cat([a, a.new_zeros(B, ra, n, sb)], dim=3)
-                bottom = torch.cat([b.new_zeros(B, rb, n, sa), b], dim=3)
-                cores.append(torch.cat([top, bottom], dim=1))
-        return TT(cores)
+    def _per_item(self, value: float | Tensor) -> Tensor:
+        """A number, a 0-d or a per-item ``Tensor[B]`` as ``Tensor[B]`` of the TT's dtype."""
+        v = torch.as_tensor(value, dtype=self.dtype, device=self.device)
+        if v.dim() == 0:
+            return v.expand(self.batch)
+        if v.shape != (self.batch,):
+            raise ValueError(
+                f"a scalar must be a number or a tensor [B={self.batch}], got shape {tuple(v.shape)}."
+            )
+        return v
 
-    def __mul__(self, scalar: float | Tensor) -> TT:
-        """Scale by a number or by a per-item ``Tensor[B]``."""
-        s = torch.as_tensor(scalar, dtype=self.dtype, device=self.device)
-        if s.dim() == 1:
-            s = s[:, None, None, None]
-        return TT([self.cores[0] * s] + self.cores[1:])
+    def __add__(self, other: TT | float | Tensor) -> TT:
+        """Sum with a TT (ranks add; a batch of one broadcasts) or with a number or per-item
+        ``Tensor[B]`` added to every entry (one more rank).
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x, y = torch.rand(2, 1, 3, 4, dtype=torch.float64)
+            >>> a, b = TT.from_dense(x), TT.from_dense(y)
+            >>> torch.allclose((a + b).full(), x + y), torch.allclose((1.5 - a).full(), 1.5 - x)
+            (True, True)
+        """
+        if isinstance(other, TT):
+            return TT(algebra.direct_sum(self._paired(other)))
+        if not isinstance(other, (int, float, Tensor)):
+            return NotImplemented
+        return TT(algebra.direct_sum([self.cores, algebra.constant(self._per_item(other), self.shape)]))
+
+    __radd__ = __add__
+
+    def __mul__(self, other: TT | float | Tensor) -> TT:
+        """Element-wise (Hadamard) product with a TT (ranks multiply; a batch of one
+        broadcasts), or scaling by a number or a per-item ``Tensor[B]``.
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x, y = torch.rand(2, 1, 3, 4, dtype=torch.float64)
+            >>> a, b = TT.from_dense(x), TT.from_dense(y)
+            >>> torch.allclose((a * b).full(), x * y), torch.allclose((2 * a / 4).full(), x / 2)
+            (True, True)
+        """
+        if isinstance(other, TT):
+            return TT(algebra.hadamard(*self._paired(other)))
+        if not isinstance(other, (int, float, Tensor)):
+            return NotImplemented
+        return TT([self.cores[0] * self._per_item(other)[:, None, None, None]] + self.cores[1:])
 
     __rmul__ = __mul__
+
+    def __truediv__(self, other: float | Tensor) -> TT:
+        if not isinstance(other, (int, float, Tensor)):
+            return NotImplemented
+        return self * (1.0 / self._per_item(other))
 
     def __neg__(self) -> TT:
         return self * -1.0
 
-    def __sub__(self, other: TT) -> TT:
+    def __sub__(self, other: TT | float | Tensor) -> TT:
         return self + (-other)
+
+    def __rsub__(self, other: float | Tensor) -> TT:
+        return (-self) + other
+
+    @classmethod
+    def cat(cls, trains: Sequence[TT], mode: int) -> TT:
+        """The TTs joined along ``mode`` (same batch, dtype and other mode sizes); the ranks add.
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+            >>> y = torch.rand(2, 3, 2, 5, dtype=torch.float64)
+            >>> joined = TT.cat([TT.from_dense(x), TT.from_dense(y)], mode=1)
+            >>> joined.shape, torch.allclose(joined.full(), torch.cat([x, y], dim=2))
+            ((3, 6, 5), True)
+        """
+        trains = list(trains)
+        if not trains or not all(isinstance(t, TT) for t in trains):
+            raise ValueError("cat needs a non-empty sequence of TTs.")
+        first = trains[0]
+        (mode,) = indexing.mode_list(mode, first.d)
+        for t in trains[1:]:
+            others = [n for k, n in enumerate(t.shape) if k != mode]
+            if (
+                t.d != first.d
+                or others != [n for k, n in enumerate(first.shape) if k != mode]
+                or t.batch != first.batch
+                or t.dtype != first.dtype
+            ):
+                raise ValueError(
+                    f"cat along mode {mode} needs TTs that agree elsewhere: {first!r} vs {t!r}."
+                )
+        return cls(algebra.concatenate([t.cores for t in trains], mode))
+
+    def orthogonalize(self, core: int) -> TT:
+        """The same tensors with the cores before ``core`` left-orthogonal and those after it
+        right-orthogonal (QR sweeps from both ends; ranks may shrink where they exceed what a
+        core can hold): ``core`` then carries the norm.
+
+        Example:
+            >>> import torch
+            >>> from cpic import TT
+            >>> x = torch.rand(2, 3, 4, 5, dtype=torch.float64)
+            >>> t = TT.from_dense(x).orthogonalize(1)
+            >>> q = t.cores[0].reshape(2, 3, -1)                     # left-orthogonal
+            >>> torch.allclose(q.mT @ q, torch.eye(q.shape[2], dtype=q.dtype))
+            True
+            >>> torch.allclose(t.cores[1].flatten(1).norm(dim=1), x.flatten(1).norm(dim=1))
+            True
+        """
+        (core,) = indexing.mode_list(core, self.d)
+        left = svd.left_orthogonalize(self.cores[: core + 1])
+        return TT(left[:-1] + svd.right_orthogonalize([left[-1]] + self.cores[core + 1 :]))
 
     # ---------------------------------------------------------------- compression
     def round(self, tol: float | None = None, max_rank: int | None = None) -> TT:

@@ -4,11 +4,16 @@ Independent commands run concurrently (each subprocess spends most of its time i
 """
 
 import csv
+import fcntl
 import json
 import os
+import pty
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -170,8 +175,7 @@ def test_predict_evaluate_and_inspect_take_the_checkpoints_of_a_run(cohort):
     )
     document = json.loads(ok(best).stdout)
     assert document["classes"] == CLASSES and all(p["predicted"] in CLASSES for p in document["predictions"])
-    assert "wrote 1 prediction(s)" in ok(last).stdout
-    assert "predict" in last.stderr and "volume" in last.stderr  # the bar over the volumes
+    assert "wrote 1 prediction(s)" in ok(last).stdout and last.stderr == ""  # no bar into a pipe
     with open(cohort.root / "last.csv", newline="") as fh:
         assert list(next(csv.DictReader(fh))) == ["volume", "predicted", "class_id", "p_healthy", "p_lesion"]
     summary = json.loads(ok(evaluated).stdout)
@@ -181,6 +185,48 @@ def test_predict_evaluate_and_inspect_take_the_checkpoints_of_a_run(cohort):
     assert info["kind"] == "checkpoint" and info["epoch"] == 3 and info["classes"] == CLASSES
     assert info["provenance"]["extra"] == ["age"] and info["provenance"]["normalize"] == "none"
     assert f"classes        {CLASSES}" in ok(table).stdout and "cpic predict" in table.stdout
+
+
+def run_on_terminal(*args, cwd) -> tuple[int, str]:
+    """Run with stderr a pseudo-terminal, as in an interactive shell: exit code and stderr."""
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm needs a width
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpic.cli.main", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env=ENV,
+        cwd=cwd,
+    )
+    os.close(terminal)
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the process closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    code = proc.wait(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_evaluate_and_predict_show_a_bar_over_the_volumes_on_a_terminal(cohort):
+    code, err = run_on_terminal("evaluate", "run/best", "cohort.csv", cwd=cohort.root)
+    assert code == 0 and "evaluate test" in err and "/10 [" in err and "volume/s" in err, err
+    volumes = [*cohort.volumes[:3], "--extra", "61"]
+    code, err = run_on_terminal("predict", "model", *volumes, cwd=cohort.root)
+    assert code == 0 and "predict" in err and "/3 [" in err and "volume/s" in err, err
+    code, err = run_on_terminal("predict", "model", *volumes, "--quiet", cwd=cohort.root)
+    assert code == 0 and err == "", err
 
 
 def test_integer_labels_stay_numbers_and_epoch_lines_show_without_quiet(cohort):

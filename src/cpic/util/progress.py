@@ -1,5 +1,8 @@
 """Progress on stderr: tqdm bars when tqdm is installed (it is optional), and lines printed
-under them without breaking them."""
+under them without breaking them.
+
+Bars are drawn where tqdm decides to (``disable=None``): on a terminal and in notebooks, not
+when stderr is a file or a pipe, so logs and error messages stay free of them."""
 
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ def _tqdm():
 
 
 def progress(iterable: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:
-    """``iterable`` under a tqdm bar on stderr when ``enabled`` (the bar is removed when done).
+    """``iterable`` under a tqdm bar on stderr when ``enabled`` and stderr is a terminal (the bar
+    is removed when done).
 
     Example:
         >>> list(progress(range(3), False, "counting"))
@@ -38,7 +42,7 @@ def progress(iterable: Iterable, enabled: bool, desc: str, total: int | None = N
     tqdm = _tqdm() if enabled else None
     if tqdm is None:
         return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False)
+    return tqdm(iterable, desc=desc, total=total, leave=False, disable=None)
 
 
 class _NoBar:
@@ -58,8 +62,9 @@ class _NoBar:
 
 
 def counter(enabled: bool, desc: str, total: int, unit: str = "it"):
-    """A bar on stderr advanced by ``update(n)`` (e.g. by the volumes of each batch), closed by
-    ``close()`` or a ``with`` block; a stand-in that does nothing when not ``enabled``.
+    """A bar on stderr (a terminal) advanced by ``update(n)`` (e.g. by the volumes of each
+    batch), closed by ``close()`` or a ``with`` block; a stand-in that does nothing when not
+    ``enabled``.
 
     Example:
         >>> with counter(False, "predict", total=4, unit="volume") as bar:
@@ -68,7 +73,7 @@ def counter(enabled: bool, desc: str, total: int, unit: str = "it"):
     tqdm = _tqdm() if enabled else None
     if tqdm is None:
         return _NoBar()
-    return tqdm(desc=desc, total=total, unit=unit, leave=False)
+    return tqdm(desc=desc, total=total, unit=unit, leave=False, disable=None)
 
 
 def write(line: str) -> None:

@@ -37,8 +37,9 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 class History:
     """One row of metrics per epoch, the best epoch, and the numerical events of the run.
 
-    ``best_epoch`` is the epoch of the best validation metric (``monitor``: ``val_accuracy``
-    for classification, else ``val_loss``), ``None`` without validation. ``best_state`` holds
+    ``best_epoch`` is the epoch of the best validation metric (``monitor``: the highest
+    ``val_accuracy`` for classification, ties to the lower ``val_loss``; else the lowest
+    ``val_loss``), ``None`` without validation. ``best_state`` holds
     the model's weights at that epoch (CPU copies; without validation, those of the last
     epoch); :meth:`restore_best` puts them back into the model.
     """

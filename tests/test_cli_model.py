@@ -4,15 +4,23 @@ Independent commands run concurrently (each subprocess spends most of its time i
 """
 
 import csv
+import fcntl
 import json
 import os
+import pty
 import shutil
+import struct
 import subprocess
 import sys
+import termios
+import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+
+from cpic.train import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SMALL = ["--epochs", "2", "--rank", "2", "--features", "4", "--patch", "3", "--quiet"]
@@ -52,7 +60,8 @@ def ok(out):
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """Ten 16^3 volumes (noise, or noise plus a bright cube), a manifest, and a trained model."""
+    """Ten 16^3 volumes (noise, or noise plus a bright cube), a manifest, and a trained model
+    (its checkpoints in run/)."""
     root = tmp_path_factory.mktemp("cohort")
     rng = np.random.default_rng(0)
     rows = ["path,label,age"]
@@ -64,7 +73,13 @@ def cohort(tmp_path_factory):
         rows.append(f"v{i}.npy,{CLASSES[i % 2]},{50 + i}")
     (root / "cohort.csv").write_text("\n".join(rows) + "\n")
     np.save(root / "other.npy", np.zeros((8, 16, 16), np.float32))
-    out = ok(run("train", "cohort.csv", "-o", "model", "--extra", "age", *SMALL, "--json", cwd=root))
+    out = ok(
+        run(
+            *["train", "cohort.csv", "-o", "model", "--extra", "age", *SMALL, "--epochs", "3"],
+            *["--checkpoint-dir", "run", "--json"],
+            cwd=root,
+        )
+    )
     return SimpleNamespace(
         root=root, summary=json.loads(out.stdout), volumes=[f"v{i}.npy" for i in range(10)]
     )
@@ -73,11 +88,23 @@ def cohort(tmp_path_factory):
 def test_train_writes_the_model_and_a_json_summary(cohort):
     assert (cohort.root / "model.safetensors").is_file() and (cohort.root / "model.json").is_file()
     summary = cohort.summary
-    assert summary["epochs"] == 2 and len(summary["history"]) == 2
+    assert summary["epochs"] == 3 and len(summary["history"]) == 3
     assert summary["classes"] == CLASSES and summary["task"] == "classification"
     assert summary["train_volumes"] + summary["val_volumes"] == 10
     assert {"train_loss", "val_loss", "val_accuracy", "val_auc"} <= set(summary["metrics"])
     assert 0 < summary["fraction_read"] <= 1 and summary["seconds"] > 0
+    # the model file holds the best epoch (run/best's weights), model.last the last (run/last's)
+    best = summary["best_epoch"]
+    assert summary["monitor"] == "val_accuracy" and summary["model_epoch"] == best
+    assert summary["metrics"]["val_loss"] == summary["history"][best - 1]["val_loss"]
+    assert summary["last_metrics"]["val_loss"] == summary["history"][-1]["val_loss"]
+    assert summary["last_model"] == "model.last.safetensors"
+    for model, checkpoint, epoch in (("model", "run/best", best), ("model.last", "run/last", 3)):
+        tensors, meta = load_checkpoint(cohort.root / model)
+        assert meta["provenance"]["epoch"] == epoch and meta["provenance"]["best_epoch"] == best
+        stored = load_checkpoint(cohort.root / checkpoint)[0]
+        weights = {k[6:]: v for k, v in stored.items() if k.startswith("model/")}
+        assert tensors.keys() == weights.keys() and all(torch.equal(tensors[k], weights[k]) for k in tensors)
 
 
 def test_predict_writes_csv_and_json(cohort):
@@ -135,6 +162,103 @@ def test_evaluate_and_inspect(cohort):
     info = json.loads(ok(volume).stdout)
     assert info["shape"] == [16, 16, 16] and info["dtype"] == "float32" and info["format"] == "npy"
     assert info["sample"]["min"] < 0 < 4 < info["sample"]["max"]
+
+
+def test_predict_evaluate_and_inspect_take_the_checkpoints_of_a_run(cohort):
+    best, last, evaluated, shown, table = run_all(
+        ["predict", "run/best", "v1.npy", "v2.npy", "--extra", "61", "--json"],
+        ["predict", "run/last.json", "v1.npy", "--extra", "61", "-o", "last.csv"],
+        ["evaluate", "run/best", "cohort.csv", "--json"],
+        ["inspect", "run/last", "--json"],
+        ["inspect", "run/best"],
+        cwd=cohort.root,
+    )
+    document = json.loads(ok(best).stdout)
+    assert document["classes"] == CLASSES and all(p["predicted"] in CLASSES for p in document["predictions"])
+    assert "wrote 1 prediction(s)" in ok(last).stdout and last.stderr == ""  # no bar into a pipe
+    with open(cohort.root / "last.csv", newline="") as fh:
+        assert list(next(csv.DictReader(fh))) == ["volume", "predicted", "class_id", "p_healthy", "p_lesion"]
+    summary = json.loads(ok(evaluated).stdout)
+    assert summary["volumes"] == 10 and summary["classes"] == CLASSES
+    assert "test_accuracy" in summary["metrics"]
+    info = json.loads(ok(shown).stdout)
+    assert info["kind"] == "checkpoint" and info["epoch"] == 3 and info["classes"] == CLASSES
+    assert info["provenance"]["extra"] == ["age"] and info["provenance"]["normalize"] == "none"
+    assert f"classes        {CLASSES}" in ok(table).stdout and "cpic predict" in table.stdout
+
+
+def run_on_terminal(*args, cwd) -> tuple[int, str]:
+    """Run with stderr a pseudo-terminal, as in an interactive shell: exit code and stderr."""
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm needs a width
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpic.cli.main", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env=ENV,
+        cwd=cwd,
+    )
+    os.close(terminal)
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the process closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    code = proc.wait(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
+def test_evaluate_and_predict_show_a_bar_over_the_volumes_on_a_terminal(cohort):
+    code, err = run_on_terminal("evaluate", "run/best", "cohort.csv", cwd=cohort.root)
+    assert code == 0 and "evaluate test" in err and "/10 [" in err and "volume/s" in err, err
+    volumes = [*cohort.volumes[:3], "--extra", "61"]
+    code, err = run_on_terminal("predict", "model", *volumes, cwd=cohort.root)
+    assert code == 0 and "predict" in err and "/3 [" in err and "volume/s" in err, err
+    code, err = run_on_terminal("predict", "model", *volumes, "--quiet", cwd=cohort.root)
+    assert code == 0 and err == "", err
+
+
+def test_integer_labels_stay_numbers_and_epoch_lines_show_without_quiet(cohort):
+    root = cohort.root
+    rows = ["path,label"] + [f"v{i}.npy,{i % 2}" for i in range(10)]
+    (root / "ints.csv").write_text("\n".join(rows) + "\n")
+    small = [a for a in SMALL if a != "--quiet"]
+    trained, quiet = run_all(
+        ["train", "ints.csv", "-o", "ints", *small, "--val", "0"],
+        ["train", "ints.csv", "-o", "ints_q", *small, "--val", "0", "--quiet"],
+        cwd=root,
+    )
+    epoch_lines = [line for line in ok(trained).stderr.splitlines() if "train_loss" in line]
+    assert [line.split("  ")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "voxels read" in epoch_lines[0] and "val_" not in epoch_lines[0]  # no validation set
+    assert "ints.safetensors (+ .json): epoch 2, the last (no validation set)" in trained.stdout
+    assert ok(quiet).stdout == "" and "train_loss" not in quiet.stderr
+    predicted, evaluated, shown, table = run_all(
+        ["predict", "ints", "v1.npy", "--json"],
+        ["evaluate", "ints.last", "ints.csv", "--json"],
+        ["inspect", "ints", "--json"],
+        ["predict", "ints", "v1.npy", "--quiet", "-o", "ints_pred.json"],
+        cwd=root,
+    )
+    document = json.loads(ok(predicted).stdout)
+    assert document["classes"] == [0, 1]
+    row = document["predictions"][0]
+    assert row["predicted"] in (0, 1) and row["predicted"] == row["class_id"] and {"p_0", "p_1"} <= set(row)
+    assert json.loads(ok(evaluated).stdout)["classes"] == [0, 1]
+    assert json.loads(ok(shown).stdout)["classes"] == [0, 1]
+    saved = json.loads((root / "ints_pred.json").read_text())
+    assert ok(table) and saved["classes"] == [0, 1] and isinstance(saved["predictions"][0]["predicted"], int)
 
 
 def test_resume_and_config(cohort):

@@ -5,8 +5,10 @@ import importlib.util
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -136,6 +138,32 @@ def test_demo_tiny_writes_figures_and_json(tmp_path):
     assert [r["side"] for r in s["sampling_scale"]] == [32, 64]
     for name in ("slices", "learning_curve", "sampling_scale"):
         assert (tmp_path / "demo" / f"{name}.png").stat().st_size > 1000, name
+    assert s["model_file"] == str(tmp_path / "demo" / "model.safetensors")
+    assert s["model_epoch"] == s["best_epoch"]
+    assert s["predict"].startswith("cpic predict ") and all(Path(v).is_file() for v in s["predict_volumes"])
+
+
+def test_demo_keeps_its_model_and_the_printed_predict_line_works(tmp_path):
+    out = run(
+        "demo", "--count", 20, "--classes", 2, "--epochs", 1, "--no-scale", "--side", 16,
+        "--output", "kept", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert any(line.startswith("epoch 1/1  train_loss ") for line in out.stderr.splitlines()), out.stderr
+    assert "kept/model.safetensors (+ .json): epoch 1, best val_accuracy" in out.stdout
+    (line,) = [line for line in out.stdout.splitlines() if line.strip().startswith("try it")]
+    command = shlex.split(line.split("try it", 1)[1])
+    assert command[:3] == ["cpic", "predict", "kept/model.safetensors"] and len(command) == 5
+    predicted = run(*command[1:], "--json", cwd=tmp_path)  # "cpic" is python -m cpic.cli.main here
+    assert predicted.returncode == 0, predicted.stderr
+    document = json.loads(predicted.stdout)
+    assert document["classes"] == ["sphere", "cube"]
+    names = [Path(p["volume"]).stem for p in document["predictions"]]  # val_<i>_<class>: one per class
+    assert sorted(name.split("_")[-1] for name in names) == ["cube", "sphere"]
+    assert all(p["predicted"] in ("sphere", "cube") for p in document["predictions"])
+    quiet = run(*["demo", "--count", 20, "--classes", 2, "--epochs", 1, "--no-scale", "--side", 16],
+                "--output", "q", "--quiet", cwd=tmp_path)  # fmt: skip
+    assert quiet.returncode == 0 and quiet.stdout == "" and "train_loss" not in quiet.stderr
 
 
 def test_reconstruct_writes_the_frame_of_the_source(tmp_path):

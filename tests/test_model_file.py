@@ -7,7 +7,7 @@ import torch
 
 import cpic
 from cpic.nn import Classification, PatchMLP, QuantileRegression, Reconstruction, Regression
-from cpic.train import CheckpointError, load_model, save_model
+from cpic.train import CheckpointError, class_names, load_model, save_checkpoint, save_model
 from cpic.train.checkpoint import checkpoint_paths
 
 
@@ -53,8 +53,19 @@ def test_files_of_another_version_shape_or_kind_are_refused(tmp_path):
 
     record["meta"]["format"] = "something-else"
     json_path.write_text(json.dumps(record))
-    with pytest.raises(CheckpointError, match="not a cpic model"):
+    with pytest.raises(CheckpointError, match="neither a cpic model file nor"):
         load_model(tmp_path / "m")
+    save_checkpoint(tmp_path / "other", {"w": torch.zeros(1)}, {"epoch": 1})  # not fit's either
+    with pytest.raises(CheckpointError, match="neither a cpic model file nor a training checkpoint"):
+        load_model(tmp_path / "other")
+
+
+def test_class_names_are_the_recorded_names_else_integer_ids():
+    model = cpic.CPIC((16, 16, 16), Classification(3), features=4, patch=3, rank=2)
+    assert class_names(model.config, {}) == [0, 1, 2]
+    assert class_names(model.config, {"classes": ["a", "b", "c"]}) == ["a", "b", "c"]
+    regression = cpic.CPIC((16, 16, 16), Regression(), features=4, patch=3, rank=2)
+    assert class_names(regression.config, {"classes": ["a"]}) is None
 
 
 def test_custom_modules_cannot_be_saved_as_model_files(tmp_path):

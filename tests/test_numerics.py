@@ -310,4 +310,4 @@ def test_cli_reports_numerical_failure_and_memory_refusal_with_what_to_change(tm
     code, err = _cli(capsys, "evaluate", tmp_path / "ok", tmp_path / "m.csv", *budget)
     assert code == 1 and "1.0 KiB is the memory budget" in err, err
     written = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("v"))
-    assert written == ["m.csv", "ok.json", "ok.safetensors"]
+    assert written == ["m.csv", "ok.json", "ok.last.json", "ok.last.safetensors", "ok.safetensors"]

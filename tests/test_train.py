@@ -12,7 +12,7 @@ from torch import nn
 
 import cpic
 from cpic.nn import Classification, QuantileRegression, Reconstruction, Regression
-from cpic.train import CheckpointError, VolumeDataset, evaluate, fit, load_checkpoint
+from cpic.train import CheckpointError, VolumeDataset, evaluate, fit, load_checkpoint, load_model
 
 GRID = (8, 8, 8)
 
@@ -396,6 +396,70 @@ def test_checkpoints_and_resume(tmp_path):
     other = make_model(Classification(2, hidden=16), rank=3)
     with pytest.raises(ValueError, match="config"):
         run(other, train, val, epochs=3, checkpoint_dir=ckpt, resume=True)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _model_tensors(path) -> dict:
+    return {k[6:]: v for k, v in load_checkpoint(path)[0].items() if k.startswith("model/")}
+
+
+def test_the_best_epochs_weights_are_kept_and_match_its_checkpoint(tmp_path):
+    volumes, labels = blob_volumes(12)
+    train, val = VolumeDataset(volumes, labels, classes=["empty", "cube"]).split(1 / 3, seed=0)
+    model = make_model(Classification(2, hidden=16))
+    # lr 0.3 makes the validation metrics swing: an epoch before the last is the best (fixed seeds)
+    history = run(model, train, val, epochs=5, lr=0.3, checkpoint_dir=tmp_path, provenance={"target": "kind"})
+    best_row = max(history.rows, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    best = best_row["epoch"]
+    assert history.monitor == "val_accuracy" and history.best_epoch == best < len(history.rows) == 5
+    assert history.best == best_row
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    assert _states_equal(last, _model_tensors(tmp_path / "last"))
+    assert _states_equal(history.best_state, _model_tensors(tmp_path / "best"))
+    assert not _states_equal(history.best_state, last)
+    assert history.restore_best(model) == best and _states_equal(model.state_dict(), history.best_state)
+
+    # every checkpoint carries what prediction needs, and load_model takes it
+    for name, epoch, weights in (("best", best, history.best_state), ("last", 5, last)):
+        loaded, meta = load_model(tmp_path / name)
+        assert meta["kind"] == "checkpoint" and meta["provenance"]["epoch"] == epoch
+        assert meta["provenance"]["classes"] == ["empty", "cube"] and meta["provenance"]["target"] == "kind"
+        assert meta["provenance"]["best_epoch"] == best and _states_equal(loaded.state_dict(), weights)
+    best_model = load_model(tmp_path / "best")[0].eval()
+    sources = [val.source(i) for i in range(len(val))]
+    torch.testing.assert_close(best_model(sources), model.eval()(sources))
+
+    # a resumed run that has nothing left to train still knows the best epoch's weights
+    resumed = make_model(Classification(2, hidden=16), init_seed=1)
+    again = run(resumed, train, val, epochs=5, lr=0.3, checkpoint_dir=tmp_path, resume=True)
+    assert again.best_epoch == best and _states_equal(again.best_state, history.best_state)
+
+
+def test_without_validation_the_last_epoch_is_kept_and_provenance_must_be_json(tmp_path):
+    train, _ = classification_data(8)
+    model = make_model(Classification(2, hidden=16))
+    history = run(model, train, epochs=2)
+    assert history.best_epoch is None and history.monitor is None and history.best == history.last
+    assert _states_equal(history.best_state, model.state_dict()) and history.restore_best(model) == 2
+    with pytest.raises(ValueError, match="provenance must hold JSON values"):
+        run(model, train, epochs=1, provenance={"when": object()})
+    with pytest.raises(ValueError, match="no epoch has finished"):
+        type(history)().restore_best(model)
+
+
+def test_fit_prints_one_line_per_epoch_only_with_progress(capsys):
+    train, val = classification_data(8)
+    run(make_model(Classification(2, hidden=16)), train, val, epochs=2, progress=True)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ") and "train_loss" in line]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2  train_loss ")
+    assert "val_accuracy" in lines[0] and "(best)" in lines[0] and "voxels read" in lines[1]
+    assert lines[1].endswith(" s")
+    run(make_model(Classification(2, hidden=16)), train, val, epochs=2, progress=False)
+    assert "train_loss" not in capsys.readouterr().err
 
 
 def test_resume_needs_a_directory_and_starts_fresh_without_checkpoint(tmp_path):

@@ -8,11 +8,12 @@ import math
 import time
 
 from cpic.cli.common import add_common, emit, subparser
-from cpic.cli.compress import human_bytes, progress, shows_progress
+from cpic.cli.compress import human_bytes
 from cpic.cli.train import one_line_errors, positive_int
 from cpic.data import ANATOMIES, SHAPE_CLASSES, lesion_cohort, shape_cohort, write_cohort
 from cpic.data.cohort_files import FORMATS
 from cpic.util import require
+from cpic.util.progress import progress, shows_progress
 
 
 def register(commands) -> None:

@@ -49,6 +49,7 @@ from cpic.train import (
 )
 from cpic.tt import TT
 from cpic.util import atomic_path
+from cpic.util.progress import progress, shows_progress
 
 KIND = "compressed-volume"
 LATENT_FORMAT, LATENT_VERSION = "cpic-latent", 1
@@ -123,22 +124,6 @@ def _register_reconstruct(commands) -> None:
 
 
 # ------------------------------------------------------------------ shared helpers
-def shows_progress(args: argparse.Namespace) -> bool:
-    """Progress bars unless ``--quiet`` or ``--json``."""
-    return not (args.quiet or args.json)
-
-
-def progress(iterable, enabled: bool, desc: str, total: int | None = None):
-    """A tqdm bar on stderr when ``enabled`` (and tqdm is installed)."""
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is optional
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False)
-
-
 def human_bytes(n: float) -> str:
     """``1536 -> '1.5 KiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -11,7 +11,7 @@ from cpic.cli.common import add_common, emit, subparser
 from cpic.cli.train import one_line_errors, positive_int
 from cpic.sources import open_volume
 from cpic.sources.open import detect_format
-from cpic.train import checkpoint_paths, load_checkpoint, load_model
+from cpic.train import checkpoint_paths, class_names, load_checkpoint, load_model
 from cpic.train.model_file import MODEL_FORMAT
 
 
@@ -22,7 +22,8 @@ def register(commands) -> None:
         help="describe a model file or a volume",
         description=(
             "Describe a cpic model file (.safetensors/.json: task, classes, grid, layout, rank, "
-            "encoder, projection, parameters, provenance), a training checkpoint, or any volume "
+            "encoder, projection, parameters, provenance), a training checkpoint (which predict "
+            "and evaluate also take), or any volume "
             "cpic opens (shape, dtype, spacing, channels, format, values of a random sample)."
         ),
         example="cpic inspect model.safetensors --json",
@@ -85,9 +86,7 @@ def describe_model(path: str) -> dict:
     model, meta = load_model(path)
     provenance = meta.get("provenance", {})
     head = meta["config"]["head"]
-    classes = provenance.get("classes")
-    if classes is None and head["task"] == "classification":
-        classes = list(range(head["classes"]))
+    classes = class_names(meta["config"], provenance)
     return {
         "file": str(checkpoint_paths(path)[0]),
         "kind": "model",
@@ -122,7 +121,7 @@ def _model_lines(info: dict) -> list[str]:
         f"  parameters     {info['parameters']:,}",
         f"  saved          {prov.get('saved')} by cpic {prov.get('cpic')}, torch {prov.get('torch')}",
     ]
-    for key in ("manifest", "target", "extra", "normalize", "epochs", "best_epoch"):
+    for key in ("manifest", "target", "extra", "normalize", "epoch", "epochs", "best_epoch"):
         if key in prov:
             lines.append(f"  {key:<14} {prov[key]}")
     if last:
@@ -135,14 +134,17 @@ def describe_checkpoint(path: str, meta: dict) -> dict:
     if "config" not in meta or "epoch" not in meta:
         raise ValueError(f"{path}: a cpic checkpoint, but neither a model file nor a training checkpoint.")
     history = meta.get("history") or []
+    provenance = meta.get("provenance") or {}
     return {
         "file": str(checkpoint_paths(path)[0]),
         "kind": "checkpoint",
         **_model_summary(meta["config"]),
+        "classes": class_names(meta["config"], provenance),
         "epoch": meta["epoch"],
         "best_epoch": meta.get("best_epoch"),
         "last": history[-1] if history else None,
         "numerics": meta.get("numerics"),
+        "provenance": provenance,
     }
 
 
@@ -150,13 +152,21 @@ def _checkpoint_lines(info: dict) -> list[str]:
     lines = [
         f"{info['file']}: training checkpoint after epoch {info['epoch']} (best {info['best_epoch']}), "
         f"a {info['task']} model",
+        f"  classes        {info['classes']}" if info["classes"] is not None else None,
         f"  grid           {tuple(info['grid'])}, rank {info['rank']}, {info['features']} features, "
         f"patch {info['patch']}, encoder {info['encoder']}, projection {info['projection']}",
     ]
+    prov = info["provenance"]
+    for key in ("manifest", "target", "extra", "normalize"):
+        if key in prov:
+            lines.append(f"  {key:<14} {prov[key]}")
     if info["last"]:
         lines.append("  last epoch     " + ", ".join(f"{k} {v:.4g}" for k, v in info["last"].items()))
-    lines.append("  (continue it with `cpic train ... --checkpoint-dir DIR --resume`)")
-    return lines
+    lines.append(
+        "  (predict with it: `cpic predict FILE VOLUME...`; continue it: "
+        "`cpic train ... --checkpoint-dir DIR --resume`)"
+    )
+    return [line for line in lines if line is not None]
 
 
 # ---------------------------------------------------------------------- volumes

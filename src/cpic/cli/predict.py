@@ -33,8 +33,9 @@ from cpic.cli.train import (
 )
 from cpic.nn import CPIC
 from cpic.sources import VolumeSource, open_volume
-from cpic.train import checkpoint_paths, evaluate, load_model
+from cpic.train import checkpoint_paths, class_names, evaluate, load_model
 from cpic.util import write_text_atomic
+from cpic.util.progress import counter, shows_progress
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 #: volumes shown by ``predict --figure``, and the strongest patches circled in each
@@ -47,13 +48,14 @@ def register(commands) -> None:
         "predict",
         help="predictions of a trained model for volumes, as CSV or JSON",
         description=(
-            "Predict with a model file written by `cpic train`: each volume is opened with the "
-            "normalisation recorded in the model file. Writes CSV or JSON by the suffix of -o "
+            "Predict with a model file written by `cpic train` or a training checkpoint "
+            "(--checkpoint-dir's best or last): each volume is opened with the normalisation "
+            "recorded in it. Writes CSV or JSON by the suffix of -o "
             "(CSV on stdout without -o; JSON on stdout with --json)."
         ),
         example="cpic predict model.safetensors scan1.nii.gz scan2.nii.gz --extra 61 -o predictions.csv",
     )
-    p.add_argument("model", metavar="MODEL", help="model file (.safetensors or .json)")
+    p.add_argument("model", metavar="MODEL", help="model file or training checkpoint (.safetensors or .json)")
     p.add_argument("volumes", metavar="VOLUME", nargs="+", help="volumes of the model's grid")
     p.add_argument("-o", "--output", metavar="FILE", help="write predictions to FILE.csv or FILE.json")
     p.add_argument(
@@ -79,12 +81,13 @@ def register(commands) -> None:
         "evaluate",
         help="loss and metrics of a trained model on a labelled manifest",
         description=(
-            "Evaluate a model file on the volumes of a CSV manifest (the target, extra and path "
+            "Evaluate a model file or training checkpoint on the volumes of a CSV manifest (the "
+            "target, extra and path "
             "columns recorded at training unless given); metrics are prefixed test_."
         ),
         example="cpic evaluate model.safetensors test.csv --json",
     )
-    e.add_argument("model", metavar="MODEL", help="model file (.safetensors or .json)")
+    e.add_argument("model", metavar="MODEL", help="model file or training checkpoint (.safetensors or .json)")
     e.add_argument("manifest", metavar="MANIFEST.csv", help="CSV: one row per volume (paths relative to it)")
     e.add_argument("--target", metavar="COLUMN", help="the label column (default: as in training)")
     e.add_argument(
@@ -157,22 +160,28 @@ def _open(model: CPIC, paths: list[str], normalize) -> list[VolumeSource]:
 
 
 @torch.no_grad()
-def predict(model: CPIC, sources: list[VolumeSource], extra, batch_size: int) -> torch.Tensor:
-    """The model's raw outputs for ``sources``, ``batch_size`` volumes per call."""
+def predict(
+    model: CPIC, sources: list[VolumeSource], extra, batch_size: int, progress: bool = False
+) -> torch.Tensor:
+    """The model's raw outputs for ``sources``, ``batch_size`` volumes per call (a bar over
+    the volumes on stderr with ``progress``)."""
     outputs = []
-    for start in range(0, len(sources), batch_size):
-        part = None if extra is None else extra[start : start + batch_size]
-        outputs.append(model(sources[start : start + batch_size], extra=part).cpu())
+    with counter(progress, "predict", total=len(sources), unit="volume") as bar:
+        for start in range(0, len(sources), batch_size):
+            part = None if extra is None else extra[start : start + batch_size]
+            outputs.append(model(sources[start : start + batch_size], extra=part).cpu())
+            bar.update(len(outputs[-1]))
     return torch.cat(outputs)
 
 
 def prediction_rows(model: CPIC, classes: list | None, names: list[str], pred: torch.Tensor) -> list[dict]:
-    """One flat row per volume: class and probabilities, the value, or one column per quantile."""
+    """One flat row per volume: class (a name or an integer id, as in ``classes``:
+    :func:`cpic.train.class_names`) and probabilities, the value, or one column per quantile."""
     task = model.head.task
     rows = [{"volume": name} for name in names]
     if task == "classification":
         probs = torch.softmax(pred, 1)
-        labels = [str(c) for c in classes] if classes else [str(i) for i in range(probs.shape[1])]
+        labels = list(classes) if classes else list(range(probs.shape[1]))
         for row, p in zip(rows, probs.tolist()):
             best = max(range(len(p)), key=p.__getitem__)
             row.update(predicted=labels[best], class_id=best)
@@ -211,10 +220,10 @@ def run(args: argparse.Namespace) -> int:
     extra = _extra(model, args.extra, len(args.volumes))
     sources = _open(model, args.volumes, provenance.get("normalize"))
     try:
-        pred = predict(model, sources, extra, args.batch_size)
+        pred = predict(model, sources, extra, args.batch_size, shows_progress(args))
     except TRAINING_FAILURES as err:
         return fail("predict", f"prediction failed: {err}", EXIT_FAILED)
-    classes = provenance.get("classes")
+    classes = class_names(model.config, provenance)
     rows = prediction_rows(model, classes, list(args.volumes), pred)
     document = {"model": str(checkpoint_paths(args.model)[0]), "task": model.head.task, "classes": classes}
     document["predictions"] = rows
@@ -272,7 +281,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for i in range(len(data)):
         check_grid(model, data.source(i), data.names[i])
     try:
-        metrics = evaluate(model, data, batch_size=args.batch_size, split="test")
+        metrics = evaluate(
+            model, data, batch_size=args.batch_size, split="test", progress=shows_progress(args)
+        )
     except TRAINING_FAILURES as err:
         return fail("evaluate", f"evaluation failed: {err}", EXIT_FAILED)
     read = [data.source(i).stats.fraction(data.source(i).size) for i in range(len(data))]
@@ -280,6 +291,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "model": str(checkpoint_paths(args.model)[0]),
         "manifest": args.manifest,
         "task": task,
+        "classes": class_names(model.config, provenance),
         "volumes": len(data),
         "metrics": metrics,
         "fraction_read": sum(read) / len(read),

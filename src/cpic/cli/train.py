@@ -29,9 +29,10 @@ from cpic.cli.common import (
     subparser,
 )
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
-from cpic.train import VolumeDataset, checkpoint_paths, distributed, fit, save_model
+from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit, save_model
 from cpic.train.launch import launch
 from cpic.util.guard import read_bytes
+from cpic.util.progress import shows_progress
 
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
 _OPTIONS: dict[str, tuple[argparse.Action, object]] = {}
@@ -123,13 +124,20 @@ def register(commands) -> None:
         help="train a C-PIC model on a CSV manifest of volumes and labels",
         description=(
             "Train a C-PIC model on the volumes of a CSV manifest (a path column, a target column, "
-            "optional extra columns) and write MODEL.safetensors + MODEL.json. Nothing is written "
-            "unless training finishes."
+            "optional extra columns) and write MODEL.safetensors + MODEL.json, the weights of the "
+            "epoch of the best validation metric, and MODEL.last.safetensors + .json, those of the "
+            "last epoch. Nothing is written unless training finishes."
         ),
         example="cpic train cohort.csv -o model --target diagnosis --extra age --epochs 30 --json",
     )
     p.add_argument("manifest", metavar="MANIFEST.csv", help="CSV: one row per volume (paths relative to it)")
-    _option(p, "-o", "--output", metavar="MODEL", help="model file to write (MODEL.safetensors + MODEL.json)")
+    _option(
+        p,
+        "-o",
+        "--output",
+        metavar="MODEL",
+        help="model file to write (MODEL.safetensors + MODEL.json: the best epoch; MODEL.last: the last)",
+    )
     _add_data_options(p)
     _add_model_options(p)
     _add_training_options(p)
@@ -453,8 +461,9 @@ def _train(args: argparse.Namespace) -> int:
     model = build_model(args, train, data).to(device)
     model.memory_budget = args.memory_budget
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
+    provenance = _provenance(args, data)
     try:
-        history = _fit(args, model, train, val)
+        history = _fit(args, model, train, val, provenance)
     except TRAINING_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
@@ -466,15 +475,16 @@ def _train(args: argparse.Namespace) -> int:
         )
     if not distributed.current().is_main:  # rank 0 writes the model
         return 0
-    saved = _save(args, model, data, history)
-    summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), data.classes)
+    saved = _save(args, model, history, provenance)
+    classes = class_names(model.config, provenance)
+    summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)
     summary["processes"] = distributed.current().world
     emit(args, summary, _lines(summary))
     return 0
 
 
-def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None):
+def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None, provenance: dict):
     """:func:`cpic.train.fit` with the options; its warnings become one line each on stderr."""
     refresh = None if args.refresh == "none" else args.refresh
     with warnings.catch_warnings(record=True) as caught:
@@ -492,7 +502,8 @@ def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None):
             checkpoint_dir=args.checkpoint_dir,
             resume=bool(args.resume),
             log_csv=args.log_csv,
-            progress=not (args.quiet or args.json),
+            progress=shows_progress(args),
+            provenance=provenance,
         )
     if not args.quiet:
         for seen in {str(w.message) for w in caught}:
@@ -500,43 +511,73 @@ def _fit(args, model: CPIC, train: VolumeDataset, val: VolumeDataset | None):
     return history
 
 
-def _save(args, model: CPIC, data: VolumeDataset, history) -> Path:
-    return save_model(
-        model,
-        args.output,
-        normalize=args.normalize,
-        manifest=str(Path(args.manifest).resolve()),
-        val_manifest=str(Path(args.val_manifest).resolve()) if args.val_manifest else None,
-        val_fraction=None if args.val_manifest else args.val,
+def _provenance(args, data: VolumeDataset) -> dict:
+    """What prediction and evaluation need, and how the model was trained: stored in every
+    checkpoint and in the model files."""
+    return {
+        "normalize": args.normalize,
+        "manifest": str(Path(args.manifest).resolve()),
+        "val_manifest": str(Path(args.val_manifest).resolve()) if args.val_manifest else None,
+        "val_fraction": None if args.val_manifest else args.val,
+        "classes": data.classes,
+        "target": args.target,
+        "extra": list(args.extra),
+        "path_column": args.path_column,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "processes": distributed.current().world,
+        "seed": args.seed,
+    }
+
+
+def last_path(output: str | os.PathLike[str]) -> Path:
+    """Where ``cpic train -o OUTPUT`` keeps the last epoch's model: ``OUTPUT.last``.
+
+    Example:
+        >>> last_path("run/model.safetensors").as_posix()
+        'run/model.last'
+    """
+    base = checkpoint_paths(output)[0].with_suffix("")
+    return base.with_name(base.name + ".last")
+
+
+def _save(args, model: CPIC, history, provenance: dict) -> tuple[Path, Path]:
+    """The last epoch's model as ``OUTPUT.last``, then the best epoch's as ``OUTPUT``."""
+    common = dict(
+        provenance,
         epochs=len(history.rows),
         best_epoch=history.best_epoch,
-        classes=data.classes,
-        target=args.target,
-        extra=list(args.extra),
-        path_column=args.path_column,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        processes=distributed.current().world,
-        seed=args.seed,
+        monitor=history.monitor,
         numerics=history.numerics,
         history=history.rows,
     )
+    last = save_model(model, last_path(args.output), epoch=len(history.rows), **common)
+    best_epoch = history.restore_best(model)
+    return save_model(model, args.output, epoch=best_epoch, **common), last
 
 
-def _summary(args, history, saved: Path, n_train: int, n_val: int, classes) -> dict:
-    last = history.last
+def _metrics(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("epoch", "seconds", "fraction_read")}
+
+
+def _summary(args, history, saved: tuple[Path, Path], n_train: int, n_val: int, classes) -> dict:
+    best, last = saved
     return {
-        "model": str(saved),
-        "metadata": str(checkpoint_paths(saved)[1]),
+        "model": str(best),
+        "metadata": str(checkpoint_paths(best)[1]),
+        "model_epoch": history.best["epoch"],
+        "last_model": str(last),
         "task": args.task,
         "classes": classes,
         "train_volumes": n_train,
         "val_volumes": n_val,
         "epochs": len(history.rows),
         "best_epoch": history.best_epoch,
-        "metrics": {k: v for k, v in last.items() if k not in ("epoch", "seconds", "fraction_read")},
-        "fraction_read": last.get("fraction_read"),
+        "monitor": history.monitor,
+        "metrics": _metrics(history.best),
+        "last_metrics": _metrics(history.last),
+        "fraction_read": history.last.get("fraction_read"),
         "numerics": history.numerics,
         "history": history.rows,
     }
@@ -545,21 +586,27 @@ def _summary(args, history, saved: Path, n_train: int, n_val: int, classes) -> d
 def _lines(summary: dict) -> list[str]:
     events = ", ".join(f"{k} {v}" for k, v in summary["numerics"].items() if v) or "none"
     classes = f" of {len(summary['classes'])} classes" if summary["classes"] else ""
+    monitor, epoch = summary["monitor"], summary["model_epoch"]
+    if monitor:
+        chosen = f"best {monitor} {summary['metrics'][monitor]:.4f}"
+        last = f"{monitor} {summary['last_metrics'][monitor]:.4f}"
+    else:
+        chosen, last = "the last (no validation set)", "the same weights"
     n_val = summary["val_volumes"]
     validation = f"{n_val} validation volumes" if n_val else "no validation (--val 0)"
-    best = "" if summary["best_epoch"] is None else f" (best {summary['best_epoch']})"
     lines = [
         f"cpic train: {summary['task']}{classes}, {summary['train_volumes']} training / {validation}",
-        f"  epochs              {summary['epochs']}{best}"
-        + (" (resumed)" if summary["resumed"] else ""),
+        f"  epochs              {summary['epochs']}" + (" (resumed)" if summary["resumed"] else ""),
     ]
     if summary.get("processes", 1) > 1:
         lines.append(f"  processes           {summary['processes']} (data-parallel)")
+    lines.append(f"  metrics of epoch    {epoch}" + (f" (best by {monitor})" if monitor else ""))
     lines += [f"  {name:<19} {value:.4f}" for name, value in summary["metrics"].items()]
     lines += [
         f"  voxels read         {100 * summary['fraction_read']:.2f}% of each training volume",
         f"  numerical events    {events}",
         f"  time                {summary['seconds']:.1f} s",
-        f"  model               {summary['model']} (+ .json)",
+        f"  model               {summary['model']} (+ .json): epoch {epoch}, {chosen}",
+        f"  last epoch          {summary['last_model']} (+ .json): epoch {summary['epochs']}, {last}",
     ]
     return lines

@@ -17,6 +17,7 @@ from torch import Tensor
 from cpic.nn import CPIC
 from cpic.train import metrics
 from cpic.train.checkpoint import (
+    CheckpointError,
     checkpoint_paths,
     flatten_state,
     load_checkpoint,
@@ -26,28 +27,92 @@ from cpic.train.checkpoint import (
 from cpic.train.dataset import VolumeDataset
 from cpic.train.distributed import Distributed, current
 from cpic.train.resume_state import restore_state, save_state, sync_log
+from cpic.util.progress import counter, write
+from cpic.util.progress import progress as progress_bar
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
 
 
 @dataclass
 class History:
-    """One row of metrics per epoch, the best epoch, and the numerical events of the run."""
+    """One row of metrics per epoch, the best epoch, and the numerical events of the run.
+
+    ``best_epoch`` is the epoch of the best validation metric (``monitor``: the highest
+    ``val_accuracy`` for classification, ties to the lower ``val_loss``; else the lowest
+    ``val_loss``), ``None`` without validation. ``best_state`` holds
+    the model's weights at that epoch (CPU copies; without validation, those of the last
+    epoch); :meth:`restore_best` puts them back into the model.
+    """
 
     rows: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     #: events met while training: pivot refreshes after failures, lowered ranks, drift
     #: refreshes, retried and skipped steps (never skipped silently)
     numerics: dict = field(default_factory=dict)
+    monitor: str | None = None
+    best_state: dict[str, Tensor] | None = field(default=None, repr=False)
 
     @property
     def last(self) -> dict:
         return self.rows[-1] if self.rows else {}
 
+    @property
+    def best(self) -> dict:
+        """The row of the best epoch (of the last one without validation)."""
+        return self.rows[self.best_epoch - 1] if self.best_epoch else self.last
 
-def _monitor(task: str) -> tuple[str, float]:
-    """The validation metric that picks the best epoch and its sign (+1: higher is better)."""
-    return ("val_accuracy", 1.0) if task == "classification" else ("val_loss", -1.0)
+    def restore_best(self, model: CPIC) -> int:
+        """Load the best epoch's weights into ``model``; returns that epoch.
+
+        Example:
+            >>> import torch, cpic
+            >>> from cpic.nn import Classification
+            >>> from cpic.train import VolumeDataset, fit
+            >>> vols = [cpic.open_volume(torch.full((8, 8, 8), float(i % 2))) for i in range(4)]
+            >>> data = VolumeDataset(vols, [0, 1, 0, 1])
+            >>> model = cpic.CPIC((8, 8, 8), Classification(2), features=2, patch=3, rank=2)
+            >>> history = fit(model, data, data, epochs=2, batch_size=2, progress=False)
+            >>> history.restore_best(model) == history.best_epoch
+            True
+        """
+        if self.best_state is None:
+            raise ValueError("this history holds no weights (no epoch has finished).")
+        model.load_state_dict(self.best_state)
+        return self.best_epoch or len(self.rows)
+
+
+def _weights(model: CPIC) -> dict[str, Tensor]:
+    """A CPU copy of the model's weights."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def epoch_line(row: dict, epochs: int, monitor: str, best: bool) -> str:
+    """The line :func:`fit` prints after each epoch when its progress is on.
+
+    Example:
+        >>> row = {"epoch": 3, "train_loss": 0.512, "val_accuracy": 0.75, "seconds": 4.21,
+        ...        "fraction_read": 0.0231}
+        >>> epoch_line(row, 10, "val_accuracy", best=True)
+        'epoch 3/10  train_loss 0.5120  val_accuracy 0.7500 (best)  voxels read 2.31%  4.2 s'
+    """
+    metric = f"  {monitor} {row[monitor]:.4f}{' (best)' if best else ''}" if monitor in row else ""
+    return (
+        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}{metric}  "
+        f"voxels read {100 * row['fraction_read']:.2f}%  {row['seconds']:.1f} s"
+    )
+
+
+def _monitor(task: str) -> str:
+    """The validation metric that picks the best epoch."""
+    return "val_accuracy" if task == "classification" else "val_loss"
+
+
+def _score(row: dict, monitor: str) -> tuple[float, float]:
+    """What the best epoch maximises: the higher accuracy, ties to the lower loss; else the
+    lower loss."""
+    if monitor == "val_accuracy":
+        return row[monitor], -row["val_loss"]
+    return -row[monitor], 0.0
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator | None) -> list[list[int]]:
@@ -85,11 +150,13 @@ def evaluate(
     batch_size: int = 8,
     split: str = "val",
     distributed: Distributed | None = None,
+    progress: bool = False,
 ) -> dict:
     """Loss and the task's metrics of ``model`` on ``data`` (keys ``"<split>_loss"``, ...).
 
     In a distributed job (``distributed``, default the current process group) each rank
     evaluates the volumes it owns and every rank gets the metrics of all of them.
+    ``progress=True`` shows a bar over the volumes on stderr (rank 0's, in a job).
 
     Example:
         >>> import torch, cpic
@@ -106,13 +173,15 @@ def evaluate(
     if len(owned) == len(data):  # one process, or too few volumes to share: every rank does all
         ctx = Distributed()
     losses, weights, preds = [], [], []
-    for chunk in _batches(len(owned), batch_size, None):
-        items = [owned[j] for j in chunk]
-        sources, targets, extra = _batch(data, items)
-        loss, pred = model.loss(sources, targets, keys=sources, extra=extra)
-        losses.append(float(loss))
-        weights.append(len(items))
-        preds.append(pred)
+    with counter(progress and ctx.is_main, f"evaluate {split}", total=len(owned), unit="volume") as bar:
+        for chunk in _batches(len(owned), batch_size, None):
+            items = [owned[j] for j in chunk]
+            sources, targets, extra = _batch(data, items)
+            loss, pred = model.loss(sources, targets, keys=sources, extra=extra)
+            losses.append(float(loss))
+            weights.append(len(items))
+            preds.append(pred)
+            bar.update(len(items))
     out = {f"{split}_loss": ctx.mean(losses, weights)}
     if model.head.task != "reconstruction":
         target = model.head.check_targets(data.targets, name=f"{split} targets")
@@ -151,9 +220,12 @@ def _check_data(model: CPIC, data: VolumeDataset, name: str, items: list[int] | 
             raise ValueError(f"{name} volume {data.names[i]!r} has grid {src.shape}, the model {shape}.")
 
 
-def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, run_state) -> None:
+def _save(
+    path: Path, model: CPIC, optimizer, epoch: int, history: History, run_state, provenance: dict
+) -> None:
     """A checkpoint of everything the next epoch depends on: ``run_state`` is
-    :func:`cpic.train.resume_state.save_state`'s pivots, batch order and random states."""
+    :func:`cpic.train.resume_state.save_state`'s pivots, batch order and random states;
+    ``provenance`` is what prediction needs (classes, normalisation...), as in a model file."""
     opt_tensors, skeleton = flatten_state(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
     tensors.update({f"optim/{k}": v for k, v in opt_tensors.items()})
@@ -166,6 +238,7 @@ def _save(path: Path, model: CPIC, optimizer, epoch: int, history: History, run_
         "best_epoch": history.best_epoch,
         "numerics": history.numerics,
         "optimizer": skeleton,
+        "provenance": provenance,
         **state_meta,
     }
     save_checkpoint(path, tensors, meta)
@@ -181,17 +254,18 @@ def _resume(path: Path, model: CPIC, optimizer, gen, datasets, ctx: Distributed)
     )
     restore_state(tensors, meta, model, gen, datasets, ctx)
     history = History(rows=meta["history"], best_epoch=meta["best_epoch"], numerics=meta["numerics"])
-    return int(meta["epoch"]), history
-
-
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is optional
-        return iterable
-    return tqdm(iterable, desc=desc, leave=False)
+    epoch = int(meta["epoch"])
+    if history.best_epoch in (None, epoch):
+        history.best_state = _weights(model)
+    else:  # the best epoch's weights are in the best checkpoint
+        best, best_meta = load_checkpoint(path.with_name("best"))
+        if best_meta.get("epoch") != history.best_epoch:
+            raise CheckpointError(
+                f"{path.with_name('best')} holds epoch {best_meta.get('epoch')}; "
+                f"{path} says the best epoch is {history.best_epoch}."
+            )
+        history.best_state = {k[6:]: v for k, v in best.items() if k.startswith("model/")}
+    return epoch, history
 
 
 def fit(
@@ -215,6 +289,7 @@ def fit(
     progress: bool = True,
     max_minutes: float | None = None,
     distributed: Distributed | None = None,
+    provenance: dict | None = None,
 ) -> History:
     """Train ``model`` on ``train`` with AdamW or RAdam; validate on ``val`` after each epoch.
 
@@ -222,8 +297,16 @@ def fit(
     (an integer), or never (``None``). A step whose loss (or sampled features) is not finite is
     retried once with freshly selected pivots; if it fails again it is skipped, counted in
     ``history.numerics`` and warned about. ``checkpoint_dir`` receives ``last`` (every epoch)
-    and ``best`` (by validation accuracy, else validation loss) as safetensors + JSON;
+    and ``best`` (by validation accuracy, ties to the lower validation loss; else by validation
+    loss) as safetensors + JSON;
     ``resume=True`` continues from ``last``. ``log_csv`` gets one row per epoch.
+    ``provenance`` (JSON values: the target column, the normalisation of the volumes...) is
+    stored in every checkpoint, with ``train.classes`` as ``"classes"`` unless it names them,
+    so that :func:`cpic.train.load_model` predicts with a checkpoint as with a model file.
+    The returned :class:`History` keeps the best epoch's weights (:meth:`History.restore_best`).
+    ``progress=True`` shows a bar over each epoch's batches and prints one line per epoch on
+    stderr (:func:`epoch_line`: the training loss, the validation metric, the voxels read, the
+    seconds).
     ``max_minutes`` stops after the epoch that crosses the limit. ``schedule="cosine"`` decays
     the learning rate from ``lr`` towards 0 over ``epochs`` (set per epoch, so a resumed run
     continues the same curve); ``None`` keeps it constant.
@@ -263,6 +346,11 @@ def fit(
     if schedule not in ("cosine", None):
         raise ValueError(f"schedule must be 'cosine' or None, got {schedule!r}.")
     model._check_memory(min(batch_size, len(train)))
+    provenance = {"classes": train.classes, **(provenance or {})}
+    try:
+        json.dumps(provenance)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"provenance must hold JSON values only: {err}") from None
 
     torch.manual_seed(seed)
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -279,7 +367,9 @@ def fit(
                 sync_log(log_csv, history.rows)  # the log may be an epoch behind or ahead of it
     ctx.broadcast_parameters(model)
     writer = _tensorboard(tensorboard) if ctx.is_main else None
-    monitor, sign = _monitor(model.head.task)
+    monitor = _monitor(model.head.task)
+    history.monitor = monitor if val is not None else None
+    show = progress and ctx.is_main
     events: Counter[str] = Counter(history.numerics)
     resumed_events = Counter(history.numerics)  # totals over all ranks already
     started = time.perf_counter()
@@ -294,9 +384,7 @@ def fit(
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         t0, total, count = time.perf_counter(), 0.0, 0
         before = Counter(model.numerics)
-        for batch in _progress(
-            _batches(len(train), batch_size, gen), progress and ctx.is_main, f"epoch {epoch + 1}/{epochs}"
-        ):
+        for batch in progress_bar(_batches(len(train), batch_size, gen), show, f"epoch {epoch + 1}/{epochs}"):
             items = ctx.shard(batch)  # this rank's volumes of the global batch
             opened.update(items)
             loss = _step(model, opt, train, items, grad_clip, events, ctx)
@@ -311,20 +399,26 @@ def fit(
         row["fraction_read"] = _fraction_read(train, opened, ctx)
         history.rows.append(row)
         history.numerics = ctx.total(events, since=resumed_events)
+        improved = False
         if monitor in row:
-            best = history.rows[history.best_epoch - 1][monitor] if history.best_epoch else None
-            if best is None or sign * row[monitor] > sign * best:
-                history.best_epoch = epoch + 1
-                if ckpt_dir is not None:
-                    run_state = save_state(model, gen, datasets, ctx)  # collective: every rank
-                    if ctx.is_main:
-                        _save(ckpt_dir / "best", model, opt, epoch + 1, history, run_state)
+            best = history.rows[history.best_epoch - 1] if history.best_epoch else None
+            improved = best is None or _score(row, monitor) > _score(best, monitor)
+        if improved or monitor not in row:  # without validation the last epoch is the best
+            history.best_state = _weights(model)
+        if improved:
+            history.best_epoch = epoch + 1
+            if ckpt_dir is not None:
+                run_state = save_state(model, gen, datasets, ctx)  # collective: every rank
+                if ctx.is_main:
+                    _save(ckpt_dir / "best", model, opt, epoch + 1, history, run_state, provenance)
         if ckpt_dir is not None:
             run_state = save_state(model, gen, datasets, ctx)
             if ctx.is_main:
-                _save(ckpt_dir / "last", model, opt, epoch + 1, history, run_state)
+                _save(ckpt_dir / "last", model, opt, epoch + 1, history, run_state, provenance)
         if ctx.is_main:
             _log(log_csv, row, writer)
+        if show:
+            write(epoch_line(row, epochs, monitor, improved))
         if max_minutes is not None and ctx.agree(time.perf_counter() - started > 60 * max_minutes):
             break
     if writer is not None:

@@ -4,6 +4,8 @@ The JSON records the format and its version, the model's configuration (layout, 
 encoder, projection, head), the shape of every tensor and free-form provenance (how the model
 was trained, the normalisation its volumes used). Loading rebuilds the model from the
 configuration and refuses a file whose version, tensor names or shapes differ.
+:func:`load_model` also reads the training checkpoints of :func:`cpic.train.fit`
+(``checkpoint_dir/best``, ``checkpoint_dir/last``), which carry the same provenance.
 """
 
 from __future__ import annotations
@@ -113,16 +115,80 @@ def check_tensor(path, name: str, found: torch.Tensor, expected: torch.Tensor) -
         raise CheckpointError(f"{path}: tensor {name!r} holds non-finite values (NaN or Inf).")
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[CPIC, dict]:
-    """The model in ``path`` and its metadata; a clear :class:`CheckpointError` for a file
-    that is not a cpic model, of another format version, or whose tensors do not match."""
-    tensors, meta = load_checkpoint(path)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: not a cpic model file (a training checkpoint? use fit(resume=True)).")
-    if meta.get("version") != MODEL_VERSION:
+def class_names(config: dict, provenance: dict) -> list | None:
+    """The class names of a classification model: those recorded at training (strings from a
+    manifest's labels), else its integer class ids; ``None`` for other tasks.
+
+    Example:
+        >>> config = {"head": {"task": "classification", "classes": 2}}
+        >>> class_names(config, {}), class_names(config, {"classes": ["healthy", "lesion"]})
+        ([0, 1], ['healthy', 'lesion'])
+    """
+    head = config.get("head", {})
+    if head.get("task") != "classification":
+        return None
+    named = provenance.get("classes")
+    return list(named) if named is not None else list(range(int(head["classes"])))
+
+
+def is_training_checkpoint(meta: dict) -> bool:
+    """Whether checkpoint metadata ``meta`` is that of a :func:`cpic.train.fit` checkpoint.
+
+    Example:
+        >>> is_training_checkpoint({"config": {}, "epoch": 3, "optimizer": {}}), is_training_checkpoint({})
+        (True, False)
+    """
+    return isinstance(meta, dict) and {"config", "epoch", "optimizer"} <= meta.keys()
+
+
+def _as_model(path, tensors: dict, meta: dict) -> tuple[dict, dict]:
+    """The model tensors and model-file metadata of a model file or of a training checkpoint
+    (whose provenance gains the epoch of its weights and the run's history)."""
+    if isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT:
+        if meta.get("version") != MODEL_VERSION:
+            raise CheckpointError(
+                f"{path}: model file version {meta.get('version')!r}; "
+                f"this cpic reads version {MODEL_VERSION}."
+            )
+        return tensors, {"kind": "model", **meta}
+    if not is_training_checkpoint(meta):
         raise CheckpointError(
-            f"{path}: model file version {meta.get('version')!r}; this cpic reads version {MODEL_VERSION}."
+            f"{path}: neither a cpic model file nor a training checkpoint (of cpic train or save_model, "
+            "or fit's checkpoint_dir/best or last)."
         )
+    provenance = {
+        **(meta.get("provenance") or {}),
+        "epoch": meta["epoch"],
+        "epochs": len(meta.get("history") or []),
+        "best_epoch": meta.get("best_epoch"),
+        "numerics": meta.get("numerics"),
+        "history": meta.get("history"),
+    }
+    model_tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    return model_tensors, {"kind": "checkpoint", "config": meta["config"], "provenance": provenance}
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[CPIC, dict]:
+    """The model in ``path`` and its metadata: a model file, or a training checkpoint of
+    :func:`cpic.train.fit` (metadata ``kind`` ``"model"`` or ``"checkpoint"``; both have
+    ``config`` and ``provenance``). A clear :class:`CheckpointError` for a file that is
+    neither, of another format version, or whose tensors do not match.
+
+    Example:
+        >>> import tempfile, torch, cpic
+        >>> from cpic.nn import Classification
+        >>> from cpic.train import VolumeDataset, fit
+        >>> vols = [cpic.open_volume(torch.full((8, 8, 8), float(i % 2))) for i in range(4)]
+        >>> model = cpic.CPIC((8, 8, 8), Classification(2), features=2, patch=3, rank=2)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = fit(model, VolumeDataset(vols, [0, 1, 0, 1], classes=["a", "b"]), epochs=1,
+        ...             batch_size=2, checkpoint_dir=d, progress=False)
+        ...     loaded, meta = load_model(f"{d}/last")
+        >>> meta["kind"], meta["provenance"]["epoch"], meta["provenance"]["classes"]
+        ('checkpoint', 1, ['a', 'b'])
+    """
+    tensors, meta = load_checkpoint(path)
+    tensors, meta = _as_model(path, tensors, meta)
     try:
         model = model_from_config(meta["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:

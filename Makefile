@@ -31,7 +31,7 @@ data:
 	$(PIP) install --quiet --no-deps nilearn pydeface
 
 test: install-dev data
-	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks scripts
 	$(PYTHON) -m pytest
 
 bench: install-dev

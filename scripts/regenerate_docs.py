@@ -12,6 +12,10 @@ folder is shown as ``/data``.
     python scripts/regenerate_docs.py              # rewrite the pages
     python scripts/regenerate_docs.py --check      # exit 1 if an output's shape differs
     python scripts/regenerate_docs.py --skip-slow  # leave blocks of slow commands as they are
+    python scripts/regenerate_docs.py --only "cohort lesion lesions/" --keep /tmp/worked
+                                                   # one block (the README's worked example), its
+                                                   # files (the figure) kept in /tmp/worked
+    python scripts/regenerate_docs.py --exclude "lesions/ --count 200"   # all but that block
 
 ``--check`` compares shapes, not numbers: each line with every number replaced by ``#`` (times,
 losses and fractions change from machine to machine; labels, columns and JSON keys must not).
@@ -127,7 +131,6 @@ def run(step: Step, folder: Path) -> list[str]:
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
     )
     if done.returncode != 0 and "exit" not in command:
         raise SystemExit(f"{command!r} failed ({done.returncode}):\n{done.stderr}")
@@ -168,13 +171,28 @@ def shape(lines: list[str]) -> str:
     return re.sub(r"\s+", " ", NUMBER.sub("#", " ".join(lines))).strip()
 
 
-def regenerate(page: Path, folder: Path, check: bool, skip_slow: bool, seen: dict) -> list[str]:
-    """Run the page's blocks in order; rewrite it (or, with ``check``, return the differences).
-    ``seen`` holds the outputs of commands already run (the README repeats the demo's)."""
+def regenerate(
+    page: Path,
+    folder: Path,
+    check: bool,
+    skip_slow: bool,
+    seen: dict,
+    only: str | None = None,
+    exclude: str | None = None,
+) -> list[str]:
+    """Run the page's blocks in order (only those with a command containing ``only``, if given,
+    and none with a command containing ``exclude``); rewrite it (or, with ``check``, return the
+    differences). ``seen`` holds the outputs of commands already run (the README repeats the
+    demo's)."""
     lines = page.read_text().splitlines()
     problems, bodies = [], []
     for block in blocks(lines, page.name == "README.md"):
-        if skip_slow and any(shell_line(s).startswith(SLOW) for s in block.steps):
+        commands = [shell_line(s) for s in block.steps]
+        if skip_slow and any(c.startswith(SLOW) for c in commands):
+            continue
+        if only is not None and not any(only in c for c in commands):
+            continue
+        if exclude is not None and any(exclude in c for c in commands):
             continue
         body = []
         for step in block.steps:
@@ -201,14 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="compare shapes only; change nothing")
     parser.add_argument("--skip-slow", action="store_true", help=f"leave blocks of {', '.join(SLOW)} alone")
+    parser.add_argument("--only", metavar="TEXT", help="only the blocks with a command containing TEXT")
+    parser.add_argument("--exclude", metavar="TEXT", help="leave the blocks with a command containing TEXT")
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR (created) and keep what the commands wrote")
     args = parser.parse_args(argv)
     problems = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         toy_cohort(folder)
         seen: dict[str, list[str]] = {}
         for page in PAGES:
-            problems += regenerate(page, folder, args.check, args.skip_slow, seen)
+            problems += regenerate(page, folder, args.check, args.skip_slow, seen, args.only, args.exclude)
     for problem in problems:
         print(problem)
     return 1 if problems else 0

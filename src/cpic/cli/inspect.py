@@ -7,8 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cpic.cli.common import add_common, emit, subparser
-from cpic.cli.train import one_line_errors, positive_int
+from cpic.cli.common import add_common, emit, one_line_errors, positive_int, subparser
 from cpic.sources import open_volume
 from cpic.sources.open import detect_format
 from cpic.train import checkpoint_paths, class_names, load_checkpoint, load_model

@@ -38,7 +38,7 @@ PREDICTION_FAILURES = (FloatingPointError, RuntimeError, MemoryError)
 OUTPUT_SUFFIXES = (".csv", ".json")
 #: volumes shown by ``predict --figure``, and the strongest patches circled in each
 FIGURE_VOLUMES, EVIDENCE_SHOWN = 4, 5
-BATCH = default(predict, "batch_size")
+BATCH, EVAL_BATCH = default(predict, "batch_size"), default(evaluate, "batch_size")
 
 
 def register(commands) -> None:
@@ -96,7 +96,10 @@ def register(commands) -> None:
     )
     e.add_argument("--path-column", metavar="COLUMN", help="the path column (default: as in training)")
     e.add_argument(
-        "--batch-size", type=positive_int, default=BATCH, help=f"volumes per batch (default {BATCH})"
+        "--batch-size",
+        type=positive_int,
+        default=EVAL_BATCH,
+        help=f"volumes per batch (default {EVAL_BATCH})",
     )
     e.add_argument("--memory-budget", **memory_budget_option("a batch"))
     add_common(e, seed=False)

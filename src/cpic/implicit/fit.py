@@ -11,14 +11,13 @@ import torch
 from cpic.implicit.model import reconstruction_model
 from cpic.nn import CPIC
 from cpic.sources import VolumeSource
+from cpic.train.fit import LEARNING_RATE
 from cpic.train.metrics import psnr, relative_error
 from cpic.tt import TT
 from cpic.util.progress import progress as progress_bar
 
 #: random voxels (not read by the model) on which compress measures its error
 HELD_OUT = 20_000
-#: the learning rate of :func:`compress` (cosine-decayed over the steps)
-LEARNING_RATE = 3e-3
 #: what a failed fit raises: a singular or non-finite latent TT, or too little memory for its samples
 FIT_FAILURES = (FloatingPointError, torch.linalg.LinAlgError, MemoryError)
 

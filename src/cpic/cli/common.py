@@ -13,6 +13,8 @@ import torch
 #: exit codes: 0 success, 1 the work failed (a numerical failure, a target not met), 2 bad usage
 #: or input (arguments, paths, formats)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: numerical failures that end training, evaluation or prediction (the work failed, not the input)
+WORK_FAILURES = (FloatingPointError, RuntimeError, MemoryError)
 
 
 def add_common(

@@ -13,6 +13,7 @@ import torch
 from cpic.cli import figures
 from cpic.cli.common import (
     EXIT_FAILED,
+    WORK_FAILURES,
     add_common,
     comma_list,
     default,
@@ -33,8 +34,6 @@ from cpic.train.predict import predict, prediction_rows
 from cpic.util import write_text_atomic
 from cpic.util.progress import shows_progress
 
-#: numerical failures that end a prediction (the work failed, not the input)
-PREDICTION_FAILURES = (FloatingPointError, RuntimeError, MemoryError)
 OUTPUT_SUFFIXES = (".csv", ".json")
 #: volumes shown by ``predict --figure``, and the strongest patches circled in each
 FIGURE_VOLUMES, EVIDENCE_SHOWN = 4, 5
@@ -169,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     sources = open_for(model, args.volumes, provenance.get("normalize"))
     try:
         pred = predict(model, sources, extra, args.batch_size, shows_progress(args))
-    except PREDICTION_FAILURES as err:
+    except WORK_FAILURES as err:
         return fail("predict", f"prediction failed: {err}", EXIT_FAILED)
     classes = class_names(model.config, provenance)
     rows = prediction_rows(model, classes, list(args.volumes), pred)
@@ -232,7 +231,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate(
             model, data, batch_size=args.batch_size, split="test", progress=shows_progress(args)
         )
-    except PREDICTION_FAILURES as err:
+    except WORK_FAILURES as err:
         return fail("evaluate", f"evaluation failed: {err}", EXIT_FAILED)
     read = [data.source(i).stats.fraction(data.source(i).size) for i in range(len(data))]
     summary = {

@@ -8,6 +8,7 @@ apart, every option's parser default is ``None`` and the real defaults live in `
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import warnings
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from cpic.cli.common import (
     EXIT_FAILED,
+    WORK_FAILURES,
     add_common,
     comma_list,
     default,
@@ -35,10 +37,10 @@ from cpic.train.manifest import QUANTILES, build_model, head_for, manifest_datas
 from cpic.train.saving import save_best_and_last
 from cpic.util.progress import shows_progress
 
+#: the defaults of the options, read from the library functions that own them
+DATA, MODEL, FIT = (functools.partial(default, owner) for owner in (manifest_datasets, CPIC, fit))
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
 _OPTIONS: dict[str, tuple[argparse.Action, object]] = {}
-#: numerical failures that end a training run (the work failed, not the input)
-TRAINING_FAILURES = (FloatingPointError, RuntimeError, MemoryError)
 
 
 # ---------------------------------------------------------------------- argument types
@@ -123,34 +125,23 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     _option(
         p,
         "--task",
-        default=default(manifest_datasets, "task"),
+        default=DATA("task"),
         choices=("classification", "regression", "quantile"),
         help="what to predict",
     )
-    _option(
-        p,
-        "--target",
-        default=default(manifest_datasets, "target"),
-        metavar="COLUMN",
-        help="the manifest column to predict",
-    )
+    _option(p, "--target", default=DATA("target"), metavar="COLUMN", help="the manifest column to predict")
     _option(
         p, "--extra", default=[], type=comma_list, metavar="COL,...", help="numeric columns fed to the head"
     )
     _option(
         p,
         "--path-column",
-        default=default(manifest_datasets, "path_column"),
+        default=DATA("path_column"),
         metavar="COLUMN",
         help="the manifest column of volume paths",
     )
     _option(
-        p,
-        "--val",
-        default=default(manifest_datasets, "val"),
-        type=_fraction,
-        metavar="FRACTION",
-        help="validation split (0: none)",
+        p, "--val", default=DATA("val"), type=_fraction, metavar="FRACTION", help="validation split (0: none)"
     )
     _option(p, "--val-manifest", metavar="FILE", help="validation volumes from another manifest (not --val)")
     _option(
@@ -163,30 +154,22 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    _option(
-        p, "--rank", default=default(CPIC, "rank"), type=positive_int, help="TT rank of the latent tensor"
-    )
-    _option(
-        p,
-        "--features",
-        default=default(CPIC, "features"),
-        type=positive_int,
-        help="encoder features per voxel",
-    )
-    _option(p, "--patch", default=default(CPIC, "patch"), type=positive_int, help="patch side, odd")
+    _option(p, "--rank", default=MODEL("rank"), type=positive_int, help="TT rank of the latent tensor")
+    _option(p, "--features", default=MODEL("features"), type=positive_int, help="encoder features per voxel")
+    _option(p, "--patch", default=MODEL("patch"), type=positive_int, help="patch side, odd")
     _option(
         p,
         "--stride",
-        default=default(CPIC, "stride"),
+        default=MODEL("stride"),
         type=positive_int,
         help="patch centres on every n-th voxel: an n^D times smaller latent grid (about --patch "
         "for patches that barely overlap)",
     )
-    _option(p, "--encoder", default=default(CPIC, "encoder"), choices=("mlp", "conv"), help="patch encoder")
+    _option(p, "--encoder", default=MODEL("encoder"), choices=("mlp", "conv"), help="patch encoder")
     _option(
         p,
         "--projection",
-        default=default(CPIC, "projection"),
+        default=MODEL("projection"),
         choices=("mean", "moments", "grid"),
         help="TT -> vector",
     )
@@ -210,14 +193,14 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    _option(p, "--epochs", default=default(fit, "epochs"), type=positive_int, help="training epochs")
-    _option(p, "--batch-size", default=default(fit, "batch_size"), type=positive_int, help="volumes per step")
-    _option(p, "--lr", default=default(fit, "lr"), type=float, help="learning rate (cosine-decayed)")
-    _option(p, "--optimizer", default=default(fit, "optimizer"), choices=("adamw", "radam"), help="optimiser")
+    _option(p, "--epochs", default=FIT("epochs"), type=positive_int, help="training epochs")
+    _option(p, "--batch-size", default=FIT("batch_size"), type=positive_int, help="volumes per step")
+    _option(p, "--lr", default=FIT("lr"), type=float, help="learning rate (cosine-decayed)")
+    _option(p, "--optimizer", default=FIT("optimizer"), choices=("adamw", "radam"), help="optimiser")
     _option(
         p,
         "--refresh",
-        default=default(fit, "refresh"),
+        default=FIT("refresh"),
         type=_refresh,
         help="pivot refresh: epoch, none or every N uses",
     )
@@ -340,17 +323,14 @@ def _train_in_job(args: argparse.Namespace) -> int:
         return _train(args)
     _check_options(args)
     device_of(args)  # a clear message when CUDA is asked for but absent
-
-    def rank_work(ctx: distributed.Distributed, device) -> int:
-        args.device = str(device)  # cuda:LOCAL_RANK
-        if not ctx.is_main:  # rank 0 alone prints progress and the summary
-            args.quiet, args.json = True, False
-        return _train(args)
-
     try:
-        distributed.run_as_rank(rank_work, device=args.device, timeout=args.dist_timeout)
-    except distributed.RankLost as err:  # the job could not be joined
+        ctx, device = distributed.init(device=args.device, timeout=args.dist_timeout)
+    except distributed.RankLost as err:
         return fail("train", str(err), EXIT_FAILED)
+    args.device = str(device)  # cuda:LOCAL_RANK
+    if not ctx.is_main:  # rank 0 alone prints progress and the summary
+        args.quiet, args.json = True, False
+    distributed.run_as_rank(lambda: _train(args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -375,7 +355,7 @@ def _train(args: argparse.Namespace) -> int:
     provenance = _provenance(args, data)
     try:
         history = _fit(args, model, train, val, provenance)
-    except TRAINING_FAILURES as err:  # incl. distributed.RankLost
+    except WORK_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(

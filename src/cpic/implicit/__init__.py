@@ -1,6 +1,9 @@
 """Implicit representation of one volume: fit a reconstruction model to it from the voxels its
 cross pivots read (:func:`compress`), store it (:func:`save_compressed`) and decode any voxel
-from the stored files alone (:func:`load_compressed`, :func:`reconstruct`)."""
+from the stored files alone (:func:`load_compressed`, :func:`reconstruct`).
+
+Imports train, nn, tt, layout, sources and util; knows nothing of the command line.
+"""
 
 from cpic.implicit.decode import CHUNK, block_writer, decode, reconstruct
 from cpic.implicit.files import (

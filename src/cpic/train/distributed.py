@@ -336,18 +336,13 @@ def leave(code: int) -> NoReturn:
     os._exit(code)
 
 
-def run_as_rank(
-    work: Callable[[Distributed, torch.device], int],
-    device: str | torch.device = "cpu",
-    timeout: float = DEFAULT_TIMEOUT,
-) -> NoReturn:
-    """Join the job (:func:`init`), run ``work(context, device)`` as this rank, leave the
-    process group (after waiting for the other ranks when ``work`` returned 0) and end the
-    process with ``work``'s exit code (:func:`leave`): this does not return. Raises
-    :class:`RankLost` when the job cannot be joined."""
-    ctx, device = init(device=device, timeout=timeout)
+def run_as_rank(work: Callable[[], int]) -> NoReturn:
+    """Run ``work()`` as this rank of the job joined with :func:`init`, leave the process
+    group (after waiting for the other ranks when ``work`` returned 0) and end the process with
+    ``work``'s exit code (:func:`leave`): this does not return. An exception from ``work``
+    leaves the group and propagates."""
     try:
-        code = work(ctx, device)
+        code = work()
     except BaseException:
         shutdown()
         raise

@@ -160,6 +160,17 @@ def test_predict_in_python_gives_the_rows_of_the_command(cohort):
         assert all(mine[k] == pytest.approx(theirs[k], abs=1e-6) for k in mine if k.startswith("p_"))
 
 
+def test_inspect_prints_what_describe_returns(cohort):
+    from cpic.train import describe
+
+    printed = json.loads(ok(run("inspect", "model", "--json", cwd=cohort.root)).stdout)
+    info = json.loads(json.dumps(describe(str(cohort.root / "model"))))
+    assert info["kind"] == "model" and info["classes"] == CLASSES
+    assert {k: v for k, v in printed.items() if k not in ("file", "threads")} == {
+        k: v for k, v in info.items() if k != "file"
+    }
+
+
 def test_evaluate_and_inspect(cohort):
     evaluated, model, model_table, volume = run_all(
         ["evaluate", "model", "cohort.csv", "--json"],

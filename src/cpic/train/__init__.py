@@ -4,6 +4,7 @@ model files and checkpoints, data-parallel training (``cpic.train.distributed``,
 
 from cpic.train.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, save_checkpoint
 from cpic.train.dataset import VolumeDataset
+from cpic.train.description import describe
 from cpic.train.distributed import Distributed
 from cpic.train.fit import History, evaluate, fit
 from cpic.train.manifest import build_model, head_for, load_manifest, manifest_datasets
@@ -21,6 +22,7 @@ __all__ = [
     "build_model",
     "checkpoint_paths",
     "class_names",
+    "describe",
     "evaluate",
     "fit",
     "head_for",

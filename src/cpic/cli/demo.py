@@ -224,7 +224,7 @@ def sampling_scale(seed: int, max_side: int, bars: bool = False) -> list[dict]:
         src = blobs((side,) * 3, seed=seed)
         f = IntensityFunction([src], QTTLayout(src.shape, group=True))
         tt, info = cpic.cross(f, f.shape, rank=SCALE_RANK, sweeps=SCALE_SWEEPS, seed=seed, n_test=0)
-        coords, truth = _held_out_voxels(f, seed)  # read after the cross: not counted above
+        coords, truth = _held_out_voxels(f, seed)  # a fresh copy: not counted in src.stats
         rows.append(
             {
                 "side": side,

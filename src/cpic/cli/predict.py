@@ -30,7 +30,7 @@ from cpic.nn import CPIC
 from cpic.sources import VolumeSource
 from cpic.train import checkpoint_paths, class_names, evaluate, load_model
 from cpic.train.manifest import align_classes, check_grid, load_manifest, open_all, open_for
-from cpic.train.predict import predict, prediction_rows
+from cpic.train.prediction import predict, prediction_rows
 from cpic.util import write_text_atomic
 from cpic.util.progress import shows_progress
 

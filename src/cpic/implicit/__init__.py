@@ -5,7 +5,7 @@ from the stored files alone (:func:`load_compressed`, :func:`reconstruct`).
 Imports train, nn, tt, layout, sources and util; knows nothing of the command line.
 """
 
-from cpic.implicit.decode import CHUNK, block_writer, decode, reconstruct
+from cpic.implicit.decoding import CHUNK, block_writer, decode, reconstruct
 from cpic.implicit.files import (
     CompressedVolume,
     compressed_files,

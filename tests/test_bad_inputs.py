@@ -249,8 +249,9 @@ def test_model_files_that_are_not_regular_files_are_refused(world, capsys, out, 
 
 def test_config_that_is_not_a_small_regular_file_is_refused_fast(world, capsys, out, tmp_path, monkeypatch):
     from cpic.cli import train
+    from cpic.train import config
 
-    monkeypatch.setattr(train, "CONFIG_PIPE_SECONDS", 0.5)
+    monkeypatch.setattr(config, "CONFIG_PIPE_SECONDS", 0.5)
     os.mkfifo(tmp_path / "fifo.json")
     (tmp_path / "folder.json").mkdir()
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -498,7 +499,7 @@ def test_random_manifests_load_or_are_refused(tmp_path_factory, text):
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(rank=st.integers(-5, 40), patch=st.integers(-3, 12), features=st.integers(-2, 5))
 def test_model_flags_parse_or_are_usage_errors(world, rank, patch, features):
-    from cpic.cli import train
+    from cpic.cli import common as train
 
     args = SimpleNamespace(rank=rank, patch=patch, features=features)
     valid = rank >= 1 and features >= 1 and patch >= 1 and patch % 2 == 1 and patch <= 8

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from cpic.train import (
+from cpic.train.checkpoint import (
     CheckpointError,
     checkpoint_paths,
     flatten_state,

@@ -143,6 +143,34 @@ def test_predict_writes_csv_and_json(cohort):
     assert (root / "look.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_predict_in_python_gives_the_rows_of_the_command(cohort):
+    from cpic.train import class_names, load_model, predict, prediction_rows
+    from cpic.train.manifest import open_for
+
+    root, volumes = cohort.root, cohort.volumes[:4]
+    printed = json.loads(ok(run("predict", "model", *volumes, "--extra", "61", "--json", cwd=root)).stdout)
+    model, meta = load_model(root / "model")
+    provenance = meta["provenance"]
+    sources = open_for(model.eval(), [str(root / v) for v in volumes], provenance.get("normalize"))
+    pred = predict(model, sources, torch.tensor([[61.0]] * len(volumes)), batch_size=3)
+    rows = prediction_rows(model, class_names(model.config, provenance), volumes, pred)
+    assert [r["predicted"] for r in rows] == [r["predicted"] for r in printed["predictions"]]
+    for mine, theirs in zip(rows, printed["predictions"]):
+        assert mine.keys() == theirs.keys()
+        assert all(mine[k] == pytest.approx(theirs[k], abs=1e-6) for k in mine if k.startswith("p_"))
+
+
+def test_inspect_prints_what_describe_returns(cohort):
+    from cpic.train import describe
+
+    printed = json.loads(ok(run("inspect", "model", "--json", cwd=cohort.root)).stdout)
+    info = json.loads(json.dumps(describe(str(cohort.root / "model"))))
+    assert info["kind"] == "model" and info["classes"] == CLASSES
+    assert {k: v for k, v in printed.items() if k not in ("file", "threads")} == {
+        k: v for k, v in info.items() if k != "file"
+    }
+
+
 def test_evaluate_and_inspect(cohort):
     evaluated, model, model_table, volume = run_all(
         ["evaluate", "model", "cohort.csv", "--json"],

@@ -93,6 +93,25 @@ def test_reconstruct_volume_and_slice(compressed):
     assert image.affine[2, 3] == 8  # the region's origin in the volume's (here unit) voxel frame
 
 
+def test_compress_and_reconstruct_in_python_give_what_the_commands_give(compressed, tmp_path):
+    from cpic import implicit, open_volume
+
+    folder, summary = compressed
+    cut = ["--region", "0:8,:,3:9", "-o", folder / "cmd.npy", "--quiet"]
+    assert run("reconstruct", folder / "vol.cpic", *cut).returncode == 0
+    volume = implicit.load_compressed(folder / "vol.cpic")
+    assert volume.grid == (16, 16, 16) and volume.normalization == summary["normalization"]
+    block = implicit.reconstruct(volume, [(0, 8), (0, 16), (3, 9)])
+    assert np.array_equal(np.load(folder / "cmd.npy"), block.numpy())
+    coords = torch.stack(torch.meshgrid(*[torch.arange(16)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    np.save(tmp_path / "v.npy", (200 * blob_field(coords, (16, 16, 16))).reshape(16, 16, 16).numpy())
+    done = run("compress", tmp_path / "v.npy", "-o", tmp_path / "c", "--steps", 3, "--rank", 4, "--json")
+    printed = json.loads(done.stdout)
+    result = implicit.compress(open_volume(str(tmp_path / "v.npy"), normalize="range"), steps=3, rank=4)
+    assert result.voxels_read == printed["voxels_read"]
+    assert result.error["psnr_db"] == pytest.approx(printed["held_out_psnr_db"], rel=1e-6)
+
+
 def test_reconstruct_bad_inputs(compressed, tmp_path):
     folder, _ = compressed
     model = folder / "vol.cpic"

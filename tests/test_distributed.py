@@ -28,10 +28,10 @@ from safetensors.torch import load_file, save_file
 
 import cpic
 from cpic.cli.main import main
-from cpic.cli.train import _leave
 from cpic.nn import Classification
 from cpic.sources import VolumeSource
 from cpic.train import Distributed, VolumeDataset, fit, load_checkpoint, load_model
+from cpic.train.distributed import leave as _leave
 from cpic.train.launch import free_port, launch, worker_env
 
 SRC = str(Path(cpic.__file__).parents[1])  # the cpic under test, also in the workers

@@ -1,8 +1,9 @@
 """cpic: low-rank embeddings of huge volumes from a few cherry-picked voxels."""
 
-from cpic import layout
+# cross: the package cpic.cross, callable as its function cross()
+from cpic import cross, layout
 from cpic._version import __version__
-from cpic.cross import CrossInfo, cross, interpolate
+from cpic.cross import CrossInfo, interpolate
 from cpic.nn import CPIC
 from cpic.sources import open_volume
 from cpic.tt import TT

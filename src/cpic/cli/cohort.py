@@ -7,13 +7,12 @@ import argparse
 import math
 import time
 
-from cpic.cli.common import add_common, emit, subparser
-from cpic.cli.compress import human_bytes
-from cpic.cli.train import one_line_errors, positive_int
+from cpic.cli.common import add_common, emit, one_line_errors, positive_int, subparser
 from cpic.data import ANATOMIES, SHAPE_CLASSES, lesion_cohort, shape_cohort, write_cohort
 from cpic.data.cohort_files import FORMATS
 from cpic.util import require
 from cpic.util.progress import progress, shows_progress
+from cpic.util.units import human_bytes
 
 
 def register(commands) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+from collections.abc import Callable
 
 import torch
 
 #: exit codes: 0 success, 1 the work failed (a numerical failure, a target not met), 2 bad usage
 #: or input (arguments, paths, formats)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+#: numerical failures that end training, evaluation or prediction (the work failed, not the input)
+WORK_FAILURES = (FloatingPointError, RuntimeError, MemoryError)
 
 
 def add_common(
@@ -31,6 +35,67 @@ def add_common(
             metavar="N",
             help="CPU threads per operation (default: OMP_NUM_THREADS if set, else the idle cores)",
         )
+
+
+def default(function: Callable, name: str):
+    """The default of ``function``'s parameter ``name``: a flag shows the library's default,
+    written once, where the parameter is owned.
+
+    Example:
+        >>> from cpic.train import fit
+        >>> default(fit, "lr")
+        0.003
+    """
+    return inspect.signature(function).parameters[name].default
+
+
+def one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
+    """Make ``parser`` report usage errors in one line on stderr (exit code 2)."""
+
+    def error(message: str):
+        parser.exit(EXIT_USAGE, f"cpic {command}: {message} (see cpic {command} --help)\n")
+
+    parser.error = error
+
+
+# ---------------------------------------------------------------------- argument types
+def comma_list(text: str) -> list[str]:
+    """``"age,sex"`` -> ``["age", "sex"]`` (empty items dropped).
+
+    Example:
+        >>> comma_list("age, sex,,")
+        ['age', 'sex']
+    """
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
+def float_list(text: str) -> list[float]:
+    """``"0.1,0.5,0.9"`` -> ``[0.1, 0.5, 0.9]``.
+
+    Example:
+        >>> float_list("0.1,0.5")
+        [0.1, 0.5]
+    """
+    try:
+        return [float(item) for item in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1.
+
+    Example:
+        >>> positive_int("3")
+        3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}

@@ -13,33 +13,31 @@ import torch
 from cpic.cli import figures
 from cpic.cli.common import (
     EXIT_FAILED,
+    WORK_FAILURES,
     add_common,
+    comma_list,
+    default,
     device_of,
     emit,
     fail,
     memory_budget_option,
+    one_line_errors,
+    positive_int,
     read_uncounted,
     subparser,
 )
-from cpic.cli.train import (
-    TRAINING_FAILURES,
-    align_classes,
-    comma_list,
-    load_manifest,
-    normalize_option,
-    one_line_errors,
-    open_all,
-    positive_int,
-)
 from cpic.nn import CPIC
-from cpic.sources import VolumeSource, open_volume
+from cpic.sources import VolumeSource
 from cpic.train import checkpoint_paths, class_names, evaluate, load_model
+from cpic.train.manifest import align_classes, check_grid, load_manifest, open_all, open_for
+from cpic.train.prediction import predict, prediction_rows
 from cpic.util import write_text_atomic
-from cpic.util.progress import counter, shows_progress
+from cpic.util.progress import shows_progress
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 #: volumes shown by ``predict --figure``, and the strongest patches circled in each
 FIGURE_VOLUMES, EVIDENCE_SHOWN = 4, 5
+BATCH, EVAL_BATCH = default(predict, "batch_size"), default(evaluate, "batch_size")
 
 
 def register(commands) -> None:
@@ -70,7 +68,9 @@ def register(commands) -> None:
         help=f"slices of the first {FIGURE_VOLUMES} volumes through the patch the prediction depends on "
         "most, the voxels read in red",
     )
-    p.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=BATCH, help=f"volumes per batch (default {BATCH})"
+    )
     p.add_argument("--memory-budget", **memory_budget_option("a batch"))
     add_common(p, seed=False)
     one_line_errors(p, "predict")
@@ -94,7 +94,12 @@ def register(commands) -> None:
         "--extra", type=comma_list, metavar="COL,...", help="extra columns (default: as in training)"
     )
     e.add_argument("--path-column", metavar="COLUMN", help="the path column (default: as in training)")
-    e.add_argument("--batch-size", type=positive_int, default=8, help="volumes per batch (default 8)")
+    e.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=EVAL_BATCH,
+        help=f"volumes per batch (default {EVAL_BATCH})",
+    )
     e.add_argument("--memory-budget", **memory_budget_option("a batch"))
     add_common(e, seed=False)
     one_line_errors(e, "evaluate")
@@ -102,18 +107,6 @@ def register(commands) -> None:
 
 
 # ---------------------------------------------------------------------- shared
-def check_grid(model: CPIC, source: VolumeSource, name: str) -> None:
-    """Refuse a volume whose grid or channels differ from the model's."""
-    if tuple(source.shape) != tuple(model.grid_shape):
-        raise ValueError(
-            f"volume {name!r} has grid {tuple(source.shape)}; the model expects {model.grid_shape}."
-        )
-    if (source.channels or 1) != model.channels:
-        raise ValueError(
-            f"volume {name!r} has {source.channels or 1} channel(s); the model expects {model.channels}."
-        )
-
-
 def _load(path: str, device, memory_budget: int | None = None) -> tuple[CPIC, dict]:
     model, meta = load_model(path, device=device)
     model.eval()
@@ -150,52 +143,6 @@ def _extra(model: CPIC, values: list[str] | None, count: int) -> torch.Tensor | 
     return torch.tensor(rows * count if len(rows) == 1 else rows)
 
 
-def _open(model: CPIC, paths: list[str], normalize) -> list[VolumeSource]:
-    sources = []
-    for path in paths:
-        source = open_volume(path, normalize=normalize_option(normalize))
-        check_grid(model, source, path)
-        sources.append(source)
-    return sources
-
-
-@torch.no_grad()
-def predict(
-    model: CPIC, sources: list[VolumeSource], extra, batch_size: int, progress: bool = False
-) -> torch.Tensor:
-    """The model's raw outputs for ``sources``, ``batch_size`` volumes per call (a bar over
-    the volumes on stderr with ``progress``)."""
-    outputs = []
-    with counter(progress, "predict", total=len(sources), unit="volume") as bar:
-        for start in range(0, len(sources), batch_size):
-            part = None if extra is None else extra[start : start + batch_size]
-            outputs.append(model(sources[start : start + batch_size], extra=part).cpu())
-            bar.update(len(outputs[-1]))
-    return torch.cat(outputs)
-
-
-def prediction_rows(model: CPIC, classes: list | None, names: list[str], pred: torch.Tensor) -> list[dict]:
-    """One flat row per volume: class (a name or an integer id, as in ``classes``:
-    :func:`cpic.train.class_names`) and probabilities, the value, or one column per quantile."""
-    task = model.head.task
-    rows = [{"volume": name} for name in names]
-    if task == "classification":
-        probs = torch.softmax(pred, 1)
-        labels = list(classes) if classes else list(range(probs.shape[1]))
-        for row, p in zip(rows, probs.tolist()):
-            best = max(range(len(p)), key=p.__getitem__)
-            row.update(predicted=labels[best], class_id=best)
-            row.update({f"p_{label}": value for label, value in zip(labels, p)})
-    elif task == "quantile":
-        for row, values in zip(rows, pred.tolist()):
-            row.update({f"q{q:g}": v for q, v in zip(model.head.quantiles.tolist(), values)})
-    else:
-        values = pred if pred.dim() == 2 else pred[:, None]
-        for row, v in zip(rows, values.tolist()):
-            row.update({"value": v[0]} if len(v) == 1 else {f"value_{i}": x for i, x in enumerate(v)})
-    return rows
-
-
 def _csv_text(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
@@ -218,10 +165,10 @@ def run(args: argparse.Namespace) -> int:
     if args.figure and len(model.grid_shape) != 3:
         return fail("predict", f"--figure shows 3-D volumes; this model's grid is {model.grid_shape}.")
     extra = _extra(model, args.extra, len(args.volumes))
-    sources = _open(model, args.volumes, provenance.get("normalize"))
+    sources = open_for(model, args.volumes, provenance.get("normalize"))
     try:
         pred = predict(model, sources, extra, args.batch_size, shows_progress(args))
-    except TRAINING_FAILURES as err:
+    except WORK_FAILURES as err:
         return fail("predict", f"prediction failed: {err}", EXIT_FAILED)
     classes = class_names(model.config, provenance)
     rows = prediction_rows(model, classes, list(args.volumes), pred)
@@ -284,7 +231,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate(
             model, data, batch_size=args.batch_size, split="test", progress=shows_progress(args)
         )
-    except TRAINING_FAILURES as err:
+    except WORK_FAILURES as err:
         return fail("evaluate", f"evaluation failed: {err}", EXIT_FAILED)
     read = [data.source(i).stats.fraction(data.source(i).size) for i in range(len(data))]
     summary = {

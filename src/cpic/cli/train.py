@@ -8,63 +8,42 @@ apart, every option's parser default is ``None`` and the real defaults live in `
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import functools
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import NoReturn
-
-import torch
 
 from cpic.cli.common import (
     EXIT_FAILED,
-    EXIT_USAGE,
+    WORK_FAILURES,
     add_common,
+    comma_list,
+    default,
     device_of,
     emit,
     fail,
+    float_list,
     memory_budget_option,
+    one_line_errors,
+    positive_int,
     subparser,
 )
-from cpic.nn import CPIC, Classification, QuantileRegression, Regression
-from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit, save_model
+from cpic.nn import CPIC
+from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit
+from cpic.train.config import read_config
 from cpic.train.launch import launch
-from cpic.util.guard import read_bytes
+from cpic.train.manifest import QUANTILES, build_model, head_for, manifest_datasets
+from cpic.train.saving import save_best_and_last
 from cpic.util.progress import shows_progress
 
+#: the defaults of the options, read from the library functions that own them
+DATA, MODEL, FIT = (functools.partial(default, owner) for owner in (manifest_datasets, CPIC, fit))
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
 _OPTIONS: dict[str, tuple[argparse.Action, object]] = {}
-#: numerical failures that end a training run (the work failed, not the input)
-TRAINING_FAILURES = (FloatingPointError, RuntimeError, MemoryError)
 
 
 # ---------------------------------------------------------------------- argument types
-def comma_list(text: str) -> list[str]:
-    """``"age,sex"`` -> ``["age", "sex"]`` (empty items dropped)."""
-    return [item.strip() for item in str(text).split(",") if item.strip()]
-
-
-def float_list(text: str) -> list[float]:
-    """``"0.1,0.5,0.9"`` -> ``[0.1, 0.5, 0.9]``."""
-    try:
-        return [float(item) for item in comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def _seconds(text: str) -> float:
     """A positive number of seconds."""
     try:
@@ -96,15 +75,6 @@ def _refresh(text: str) -> str | int:
         raise argparse.ArgumentTypeError(
             f"expected 'epoch', 'none' or a number of uses, got {text!r}"
         ) from None
-
-
-def one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
-    """Make ``parser`` report usage errors in one line on stderr (exit code 2)."""
-
-    def error(message: str):
-        parser.exit(EXIT_USAGE, f"cpic {command}: {message} (see cpic {command} --help)\n")
-
-    parser.error = error
 
 
 # ---------------------------------------------------------------------- the parser
@@ -155,16 +125,24 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     _option(
         p,
         "--task",
-        default="classification",
+        default=DATA("task"),
         choices=("classification", "regression", "quantile"),
         help="what to predict",
     )
-    _option(p, "--target", default="label", metavar="COLUMN", help="the manifest column to predict")
+    _option(p, "--target", default=DATA("target"), metavar="COLUMN", help="the manifest column to predict")
     _option(
         p, "--extra", default=[], type=comma_list, metavar="COL,...", help="numeric columns fed to the head"
     )
-    _option(p, "--path-column", default="path", metavar="COLUMN", help="the manifest column of volume paths")
-    _option(p, "--val", default=0.2, type=_fraction, metavar="FRACTION", help="validation split (0: none)")
+    _option(
+        p,
+        "--path-column",
+        default=DATA("path_column"),
+        metavar="COLUMN",
+        help="the manifest column of volume paths",
+    )
+    _option(
+        p, "--val", default=DATA("val"), type=_fraction, metavar="FRACTION", help="validation split (0: none)"
+    )
     _option(p, "--val-manifest", metavar="FILE", help="validation volumes from another manifest (not --val)")
     _option(
         p,
@@ -176,19 +154,25 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    _option(p, "--rank", default=10, type=positive_int, help="TT rank of the latent tensor")
-    _option(p, "--features", default=16, type=positive_int, help="encoder features per voxel")
-    _option(p, "--patch", default=5, type=positive_int, help="patch side, odd")
+    _option(p, "--rank", default=MODEL("rank"), type=positive_int, help="TT rank of the latent tensor")
+    _option(p, "--features", default=MODEL("features"), type=positive_int, help="encoder features per voxel")
+    _option(p, "--patch", default=MODEL("patch"), type=positive_int, help="patch side, odd")
     _option(
         p,
         "--stride",
-        default=1,
+        default=MODEL("stride"),
         type=positive_int,
         help="patch centres on every n-th voxel: an n^D times smaller latent grid (about --patch "
         "for patches that barely overlap)",
     )
-    _option(p, "--encoder", default="mlp", choices=("mlp", "conv"), help="patch encoder")
-    _option(p, "--projection", default="mean", choices=("mean", "moments", "grid"), help="TT -> vector")
+    _option(p, "--encoder", default=MODEL("encoder"), choices=("mlp", "conv"), help="patch encoder")
+    _option(
+        p,
+        "--projection",
+        default=MODEL("projection"),
+        choices=("mean", "moments", "grid"),
+        help="TT -> vector",
+    )
     _option(
         p,
         "--positions",
@@ -205,15 +189,21 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="add each feature's maximum over the patches cross picked (finds small anomalies such as "
         "lesions, which averages dilute) (default off)",
     )
-    _option(p, "--quantiles", default=[0.1, 0.5, 0.9], type=float_list, help="quantiles of --task quantile")
+    _option(p, "--quantiles", default=list(QUANTILES), type=float_list, help="quantiles of --task quantile")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    _option(p, "--epochs", default=10, type=positive_int, help="training epochs")
-    _option(p, "--batch-size", default=8, type=positive_int, help="volumes per step")
-    _option(p, "--lr", default=3e-3, type=float, help="learning rate (cosine-decayed)")
-    _option(p, "--optimizer", default="adamw", choices=("adamw", "radam"), help="optimiser")
-    _option(p, "--refresh", default="epoch", type=_refresh, help="pivot refresh: epoch, none or every N uses")
+    _option(p, "--epochs", default=FIT("epochs"), type=positive_int, help="training epochs")
+    _option(p, "--batch-size", default=FIT("batch_size"), type=positive_int, help="volumes per step")
+    _option(p, "--lr", default=FIT("lr"), type=float, help="learning rate (cosine-decayed)")
+    _option(p, "--optimizer", default=FIT("optimizer"), choices=("adamw", "radam"), help="optimiser")
+    _option(
+        p,
+        "--refresh",
+        default=FIT("refresh"),
+        type=_refresh,
+        help="pivot refresh: epoch, none or every N uses",
+    )
     _option(p, "--checkpoint-dir", metavar="DIR", help="write DIR/last and DIR/best every epoch")
     _option(p, "--resume", action="store_true", help="continue from --checkpoint-dir/last if it exists")
     _option(p, "--log-csv", metavar="FILE", help="append one row of metrics per epoch")
@@ -237,21 +227,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- --config
-#: a --config file is small; a pipe (``--config <(...)``) must deliver it within this many seconds
-CONFIG_BYTES, CONFIG_PIPE_SECONDS = 1 << 20, 5.0
-
-
 def _config(path: str) -> dict:
     """The options of a JSON config file, converted and checked like their flags."""
-    text = read_bytes(path, "config file (JSON)", max_bytes=CONFIG_BYTES, pipe_timeout=CONFIG_PIPE_SECONDS)
-    try:
-        raw = json.loads(text.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"config {path!r} is not valid JSON: {err}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"config {path!r} must hold a JSON object of option names and values.")
     values = {}
-    for key, value in raw.items():
+    for key, value in read_config(path).items():
         dest = str(key).lstrip("-").replace("-", "_")
         if dest not in _OPTIONS:
             raise ValueError(f"config {path!r}: unknown option {key!r}; see cpic train --help.")
@@ -279,9 +258,9 @@ def _config_value(path: str, key: str, action: argparse.Action, value):
 def resolve_options(args: argparse.Namespace) -> None:
     """Fill the options not given on the command line from ``--config``, then the defaults."""
     config = _config(args.config) if args.config else {}
-    for dest, (_action, default) in _OPTIONS.items():
+    for dest, (_action, value) in _OPTIONS.items():
         if getattr(args, dest, None) is None:
-            setattr(args, dest, config.get(dest, default))
+            setattr(args, dest, config.get(dest, value))
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -298,92 +277,16 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------- data and model
-def normalize_option(value):
-    """The ``normalize=`` of :func:`cpic.sources.open_volume` for a recorded setting."""
-    return None if value in (None, "none") else value
-
-
-def load_manifest(path, target, extra, path_column, task, normalize) -> VolumeDataset:
-    """A manifest as a dataset, its volumes opened with ``normalize`` on first use."""
-    return VolumeDataset.from_csv(
-        path,
-        target=target,
-        extra=extra,
-        path_column=path_column,
-        task=task,
-        normalize=normalize_option(normalize),
-    )
-
-
-def open_all(data: VolumeDataset, manifest: str) -> None:
-    """Open every volume of ``data`` now, so that a bad one is named with its manifest row."""
-    for i in range(len(data)):
-        try:
-            data.source(i)
-        except ValueError as err:
-            raise ValueError(f"manifest {manifest!r}, row {i + 2}: {err}") from None
-
-
-def align_classes(data: VolumeDataset, classes: list | None, name: str) -> None:
-    """Re-number ``data``'s class ids to the model's class names ``classes`` (in place)."""
-    if data.classes is None and classes is None:
-        return
-    if classes is None:
-        raise ValueError(f"{name}: its labels are names {data.classes}; the model's classes are integer ids.")
-    if data.classes is None:
-        raise ValueError(f"{name}: its labels are integer ids; the model's classes are names {classes}.")
-    unknown = sorted(set(data.classes) - set(classes))
-    if unknown:
-        raise ValueError(f"{name}: class(es) {unknown} are not among the model's classes {classes}.")
-    lookup = torch.tensor([classes.index(c) for c in data.classes])
-    data.targets, data.classes = lookup[data.targets], list(classes)
-
-
-def _datasets(args) -> tuple[VolumeDataset, VolumeDataset | None, VolumeDataset]:
-    """``(train, val, all)`` from the manifest and ``--val`` or ``--val-manifest``."""
-    options = (args.target, args.extra, args.path_column, args.task, args.normalize)
-    data = load_manifest(args.manifest, *options)
-    alone = distributed.current().world == 1  # a rank of a job opens only its own volumes (in fit)
-    if alone:
-        open_all(data, args.manifest)
-    if args.val_manifest:
-        val = load_manifest(args.val_manifest, *options)
-        if alone:
-            open_all(val, args.val_manifest)
-        if args.task == "classification":
-            align_classes(val, data.classes, f"validation manifest {args.val_manifest!r}")
-        return data, val, data
-    if args.val == 0:
-        return data, None, data
-    train, val = data.split(args.val, seed=args.seed)
-    return train, val, data
-
-
-def _head(args, data: VolumeDataset):
-    if args.task == "regression":
-        return Regression()
-    if args.task == "quantile":
-        return QuantileRegression(args.quantiles)
-    count = len(data.classes) if data.classes is not None else int(data.targets.max()) + 1
-    if count < 2:
-        raise ValueError(
-            f"manifest {args.manifest!r}: column {args.target!r} holds a single class; "
-            "classification needs two or more."
-        )
-    return Classification(count)
-
-
-def build_model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
-    """The model the options describe, for the grid of the first training volume; its initial
-    weights depend on ``--seed`` only (every rank of a distributed job builds the same model)."""
-    first = train.source(0)
-    torch.manual_seed(args.seed)
-    return CPIC(
-        first.shape,
-        _head(args, data),
+def _model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
+    """The model the options describe, for the grid of the first training volume."""
+    name = f"manifest {args.manifest!r}: column {args.target!r}"
+    return build_model(
+        train,
+        head_for(args.task, data, args.quantiles, name),
+        extra_features=len(args.extra),
+        seed=args.seed,
         features=args.features,
         patch=args.patch,
-        channels=first.channels or 1,
         encoder=args.encoder,
         positions=args.positions,
         background=args.background,
@@ -391,8 +294,6 @@ def build_model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
         sampled_max=args.sampled_max,
         rank=args.rank,
         stride=args.stride,
-        extra_features=len(args.extra),
-        seed=args.seed,
     )
 
 
@@ -416,9 +317,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train_in_job(args: argparse.Namespace) -> int:
-    """:func:`_train` as one rank of a distributed job (or alone outside one). A rank leaves
-    the process group at the end, after waiting for the other ranks when it succeeded, and then
-    ends its process (:func:`_leave`): under a job, this does not return."""
+    """:func:`_train` as one rank of a distributed job (:func:`cpic.train.distributed.run_as_rank`:
+    under a job, this does not return), or alone outside one."""
     if not distributed.in_distributed_env():
         return _train(args)
     _check_options(args)
@@ -430,26 +330,7 @@ def _train_in_job(args: argparse.Namespace) -> int:
     args.device = str(device)  # cuda:LOCAL_RANK
     if not ctx.is_main:  # rank 0 alone prints progress and the summary
         args.quiet, args.json = True, False
-    try:
-        code = _train(args)
-    except BaseException:
-        distributed.shutdown()
-        raise
-    if code == 0:
-        distributed.shutdown(wait=True)
-    _leave(code)
-
-
-def _leave(code: int) -> NoReturn:
-    """End this rank's process now, with ``code``: its files are written and closed, its
-    messages flushed. Interpreter exit after a gloo job can end in ``std::terminate``
-    (SIGABRT) as gloo's threads are torn down, even after ``destroy_process_group``: 1 run in
-    60 of a successful 2-rank ``cpic train --nproc 2`` on this machine, and more often when a
-    peer has died. That would turn a finished job into a failed one and add a C++ message
-    after ours."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    distributed.run_as_rank(lambda: _train(args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -457,14 +338,24 @@ def _train(args: argparse.Namespace) -> int:
     resolve_options(args)
     _check_options(args)
     device = device_of(args)
-    train, val, data = _datasets(args)
-    model = build_model(args, train, data).to(device)
+    train, val, data = manifest_datasets(
+        args.manifest,
+        target=args.target,
+        extra=args.extra,
+        path_column=args.path_column,
+        task=args.task,
+        normalize=args.normalize,
+        val=args.val,
+        val_manifest=args.val_manifest,
+        seed=args.seed,
+    )
+    model = _model(args, train, data).to(device)
     model.memory_budget = args.memory_budget
     resumed = bool(args.resume) and checkpoint_paths(Path(args.checkpoint_dir) / "last")[1].exists()
     provenance = _provenance(args, data)
     try:
         history = _fit(args, model, train, val, provenance)
-    except TRAINING_FAILURES as err:  # incl. distributed.RankLost
+    except WORK_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(
@@ -475,7 +366,7 @@ def _train(args: argparse.Namespace) -> int:
         )
     if not distributed.current().is_main:  # rank 0 writes the model
         return 0
-    saved = _save(args, model, history, provenance)
+    saved = save_best_and_last(model, history, args.output, provenance)
     classes = class_names(model.config, provenance)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)
@@ -529,32 +420,6 @@ def _provenance(args, data: VolumeDataset) -> dict:
         "processes": distributed.current().world,
         "seed": args.seed,
     }
-
-
-def last_path(output: str | os.PathLike[str]) -> Path:
-    """Where ``cpic train -o OUTPUT`` keeps the last epoch's model: ``OUTPUT.last``.
-
-    Example:
-        >>> last_path("run/model.safetensors").as_posix()
-        'run/model.last'
-    """
-    base = checkpoint_paths(output)[0].with_suffix("")
-    return base.with_name(base.name + ".last")
-
-
-def _save(args, model: CPIC, history, provenance: dict) -> tuple[Path, Path]:
-    """The last epoch's model as ``OUTPUT.last``, then the best epoch's as ``OUTPUT``."""
-    common = dict(
-        provenance,
-        epochs=len(history.rows),
-        best_epoch=history.best_epoch,
-        monitor=history.monitor,
-        numerics=history.numerics,
-        history=history.rows,
-    )
-    last = save_model(model, last_path(args.output), epoch=len(history.rows), **common)
-    best_epoch = history.restore_best(model)
-    return save_model(model, args.output, epoch=best_epoch, **common), last
 
 
 def _metrics(row: dict) -> dict:

@@ -1,6 +1,6 @@
 """Data layer: real volumes from installed packages and procedural phantoms of any size.
 
-Imports the sources layer only.
+Imports the sources and util layers only.
 """
 
 from cpic.data.cohort_files import write_cohort

@@ -20,8 +20,11 @@ import datetime
 import functools
 import os
 import re
+import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -319,3 +322,30 @@ def shutdown(wait: bool = False) -> None:
         with contextlib.suppress(RuntimeError):  # incl. DistError
             dist.barrier()
     dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """End this rank's process now, with ``code``: its files are written and closed, its
+    messages flushed. Interpreter exit after a gloo job can end in ``std::terminate``
+    (SIGABRT) as gloo's threads are torn down, even after ``destroy_process_group``: 1 run in
+    60 of a successful 2-rank ``cpic train --nproc 2`` on this machine, and more often when a
+    peer has died. That would turn a finished job into a failed one and add a C++ message
+    after ours."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_as_rank(work: Callable[[], int]) -> NoReturn:
+    """Run ``work()`` as this rank of the job joined with :func:`init`, leave the process
+    group (after waiting for the other ranks when ``work`` returned 0) and end the process with
+    ``work``'s exit code (:func:`leave`): this does not return. An exception from ``work``
+    leaves the group and propagates."""
+    try:
+        code = work()
+    except BaseException:
+        shutdown()
+        raise
+    if code == 0:
+        shutdown(wait=True)
+    leave(code)

@@ -31,6 +31,8 @@ from cpic.util.progress import counter, write
 from cpic.util.progress import progress as progress_bar
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+#: the peak learning rate of fit and of cpic.implicit.compress (both cosine-decayed)
+LEARNING_RATE = 3e-3
 
 
 @dataclass
@@ -275,7 +277,7 @@ def fit(
     *,
     epochs: int = 10,
     batch_size: int = 8,
-    lr: float = 3e-3,
+    lr: float = LEARNING_RATE,
     weight_decay: float = 1e-4,
     optimizer: str = "adamw",
     grad_clip: float | None = 1.0,

@@ -6,6 +6,7 @@ Every metric returns a Python ``float``; an empty input gives ``nan`` (a mean ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -150,3 +151,25 @@ def pinball_loss(pred: Tensor, target: Tensor, quantiles: Sequence[float] | Tens
     if not ((q > 0) & (q < 1)).all():
         raise ValueError(f"quantiles must lie strictly between 0 and 1, got {q.tolist()}")
     return heads.pinball_loss(pred, target.to(pred.dtype), q)
+
+
+def psnr(pred: Tensor, target: Tensor, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of ``pred`` against ``target`` for values of range
+    ``peak``; infinite for an exact match.
+
+    Example:
+        >>> round(psnr(torch.tensor([0.0, 0.5]), torch.tensor([0.1, 0.5])), 2)
+        23.01
+    """
+    mse = float((pred.double() - target.double()).square().mean())
+    return 10 * math.log10(peak**2 / mse) if mse > 0 else math.inf
+
+
+def relative_error(approx: Tensor, truth: Tensor) -> float:
+    """``||approx - truth|| / ||truth||`` (the denominator kept above 1e-12).
+
+    Example:
+        >>> round(relative_error(torch.tensor([3.0, 4.5]), torch.tensor([3.0, 4.0])), 6)
+        0.1
+    """
+    return float((approx - truth).norm() / truth.norm().clamp_min(1e-12))

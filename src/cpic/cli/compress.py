@@ -49,6 +49,7 @@ from cpic.train import (
 )
 from cpic.tt import TT
 from cpic.util import atomic_path
+from cpic.util.outputs import check_writable, refuse_inputs, staged
 from cpic.util.progress import progress, shows_progress
 
 KIND = "compressed-volume"
@@ -157,6 +158,8 @@ def _positive(name: str, value: int) -> None:
 def run_compress(args: argparse.Namespace) -> int:
     for name in ("rank", "features", "steps"):
         _positive(name, getattr(args, name))
+    check_writable(_files(args.output), "compressed volume (-o)")
+    refuse_inputs(_files(args.output), [args.volume], "-o", args.overwrite)
     device = device_of(args)
     src = open_volume(args.volume, normalize=None if args.normalize == "none" else args.normalize, ndim=3)
     if src.channels:
@@ -236,12 +239,19 @@ def held_out_error(model: cpic.CPIC, latent: TT, src: VolumeSource, seen: torch.
 
 
 def _save(model: cpic.CPIC, latent: TT, src: VolumeSource, args: argparse.Namespace) -> dict[str, int]:
-    """Write the model and the latent checkpoint; returns ``{path: bytes}`` of the four files."""
+    """Write the model and the latent checkpoint under temporary names, then move the four files
+    into place together; returns ``{path: bytes}`` of the four files."""
+    with staged(checkpoint_paths(args.output)[0].with_suffix(""), _files) as base:
+        _save_as(base, model, latent, src, args)
+    return {str(p): p.stat().st_size for p in _files(args.output)}
+
+
+def _save_as(base: Path, model: cpic.CPIC, latent: TT, src: VolumeSource, args: argparse.Namespace) -> None:
     norm = src.normalization
     normalization = {"method": norm.method, "low": norm.low, "high": norm.high}
     model_st = save_model(
         model,
-        args.output,
+        base,
         volume=str(args.volume),
         normalize=args.normalize,
         kind=KIND,
@@ -260,8 +270,7 @@ def _save(model: cpic.CPIC, latent: TT, src: VolumeSource, args: argparse.Namesp
         "ranks": list(latent.ranks),
         "model_sha256": _sha256(model_st),
     }
-    save_checkpoint(latent_path(args.output), cores, meta)
-    return {str(p): p.stat().st_size for p in _files(args.output)}
+    save_checkpoint(latent_path(base), cores, meta)
 
 
 def _compress_summary(args, src, unique, fraction, error, files, seconds) -> dict:
@@ -352,7 +361,7 @@ def load_compressed(file: str | Path, device: torch.device) -> tuple[cpic.CPIC, 
         raise CheckpointError(f"{latent_path(file)}: the TT cores are inconsistent ({err}).") from None
     if latent.shape[:-1] != model.layout.tensor_shape[:-1]:
         raise CheckpointError(f"{latent_path(file)}: TT modes {latent.shape} do not fit the model's layout.")
-    return model.eval(), latent, latent_meta
+    return model.eval(), latent, {**latent_meta, "source_volume": meta.get("provenance", {}).get("volume")}
 
 
 def parse_slice(text: str, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -413,7 +422,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         raise ValueError(f"--figure must be a .png path, got {args.figure!r}.")
     if args.figure:
         figures.require_matplotlib()
+    outputs = [p for p in (args.output, args.figure) if p]
+    check_writable(outputs)
     model, latent, meta = load_compressed(args.file, device_of(args))
+    inputs = [*_files(args.file), *filter(None, [meta["source_volume"]])]
+    refuse_inputs(outputs, inputs, "-o/--figure", args.overwrite)
     spatial = _spatial(args.file, meta)
     shape = tuple(meta["grid"])
     cut = parse_slice(args.slice, shape) if args.slice else None

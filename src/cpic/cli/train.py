@@ -31,7 +31,9 @@ from cpic.cli.common import (
 from cpic.nn import CPIC, Classification, QuantileRegression, Regression
 from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit, save_model
 from cpic.train.launch import launch
+from cpic.train.output_lock import training_locks
 from cpic.util.guard import read_bytes
+from cpic.util.outputs import check_writable, staged, write_failure
 from cpic.util.progress import shows_progress
 
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
@@ -289,6 +291,11 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("-o/--output MODEL is required (the model file to write).")
     if Path(args.output).is_dir():
         raise ValueError(f"-o {args.output!r} is a directory; give a file name such as {args.output}/model.")
+    check_writable(_model_files(args.output), "model file (-o)")
+    if args.checkpoint_dir:
+        check_writable(args.checkpoint_dir, "checkpoint folder (--checkpoint-dir)", folder=True)
+    if args.log_csv:
+        check_writable(args.log_csv, "log file (--log-csv)")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (where the run's checkpoints are).")
     if args.patch % 2 == 0:
@@ -406,13 +413,19 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         resolve_options(args)
-        if args.nproc > 1 and not distributed.in_distributed_env():
-            _check_options(args)
-            argv = getattr(args, "argv", None) or sys.argv[1:]
-            return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
-        return _train_in_job(args)
+        if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
+            return _train_in_job(args)
+        _check_options(args)
+        report = lambda message: print(f"cpic train: {message}", file=sys.stderr)  # noqa: E731
+        with training_locks(args.output, args.checkpoint_dir, on_stale=report):
+            if args.nproc > 1:
+                argv = getattr(args, "argv", None) or sys.argv[1:]
+                return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
+            return _train_in_job(args)
     except KeyboardInterrupt:
-        return fail("train", "interrupted; no model was written.", EXIT_FAILED)
+        folder = getattr(args, "checkpoint_dir", None)
+        more = f"; --resume --checkpoint-dir {folder} continues from the last checkpoint" if folder else ""
+        return fail("train", f"interrupted; no model was written{more}.", EXIT_FAILED)
 
 
 def _train_in_job(args: argparse.Namespace) -> int:
@@ -466,6 +479,8 @@ def _train(args: argparse.Namespace) -> int:
         history = _fit(args, model, train, val, provenance)
     except TRAINING_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
+    except OSError as err:  # a checkpoint or log that cannot be written: the disk is full...
+        return fail("train", f"training stopped, no model was written: {write_failure(err)}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(
             "train",
@@ -542,8 +557,15 @@ def last_path(output: str | os.PathLike[str]) -> Path:
     return base.with_name(base.name + ".last")
 
 
+def _model_files(output: str | os.PathLike[str]) -> list[Path]:
+    """The four files ``cpic train -o OUTPUT`` writes (the best and the last epoch's model)."""
+    return [*checkpoint_paths(output), *checkpoint_paths(last_path(output))]
+
+
 def _save(args, model: CPIC, history, provenance: dict) -> tuple[Path, Path]:
-    """The last epoch's model as ``OUTPUT.last``, then the best epoch's as ``OUTPUT``."""
+    """The last epoch's model as ``OUTPUT.last`` and the best epoch's as ``OUTPUT``, written
+    under temporary names and then moved into place together (an earlier pair is never mixed
+    with a new one)."""
     common = dict(
         provenance,
         epochs=len(history.rows),
@@ -552,9 +574,10 @@ def _save(args, model: CPIC, history, provenance: dict) -> tuple[Path, Path]:
         numerics=history.numerics,
         history=history.rows,
     )
-    last = save_model(model, last_path(args.output), epoch=len(history.rows), **common)
-    best_epoch = history.restore_best(model)
-    return save_model(model, args.output, epoch=best_epoch, **common), last
+    with staged(checkpoint_paths(args.output)[0].with_suffix(""), _model_files) as base:
+        save_model(model, last_path(base), epoch=len(history.rows), **common)
+        save_model(model, base, epoch=history.restore_best(model), **common)
+    return checkpoint_paths(args.output)[0], checkpoint_paths(last_path(args.output))[0]
 
 
 def _metrics(row: dict) -> dict:

@@ -730,3 +730,133 @@ def test_a_volume_truncated_while_read_is_an_error_not_sigbus(world, tmp_path):
     assert result.returncode == 2, (result.returncode, result.stderr)  # -7 would be SIGBUS
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "shrinking.npy: the file was truncated while being read" in result.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere, where the monkeypatched cases still run)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]
+    mounted = subprocess.run(command, capture_output=True)
+    if mounted.returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def _complete_cohort_files(folder: Path, side: int) -> None:
+    """Every volume under a listed-looking name is complete; no temporary file is left."""
+    assert not (folder / "manifest.csv").exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    for path in folder.glob("*.npy"):
+        assert np.load(path).shape == (side,) * 3, path
+
+
+def test_cohort_filling_the_disk_is_one_error_and_no_partial_file(tiny_disk, capsys):
+    result = cli(capsys, "cohort", "shapes", tiny_disk, "--count", "20", "--side", "32", "-q")
+    refused(result, "the disk is full")
+    assert result.code == 1 and "no manifest was written" in result.err
+    _complete_cohort_files(tiny_disk, 32)
+    assert 1 <= len(list(tiny_disk.glob("*.npy"))) < 20
+
+
+def test_cohort_writer_raising_enospc_is_one_error(capsys, tmp_path, monkeypatch):
+    import errno
+
+    calls = []
+
+    def full(fd, offset, size):
+        calls.append(size)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", full)
+    result = cli(capsys, "cohort", "shapes", tmp_path / "c", "--count", "5", "--side", "8", "-q")
+    refused(result, "the disk is full (No space left on device)")
+    _complete_cohort_files(tmp_path / "c", 8)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2
+
+
+def test_disk_full_while_checkpointing_is_one_error(world, capsys, tmp_path, monkeypatch):
+    import errno
+
+    def full(path, tensors, meta):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(sys.modules["cpic.train.fit"], "save_checkpoint", full)
+    args = ["--checkpoint-dir", tmp_path / "ckpt", "--val", "0", *TINY]
+    result = cli(capsys, "train", world.root / "cohort.csv", "-o", tmp_path / "m", *args)
+    refused(result, "training stopped, no model was written: the disk is full")
+    assert result.code == 1 and not (tmp_path / "m.safetensors").exists()
+
+
+def test_json_output_is_strict_and_names_non_finite_values(capsys):
+    import argparse
+
+    from cpic.cli.common import emit
+
+    emit(argparse.Namespace(json=True), {"psnr_db": float("inf"), "rows": [{"loss": float("nan")}]}, [])
+    text = capsys.readouterr().out
+
+    def refuse(name):
+        raise AssertionError(f"{name} in --json output")
+
+    document = json.loads(text, parse_constant=refuse)
+    assert document["psnr_db"] is None and document["rows"] == [{"loss": None}]
+    assert document["warnings"] == [
+        "psnr_db was inf or NaN (not JSON): written as null",
+        "rows[0].loss was inf or NaN (not JSON): written as null",
+    ]
+
+
+def test_labels_that_look_like_formulas_are_escaped_in_prediction_csvs(world, capsys, tmp_path):
+    labels = ['=HYPERLINK("http://x","y")', "@SUM(A1)"]
+    rows = ["path,label"] + [f'{world.root / n},"{labels[i % 2]}"'.replace('"y"', '""y""').replace(
+        '"http://x"', '""http://x""') for i, n in enumerate(world.names)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    assert cli(capsys, "train", tmp_path / "m.csv", "-o", tmp_path / "model", "--val", "0", *TINY).code == 0
+    volume = world.root / "v0.npy"
+    assert cli(capsys, "predict", tmp_path / "model", volume, "-o", tmp_path / "p.csv", "-q").code == 0
+    import csv
+
+    with open(tmp_path / "p.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["predicted"] in ["'" + label for label in labels]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row.values())
+
+
+KILLED_BETWEEN_FILES = """
+import os, sys
+from cpic.cli.main import main
+replace, moved = os.replace, []
+def dying(src, dst, *a, **k):
+    if not os.path.basename(dst).startswith("."):  # a final name: the set is being switched
+        moved.append(dst)
+        if len(moved) == 2:
+            os._exit(9)  # as SIGKILL: no cleanup
+    return replace(src, dst, *a, **k)
+os.replace = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_the_files_of_compress_keeps_the_earlier_output(world, capsys, tmp_path):
+    from cpic.cli.compress import _files
+    from cpic.util.outputs import restore_previous
+
+    volume, out = world.root / "v0.npy", tmp_path / "scan"
+    args = ["compress", volume, "-o", out, "--steps", "2", "--rank", "2", "-q"]
+    assert cli(capsys, *args).code == 0
+    earlier = {p: p.read_bytes() for p in _files(out)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BETWEEN_FILES, *map(str, args[:-3]), "--rank", "3", "--seed", "1"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == 9, killed.stderr
+    refused(cli(capsys, "reconstruct", out, "-o", tmp_path / "r.npy"), "another model file")  # a mix
+    assert restore_previous(_files(out))  # what the next write of this output does first
+    assert {p: p.read_bytes() for p in _files(out)} == earlier
+    assert cli(capsys, "reconstruct", out, "-o", tmp_path / "r.npy", "-q").code == 0
+    assert cli(capsys, *args).code == 0  # the next write removes the killed run's staged files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r.npy", *(p.name for p in earlier)])

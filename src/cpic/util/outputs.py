@@ -125,7 +125,7 @@ def temp_sibling(final: str | os.PathLike[str]) -> Path:
 
 def restore_previous(finals: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Put back the files a killed :func:`replace_together` kept under hidden names, so the
-    set ``finals`` is again the one before it started; returns the files restored.
+    set ``finals`` is again the one before it started; returns the files that had been replaced.
 
     Example:
         >>> import tempfile
@@ -138,7 +138,11 @@ def restore_previous(finals: Sequence[str | os.PathLike[str]]) -> list[Path]:
     restored = []
     for final in map(Path, finals):
         previous = final.with_name(PREVIOUS.format(final.name))
-        if previous.exists():
+        if not previous.exists():
+            continue
+        if final.exists() and os.path.samefile(previous, final):  # never replaced: rename is a no-op
+            previous.unlink()
+        else:
             os.replace(previous, final)
             restored.append(final)
     return restored

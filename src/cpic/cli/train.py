@@ -416,8 +416,7 @@ def run(args: argparse.Namespace) -> int:
         if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
             return _train_in_job(args)
         _check_options(args)
-        report = lambda message: print(f"cpic train: {message}", file=sys.stderr)  # noqa: E731
-        with training_locks(args.output, args.checkpoint_dir, on_stale=report):
+        with training_locks(args.output, args.checkpoint_dir, on_stale=_report):
             if args.nproc > 1:
                 argv = getattr(args, "argv", None) or sys.argv[1:]
                 return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
@@ -426,6 +425,10 @@ def run(args: argparse.Namespace) -> int:
         folder = getattr(args, "checkpoint_dir", None)
         more = f"; --resume --checkpoint-dir {folder} continues from the last checkpoint" if folder else ""
         return fail("train", f"interrupted; no model was written{more}.", EXIT_FAILED)
+
+
+def _report(message: str) -> None:
+    print(f"cpic train: {message}", file=sys.stderr)
 
 
 def _train_in_job(args: argparse.Namespace) -> int:
@@ -490,7 +493,10 @@ def _train(args: argparse.Namespace) -> int:
         )
     if not distributed.current().is_main:  # rank 0 writes the model
         return 0
-    saved = _save(args, model, history, provenance)
+    try:
+        saved = _save(args, model, history, provenance)
+    except OSError as err:
+        return fail("train", f"writing the model failed: {write_failure(err)}", EXIT_FAILED)
     classes = class_names(model.config, provenance)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)

@@ -199,6 +199,8 @@ class VolumeDataset:
 def _read_rows(path: Path) -> list[dict]:
     """The rows of a CSV manifest; a clear error for an empty file, text that is not UTF-8 or
     CSV, and rows with fewer or more fields than the header."""
+    if not path.exists():
+        raise ValueError(f"manifest {str(path)!r} does not exist.")
     try:
         data = read_bytes(path, "manifest (CSV)", max_bytes=MANIFEST_BYTES)
     except ValueError as err:

@@ -202,13 +202,20 @@ def manifests(root: Path, volumes: list[str]) -> dict[str, tuple[Path, str]]:
         "long row": (f"path,label\n{a},a\n{b},b,surplus\n", "row 3"),
         "single class": (f"path,label\n{a},a\n{b},a\n{c_},a\n", "single class"),
         "binary garbage": ("\x00\xff\xfe garbage".encode("latin1"), "manifest"),
-        "a directory": (None, "not a file"),
+        "a directory": (None, "is a directory"),
+        "labels differing by case": (f"path,label\n{a},Tumour\n{b},tumour\n{c_},x\n", "'tumour' (row 3)"),
+        "labels differing by spaces": (f"path,label\n{a},tumour\n{b},tumour \n{c_},x\n", "two ways"),
+        "huge class id": (f"path,label\n{a},0\n{b},1000000000\n", "class id 1000000000"),
+        "negative class id": (f"path,label\n{a},0\n{b},-1\n", "class id -1"),
+        "a FIFO (would block)": ("fifo", "FIFO"),
     }
     out = {}
     for name, (text, needle) in texts.items():
         path = root / (name.replace(" ", "_") + ".csv")
         if text is None:
             path.mkdir(exist_ok=True)
+        elif text == "fifo":
+            os.mkfifo(path)
         elif isinstance(text, bytes):
             path.write_bytes(text)
         else:

@@ -141,7 +141,7 @@ def pytest_generate_tests(metafunc):
 
 def test_corpus_lists_every_case(world):
     assert len(world.broken) == 45 and len(world.odd) == 6
-    assert len(world.manifests) == 13 and len(world.models) == 23
+    assert len(world.manifests) == len(MANIFEST_CASES) == 18 and len(world.models) == 23
     assert len(world.hostile) == len(HOSTILE_CASES) == 13
 
 
@@ -302,6 +302,8 @@ def test_gzip_bomb_is_refused_fast_without_inflating(world, tmp_path):
 MANIFEST_CASES = [
     "empty file", "header only", "no path column", "no label column", "missing path", "empty path cell",
     "duplicate path", "empty label", "short row", "long row", "single class", "binary garbage", "a directory",
+    "labels differing by case", "labels differing by spaces", "huge class id", "negative class id",
+    "a FIFO (would block)",
 ]  # fmt: skip
 
 
@@ -564,3 +566,306 @@ def test_no_read_permission(world, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2 and "permission denied" in proc.stderr and "locked.npy" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- outputs, locks, interrupts
+def test_non_finite_extra_features_are_refused_naming_row_and_column(world, capsys, out, tmp_path):
+    for bad in ("nan", "inf", "-Infinity"):
+        path = tmp_path / "extra.csv"
+        rows = [f"{world.root / n},{'ab'[i % 2]},{60 + i}" for i, n in enumerate(world.names)]
+        rows[2] = rows[2].rsplit(",", 1)[0] + f",{bad}"
+        path.write_text("path,label,age\n" + "\n".join(rows) + "\n")
+        result = cli(capsys, "train", path, "-o", out / "m", "--extra", "age", "--val", "0", *TINY)
+        refused(result, "row 4: column 'age'", out)
+
+
+def _unwritable_outputs(world, tmp_path) -> list[tuple[list, str]]:
+    """``(command line, needle)`` of outputs that cannot be written; made here."""
+    (tmp_path / "a_file").write_text("x")
+    os.mkfifo(tmp_path / "fifo.csv")
+    os.mkfifo(tmp_path / "fifo.npy")
+    (tmp_path / "c.safetensors").mkdir()
+    manifest, volume, in_file = world.root / "cohort.csv", world.root / "v0.npy", tmp_path / "a_file" / "x"
+    train = ["train", manifest, "--val", "0", *TINY]
+    return [
+        ([*train, "-o", in_file], "is not a folder"),
+        ([*train, "-o", tmp_path / "m", "--log-csv", "/dev/null"], "character device"),
+        ([*train, "-o", tmp_path / "m", "--log-csv", tmp_path / "fifo.csv"], "FIFO"),
+        ([*train, "-o", tmp_path / "m", "--checkpoint-dir", tmp_path / "a_file"], "expected a folder"),
+        (["predict", world.model, volume, "-o", tmp_path / "fifo.csv"], "FIFO"),
+        (["compress", volume, "-o", tmp_path / "c", "--steps", "2"], "is a directory"),
+        (["cohort", "shapes", tmp_path / "a_file", "--count", "2", "--side", "8"], "expected a folder"),
+        (["demo", "--output", tmp_path / "a_file", "--epochs", "1"], "expected a folder"),
+    ]
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(world, capsys, tmp_path):
+    import time
+
+    for args, needle in _unwritable_outputs(world, tmp_path):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        started = time.perf_counter()
+        result = cli(capsys, *args)
+        refused(result, needle)
+        assert time.perf_counter() - started < 2, args  # refused before training or compressing
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, args
+
+
+def test_reconstruct_and_predict_onto_an_input_need_overwrite(world, capsys, tmp_path):
+    volume = tmp_path / "scan.npy"
+    shutil.copy(world.root / "v0.npy", volume)
+    compressed = cli(capsys, "compress", volume, "-o", tmp_path / "scan.cpic", "--steps", "2", "--rank", "2")
+    assert compressed.code == 0
+    original = volume.read_bytes()
+    again = cli(capsys, "reconstruct", tmp_path / "scan.cpic", "-o", volume)
+    refused(again, "is also an input")
+    assert volume.read_bytes() == original
+    assert cli(capsys, "reconstruct", tmp_path / "scan.cpic", "-o", volume, "--overwrite", "-q").code == 0
+    assert np.load(volume).shape == bad_corpus.GRID
+    shutil.copy(world.model.with_suffix(".json"), tmp_path / "model.json")
+    shutil.copy(world.model.with_suffix(".safetensors"), tmp_path / "model.safetensors")
+    onto_model = cli(capsys, "predict", tmp_path / "model", volume, "-o", tmp_path / "model.json")
+    refused(onto_model, "also an input")
+
+
+def test_cohort_refuses_a_folder_holding_another_manifest(capsys, tmp_path):
+    (tmp_path / "manifest.csv").write_text("path,label\nmine.npy,x\n")
+    refused(cli(capsys, "cohort", "shapes", tmp_path, "--count", "2", "--side", "8"), "manifest.csv")
+    assert (tmp_path / "manifest.csv").read_text() == "path,label\nmine.npy,x\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
+    code = cli(capsys, "cohort", "shapes", tmp_path, "--count", "2", "--side", "8", "--overwrite", "-q").code
+    assert code == 0 and (tmp_path / "manifest.csv").read_text().startswith("path,label\nsphere-0000.npy")
+    (tmp_path / "manifest.csv").unlink()  # a killed run's volumes, without a manifest: named
+    refused(cli(capsys, "cohort", "shapes", tmp_path, "--count", "2", "--side", "8"), "sphere-0000.npy")
+
+
+def test_a_second_live_training_run_is_refused_and_a_stale_lock_taken_over(world, capsys, tmp_path):
+    lock = tmp_path / "model.lock"
+    sleeper = subprocess.Popen(["sleep", "60"])
+    train = ["train", world.root / "cohort.csv", "-o", tmp_path / "model", "--val", "0", *TINY]
+    try:
+        lock.write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+        result = cli(capsys, *train)
+        refused(result, f"running process {sleeper.pid}")
+        assert str(lock) in result.err and not (tmp_path / "model.safetensors").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = cli(capsys, *train)
+    assert result.code == 0 and f"took over a stale lock left by process {sleeper.pid}" in result.err
+    assert (tmp_path / "model.safetensors").exists() and not lock.exists()
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a SIGTERM handler (``cpic.cli.main`` installs it at start)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+def _started(proc, ready: Path | None, seconds: float = 60) -> None:
+    """Wait until ``proc`` handles SIGTERM and, if given, ``ready`` exists."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not _catches_sigterm(proc.pid) or (ready is not None and not ready.exists()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from /proc")
+def test_sigterm_is_an_interrupt_in_train_compress_and_cohort(world, tmp_path):
+    """SIGTERM mid-run: one line, exit 1, no traceback, no output under its final name; train
+    leaves a checkpoint that a resumed run finishes from."""
+    ckpt = tmp_path / "ckpt"
+    volume = world.root / "v0.npy"
+    cases = {
+        "train": (["train", world.root / "cohort.csv", "-o", tmp_path / "m", "--val", "0", *TINY,
+                   "--epochs", "500", "--checkpoint-dir", ckpt], ckpt / "last.json"),
+        "compress": (["compress", volume, "-o", tmp_path / "c", "--steps", "100000", "-q"], None),
+        "cohort": (["cohort", "shapes", tmp_path / "shapes", "--count", "400", "--side", "24", "-q"],
+                   tmp_path / "shapes" / "sphere-0000.npy"),
+    }  # fmt: skip
+    procs = {
+        name: subprocess.Popen([sys.executable, "-m", "cpic.cli.main", *map(str, args)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        for name, (args, _) in cases.items()
+    }  # fmt: skip
+    import time
+
+    for name, proc in procs.items():
+        _started(proc, cases[name][1])
+        if name == "compress":
+            time.sleep(2)  # into its steps
+        proc.send_signal(signal.SIGTERM)
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, (name, err)
+        assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err, err
+        if name == "train":
+            assert f"--resume --checkpoint-dir {ckpt}" in err
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "c.safetensors").exists()
+    assert not (tmp_path / "shapes" / "manifest.csv").exists()
+    assert not [p for p in (tmp_path / "shapes").iterdir() if p.name.startswith(".")]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "cpic.cli.main", *map(str, cases["train"][0][:-4]), "--epochs", "1",
+         "--checkpoint-dir", ckpt, "--resume"], capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode in (0, 2), resumed.stderr  # 2: the checkpoint is past --epochs 1
+
+
+TRUNCATE_DURING_READS = """
+import os, sys
+from cpic.sources.array import ArraySource
+from cpic.cli.main import main
+volume, model = sys.argv[1:]
+read = ArraySource._read_mapped
+def truncating(self, coords):
+    os.truncate(volume, 200)  # while the command reads: the file shrinks under its memory map
+    return read(self, coords)
+ArraySource._read_mapped = truncating
+sys.exit(main(["predict", model, volume]))
+"""
+
+
+def test_a_volume_truncated_while_read_is_an_error_not_sigbus(world, tmp_path):
+    volume = tmp_path / "shrinking.npy"
+    shutil.copy(world.root / "v0.npy", volume)
+    result = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_DURING_READS, str(volume), str(world.model)],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, (result.returncode, result.stderr)  # -7 would be SIGBUS
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "shrinking.npy: the file was truncated while being read" in result.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere, where the monkeypatched cases still run)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]
+    mounted = subprocess.run(command, capture_output=True)
+    if mounted.returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def _complete_cohort_files(folder: Path, side: int) -> None:
+    """Every volume under a listed-looking name is complete; no temporary file is left."""
+    assert not (folder / "manifest.csv").exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    for path in folder.glob("*.npy"):
+        assert np.load(path).shape == (side,) * 3, path
+
+
+def test_cohort_filling_the_disk_is_one_error_and_no_partial_file(tiny_disk, capsys):
+    result = cli(capsys, "cohort", "shapes", tiny_disk, "--count", "20", "--side", "32", "-q")
+    refused(result, "the disk is full")
+    assert result.code == 1 and "no manifest was written" in result.err
+    _complete_cohort_files(tiny_disk, 32)
+    assert 1 <= len(list(tiny_disk.glob("*.npy"))) < 20
+
+
+def test_cohort_writer_raising_enospc_is_one_error(capsys, tmp_path, monkeypatch):
+    import errno
+
+    calls = []
+
+    def full(fd, offset, size):
+        calls.append(size)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", full)
+    result = cli(capsys, "cohort", "shapes", tmp_path / "c", "--count", "5", "--side", "8", "-q")
+    refused(result, "the disk is full (No space left on device)")
+    _complete_cohort_files(tmp_path / "c", 8)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2
+
+
+def test_disk_full_while_checkpointing_is_one_error(world, capsys, tmp_path, monkeypatch):
+    import errno
+
+    def full(path, tensors, meta):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(sys.modules["cpic.train.fit"], "save_checkpoint", full)
+    args = ["--checkpoint-dir", tmp_path / "ckpt", "--val", "0", *TINY]
+    result = cli(capsys, "train", world.root / "cohort.csv", "-o", tmp_path / "m", *args)
+    refused(result, "training stopped, no model was written: the disk is full")
+    assert result.code == 1 and not (tmp_path / "m.safetensors").exists()
+
+
+def test_json_output_is_strict_and_names_non_finite_values(capsys):
+    import argparse
+
+    from cpic.cli.common import emit
+
+    emit(argparse.Namespace(json=True), {"psnr_db": float("inf"), "rows": [{"loss": float("nan")}]}, [])
+    text = capsys.readouterr().out
+
+    def refuse(name):
+        raise AssertionError(f"{name} in --json output")
+
+    document = json.loads(text, parse_constant=refuse)
+    assert document["psnr_db"] is None and document["rows"] == [{"loss": None}]
+    assert document["warnings"] == [
+        "psnr_db was inf or NaN (not JSON): written as null",
+        "rows[0].loss was inf or NaN (not JSON): written as null",
+    ]
+
+
+def test_labels_that_look_like_formulas_are_escaped_in_prediction_csvs(world, capsys, tmp_path):
+    labels = ['=HYPERLINK("http://x","y")', "@SUM(A1)"]
+    rows = ["path,label"] + [f'{world.root / n},"{labels[i % 2]}"'.replace('"y"', '""y""').replace(
+        '"http://x"', '""http://x""') for i, n in enumerate(world.names)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    assert cli(capsys, "train", tmp_path / "m.csv", "-o", tmp_path / "model", "--val", "0", *TINY).code == 0
+    volume = world.root / "v0.npy"
+    assert cli(capsys, "predict", tmp_path / "model", volume, "-o", tmp_path / "p.csv", "-q").code == 0
+    import csv
+
+    with open(tmp_path / "p.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["predicted"] in ["'" + label for label in labels]
+    assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row.values())
+
+
+KILLED_BETWEEN_FILES = """
+import os, sys
+from cpic.cli.main import main
+replace, moved = os.replace, []
+def dying(src, dst, *a, **k):
+    if not os.path.basename(dst).startswith("."):  # a final name: the set is being switched
+        moved.append(dst)
+        if len(moved) == 2:
+            os._exit(9)  # as SIGKILL: no cleanup
+    return replace(src, dst, *a, **k)
+os.replace = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_the_files_of_compress_keeps_the_earlier_output(world, capsys, tmp_path):
+    from cpic.cli.compress import _files
+    from cpic.util.outputs import restore_previous
+
+    volume, out = world.root / "v0.npy", tmp_path / "scan"
+    args = ["compress", volume, "-o", out, "--steps", "2", "--rank", "2", "-q"]
+    assert cli(capsys, *args).code == 0
+    earlier = {p: p.read_bytes() for p in _files(out)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BETWEEN_FILES, *map(str, args[:-3]), "--rank", "3", "--seed", "1"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == 9, killed.stderr
+    refused(cli(capsys, "reconstruct", out, "-o", tmp_path / "r.npy"), "another model file")  # a mix
+    assert restore_previous(_files(out))  # what the next write of this output does first
+    assert {p: p.read_bytes() for p in _files(out)} == earlier
+    assert cli(capsys, "reconstruct", out, "-o", tmp_path / "r.npy", "-q").code == 0
+    assert cli(capsys, *args).code == 0  # the next write removes the killed run's staged files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r.npy", *(p.name for p in earlier)])

@@ -1,5 +1,7 @@
 """cpic.util's optional imports and thread choice."""
 
+import os
+import re
 import sys
 
 import pytest
@@ -40,3 +42,80 @@ def test_threads_requested_then_environment_then_idle_cores(monkeypatch, one_thr
 
 def test_use_threads_sets_torch(one_thread):
     assert use_threads(2).count == 2 and torch.get_num_threads() == 2
+
+
+def test_replace_together_puts_the_set_back_when_a_rename_fails(tmp_path, monkeypatch):
+    from cpic.util import outputs
+
+    for name in ("a", "b"):
+        (tmp_path / name).write_text(f"old {name}")
+        (tmp_path / f".new-{name}").write_text(f"new {name}")
+    replace, calls = os.replace, []
+
+    def failing(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", failing)
+    pairs = [(tmp_path / ".new-a", tmp_path / "a"), (tmp_path / ".new-b", tmp_path / "b")]
+    with pytest.raises(OSError):
+        outputs.replace_together(pairs)
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    assert [(tmp_path / n).read_text() for n in ("a", "b")] == ["old a", "old b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".new-b", "a", "b"]  # .new-a was moved, undone
+    (tmp_path / ".new-a").write_text("new a")
+    outputs.replace_together(pairs)
+    assert [(tmp_path / n).read_text() for n in ("a", "b")] == ["new a", "new b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_run_lock_refuses_a_live_owner_and_takes_over_a_dead_or_unreadable_one(tmp_path):
+    import subprocess
+
+    from cpic.util.outputs import LockHeld, RunLock
+
+    lock, notes = tmp_path / "run.lock", []
+    lock.write_text(f"{os.getpid()} {os.uname().nodename}\n")  # this process: alive
+    with pytest.raises(LockHeld, match=rf"run.lock: is in use by the running process {os.getpid()}"):
+        RunLock(lock).acquire()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    owners = ((f"{dead.pid} {os.uname().nodename}", f"process {dead.pid}"), ("garbage", "unreadable"))
+    for owner, said in owners:
+        lock.write_text(owner)
+        with RunLock(lock, notes.append):
+            assert lock.read_text().split()[0] == str(os.getpid())
+        assert said in notes[-1] and not lock.exists()
+    lock.write_text("1 another-host\n")  # another machine's run cannot be checked: refused
+    with pytest.raises(LockHeld, match="on another-host"):
+        RunLock(lock).acquire()
+
+
+def test_check_writable_refuses_what_cannot_hold_an_output(tmp_path):
+    from cpic.util.outputs import check_writable
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "file").write_text("x")
+    cases = {
+        tmp_path / "fifo": "is a FIFO (named pipe), not a regular file",
+        tmp_path: "is a directory, expected a file name",
+        tmp_path / "file" / "below": "is not a folder",
+        "/dev/zero": "is a character device",
+    }
+    for path, needle in cases.items():
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            check_writable(path)
+    with pytest.raises(ValueError, match="is a file, expected a folder"):
+        check_writable(tmp_path / "file", folder=True)
+    assert check_writable([tmp_path / "new" / "deeper" / "x", tmp_path / "file"])
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted():
+    from cpic.util.safe_text import csv_cell
+
+    for cell in ("=1+1", "+1+1", "-1+1", "@SUM(A1)", "\tx", "\rx", "=HYPERLINK(\"http://x\")"):
+        assert csv_cell(cell) == "'" + cell
+    for cell in ("-1.5", "+2", "tumour", "", 3, -2.5, None):
+        assert csv_cell(cell) == cell

@@ -9,7 +9,7 @@ import time
 
 from cpic.cli.common import add_common, emit, one_line_errors, positive_int, subparser
 from cpic.data import ANATOMIES, SHAPE_CLASSES, lesion_cohort, shape_cohort, write_cohort
-from cpic.data.cohort_files import FORMATS
+from cpic.data.cohort_files import FORMATS, check_cohort_folder
 from cpic.util import require
 from cpic.util.progress import progress, shows_progress
 from cpic.util.units import human_bytes
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--side must be at least 8, got {args.side}.")
     if args.format == "nii.gz":
         require("nibabel", "io", "NIfTI volumes")
+    check_cohort_folder(args.folder, overwrite=args.overwrite)
     started = time.perf_counter()
     if args.kind == "lesion":
         sources, labels = lesion_cohort(
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         args.folder,
         args.format,
         progress=lambda items: progress(items, bars, f"writing {args.kind}"),
+        overwrite=args.overwrite,
     )
     summary = {
         "kind": args.kind,

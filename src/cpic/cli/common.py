@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import sys
 from collections.abc import Callable
 
 import torch
+
+from cpic.util.safe_text import strict_json
 
 #: exit codes: 0 success, 1 the work failed (a numerical failure, a target not met), 2 bad usage
 #: or input (arguments, paths, formats)
@@ -156,6 +157,20 @@ def add_volume_options(parser: argparse.ArgumentParser, name: str) -> None:
         )
 
 
+#: commands that may refuse to write over an input or another run's files, and so take ``--overwrite``
+OVERWRITE_COMMANDS = ("predict", "compress", "reconstruct", "cohort")
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: write an output even where it is an input or holds another cohort."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write the output even where it names an input (a volume, the model) or a folder "
+        "holding another manifest.csv; refused by default",
+    )
+
+
 def volume_defaults(args: argparse.Namespace) -> dict:
     """The ``open_defaults`` keywords of a command's flags: every volume it opens obeys them.
 
@@ -208,7 +223,8 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 
 def emit(args: argparse.Namespace, summary: dict, lines: list[str], footer: bool = True) -> None:
-    """Print ``summary`` as JSON with ``--json``, else ``lines`` unless ``--quiet``; both say the
+    """Print ``summary`` as strict JSON with ``--json`` (NaN/Inf as null, named in
+    ``"warnings"``: :func:`cpic.util.safe_text.strict_json`), else ``lines`` unless ``--quiet``; both say the
     CPU threads used (``args.threads_used``, where ``main`` set them), the table in a last line
     unless ``footer`` is false (output that is data, such as CSV).
 
@@ -227,7 +243,7 @@ def emit(args: argparse.Namespace, summary: dict, lines: list[str], footer: bool
         if footer:
             lines = [*lines, f"  threads              {threads.count} ({threads.reason})"]
     if getattr(args, "json", False):
-        print(json.dumps(summary))
+        print(strict_json(summary))
     elif not getattr(args, "quiet", False):
         print("\n".join(lines))
 

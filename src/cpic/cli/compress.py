@@ -27,6 +27,7 @@ from cpic.cli.common import (
 )
 from cpic.sources import open_volume
 from cpic.train import checkpoint_paths
+from cpic.util.outputs import check_writable, refuse_inputs
 from cpic.util.progress import shows_progress
 from cpic.util.units import human_bytes
 
@@ -102,6 +103,9 @@ def _register_reconstruct(commands) -> None:
 
 # ------------------------------------------------------------------ compress
 def run_compress(args: argparse.Namespace) -> int:
+    outputs = implicit.compressed_files(args.output)
+    check_writable(outputs, "compressed volume (-o)")
+    refuse_inputs(outputs, [args.volume], "-o", args.overwrite)
     device = device_of(args)
     src = open_volume(args.volume, normalize=None if args.normalize == "none" else args.normalize, ndim=3)
     try:
@@ -228,7 +232,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         raise ValueError(f"--figure must be a .png path, got {args.figure!r}.")
     if args.figure:
         figures.require_matplotlib()
+    outputs = [p for p in (args.output, args.figure) if p]
+    check_writable(outputs)
     volume = implicit.load_compressed(args.file, device_of(args))
+    inputs = [*implicit.compressed_files(args.file), *filter(None, [volume.source_volume])]
+    refuse_inputs(outputs, inputs, "-o/--figure", args.overwrite)
     spatial = volume.spatial
     shape = volume.grid
     cut = parse_slice(args.slice, shape) if args.slice else None

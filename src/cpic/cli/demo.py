@@ -34,6 +34,7 @@ from cpic.nn import Classification
 from cpic.sampling import IntensityFunction
 from cpic.train import History, VolumeDataset, fit, save_model
 from cpic.train.metrics import relative_error
+from cpic.util.outputs import check_writable
 from cpic.util.progress import progress, shows_progress
 
 #: the model settings that generalised best in our experiments
@@ -113,7 +114,7 @@ def cohort(count: int, side: int, classes: int, seed: int) -> VolumeDataset:
 def run(args: argparse.Namespace) -> int:
     _check(args)
     figures.require_matplotlib()
-    out = Path(args.output)
+    out = check_writable(args.output, "demo folder (--output)", folder=True)[0]
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(args.seed)

@@ -8,9 +8,20 @@ from collections.abc import Sequence
 
 from cpic._version import __version__
 from cpic.cli import bench, cohort, compress, demo, inspect, predict, train
-from cpic.cli.common import EXIT_USAGE, VOLUME_COMMANDS, add_volume_options, fail, volume_defaults
+from cpic.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    OVERWRITE_COMMANDS,
+    VOLUME_COMMANDS,
+    add_overwrite_option,
+    add_volume_options,
+    fail,
+    volume_defaults,
+)
 from cpic.sources import open_defaults
 from cpic.util import use_threads
+from cpic.util.interrupt import sigterm_as_interrupt
+from cpic.util.outputs import WriteFailed
 
 #: the subcommand modules, in the order ``--help`` lists them
 COMMANDS = [demo, cohort, train, predict, inspect, compress, bench]
@@ -40,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, sub in commands.choices.items():  # usage errors: one line on stderr, exit code 2
         if name in VOLUME_COMMANDS:
             add_volume_options(sub, name)
+        if name in OVERWRITE_COMMANDS:
+            add_overwrite_option(sub)
         train.one_line_errors(sub, name)
     parser.error = lambda message: parser.exit(EXIT_USAGE, f"cpic: {message} (see cpic --help)\n")
     return parser
@@ -55,10 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "threads"):
             args.threads_used = use_threads(args.threads)
-        with open_defaults(**volume_defaults(args)):
+        with sigterm_as_interrupt(), open_defaults(**volume_defaults(args)):
             return args.handler(args)
+    except WriteFailed as err:  # the work failed: a full disk...
+        return fail(args.command, str(err), EXIT_FAILED)
     except (ValueError, FileNotFoundError, OSError) as err:  # bad input: one clear line, no traceback
         return fail(args.command, str(err), EXIT_USAGE)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM in a command without its own message
+        return fail(args.command, "interrupted; outputs not written completely were removed.", EXIT_FAILED)
 
 
 if __name__ == "__main__":

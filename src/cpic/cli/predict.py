@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 from pathlib import Path
 
 import torch
@@ -32,7 +31,9 @@ from cpic.train import checkpoint_paths, class_names, evaluate, load_model
 from cpic.train.manifest import align_classes, check_grid, load_manifest, open_all, open_for
 from cpic.train.prediction import predict, prediction_rows
 from cpic.util import write_text_atomic
+from cpic.util.outputs import check_writable, refuse_inputs
 from cpic.util.progress import shows_progress
+from cpic.util.safe_text import csv_cell, strict_json
 
 OUTPUT_SUFFIXES = (".csv", ".json")
 #: volumes shown by ``predict --figure``, and the strongest patches circled in each
@@ -147,7 +148,7 @@ def _csv_text(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 
@@ -159,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         return fail("predict", f"--figure {args.figure!r}: the file name must end in .png.")
     if args.figure:
         figures.require_matplotlib()
+    outputs = [p for p in (args.output, args.figure) if p]
+    check_writable(outputs)
+    refuse_inputs(outputs, [*args.volumes, *checkpoint_paths(args.model)], "-o/--figure", args.overwrite)
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
     if model.head.task == "reconstruction":
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     if args.figure:
         document["figure"] = evidence_figure(model, sources[:FIGURE_VOLUMES], rows, extra, args.figure)
     if args.output:
-        text = json.dumps(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
+        text = strict_json(document, indent=1) + "\n" if suffix == ".json" else _csv_text(rows)
         write_text_atomic(args.output, text)
         emit(args, document | {"output": args.output}, [f"wrote {len(rows)} prediction(s) to {args.output}"])
     else:

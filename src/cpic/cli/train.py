@@ -34,7 +34,9 @@ from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed
 from cpic.train.config import read_config
 from cpic.train.launch import launch
 from cpic.train.manifest import QUANTILES, build_model, head_for, manifest_datasets
-from cpic.train.saving import save_best_and_last
+from cpic.train.output_lock import training_locks
+from cpic.train.saving import model_files, save_best_and_last
+from cpic.util.outputs import check_writable, write_failure
 from cpic.util.progress import shows_progress
 
 #: the defaults of the options, read from the library functions that own them
@@ -268,6 +270,11 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("-o/--output MODEL is required (the model file to write).")
     if Path(args.output).is_dir():
         raise ValueError(f"-o {args.output!r} is a directory; give a file name such as {args.output}/model.")
+    check_writable(model_files(args.output), "model file (-o)")
+    if args.checkpoint_dir:
+        check_writable(args.checkpoint_dir, "checkpoint folder (--checkpoint-dir)", folder=True)
+    if args.log_csv:
+        check_writable(args.log_csv, "log file (--log-csv)")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (where the run's checkpoints are).")
     if args.patch % 2 == 0:
@@ -307,13 +314,22 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         resolve_options(args)
-        if args.nproc > 1 and not distributed.in_distributed_env():
-            _check_options(args)
-            argv = getattr(args, "argv", None) or sys.argv[1:]
-            return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
-        return _train_in_job(args)
+        if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
+            return _train_in_job(args)
+        _check_options(args)
+        with training_locks(args.output, args.checkpoint_dir, on_stale=_report):
+            if args.nproc > 1:
+                argv = getattr(args, "argv", None) or sys.argv[1:]
+                return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
+            return _train_in_job(args)
     except KeyboardInterrupt:
-        return fail("train", "interrupted; no model was written.", EXIT_FAILED)
+        folder = getattr(args, "checkpoint_dir", None)
+        more = f"; --resume --checkpoint-dir {folder} continues from the last checkpoint" if folder else ""
+        return fail("train", f"interrupted; no model was written{more}.", EXIT_FAILED)
+
+
+def _report(message: str) -> None:
+    print(f"cpic train: {message}", file=sys.stderr)
 
 
 def _train_in_job(args: argparse.Namespace) -> int:
@@ -357,6 +373,8 @@ def _train(args: argparse.Namespace) -> int:
         history = _fit(args, model, train, val, provenance)
     except WORK_FAILURES as err:  # incl. distributed.RankLost
         return fail("train", f"training failed, no model was written: {err}", EXIT_FAILED)
+    except OSError as err:  # a checkpoint or log that cannot be written: the disk is full...
+        return fail("train", f"training stopped, no model was written: {write_failure(err)}", EXIT_FAILED)
     if not history.rows or history.last["train_loss"] != history.last["train_loss"]:  # NaN: all skipped
         return fail(
             "train",
@@ -366,7 +384,10 @@ def _train(args: argparse.Namespace) -> int:
         )
     if not distributed.current().is_main:  # rank 0 writes the model
         return 0
-    saved = save_best_and_last(model, history, args.output, provenance)
+    try:
+        saved = save_best_and_last(model, history, args.output, provenance)
+    except OSError as err:
+        return fail("train", f"writing the model failed: {write_failure(err)}", EXIT_FAILED)
     classes = class_names(model.config, provenance)
     summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)

@@ -28,6 +28,7 @@ from cpic.train import (
     save_model,
 )
 from cpic.tt import TT
+from cpic.util.outputs import staged
 
 KIND = "compressed-volume"
 LATENT_FORMAT, LATENT_VERSION = "cpic-latent", 1
@@ -62,7 +63,9 @@ def save_compressed(
     file: str | Path, model: CPIC, latent: TT, source: VolumeSource, **provenance
 ) -> dict[str, int]:
     """Write ``model`` and the ``latent`` of ``source`` as ``file``'s four files (``provenance``
-    is stored in the model file); returns ``{path: bytes}`` of the four files.
+    is stored in the model file); returns ``{path: bytes}`` of the four files. They are written
+    under temporary names and moved into place together (:func:`cpic.util.outputs.staged`), so
+    an earlier compressed volume of that name is never mixed with the new one.
 
     Example:
         >>> import tempfile, cpic
@@ -74,6 +77,12 @@ def save_compressed(
         ...     len(save_compressed(f"{d}/v", model, latent, src))
         4
     """
+    with staged(checkpoint_paths(file)[0].with_suffix(""), compressed_files) as base:
+        _save_as(base, model, latent, source, provenance)
+    return {str(p): p.stat().st_size for p in compressed_files(file)}
+
+
+def _save_as(file: Path, model: CPIC, latent: TT, source: VolumeSource, provenance: dict) -> None:
     norm = source.normalization
     normalization = {"method": norm.method, "low": norm.low, "high": norm.high}
     model_st = save_model(model, file, kind=KIND, normalization=normalization, **provenance)
@@ -90,7 +99,6 @@ def save_compressed(
         "model_sha256": _sha256(model_st),
     }
     save_checkpoint(latent_path(file), cores, meta)
-    return {str(p): p.stat().st_size for p in compressed_files(file)}
 
 
 @dataclass
@@ -102,6 +110,8 @@ class CompressedVolume:
     model: CPIC
     latent: TT
     meta: dict
+    #: the model file's metadata (its provenance names the source volume)
+    model_meta: dict
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -110,6 +120,11 @@ class CompressedVolume:
     @property
     def normalization(self) -> dict:
         return self.meta["normalization"]
+
+    @property
+    def source_volume(self) -> str | None:
+        """The volume it was compressed from, as ``cpic compress`` was given it (or ``None``)."""
+        return self.model_meta.get("provenance", {}).get("volume")
 
     @property
     def spatial(self) -> SpatialInfo:
@@ -167,4 +182,4 @@ def load_compressed(file: str | Path, device: str | torch.device = "cpu") -> Com
         raise CheckpointError(f"{latent_path(file)}: the TT cores are inconsistent ({err}).") from None
     if latent.shape[:-1] != model.layout.tensor_shape[:-1]:
         raise CheckpointError(f"{latent_path(file)}: TT modes {latent.shape} do not fit the model's layout.")
-    return CompressedVolume(str(file), model.eval(), latent, latent_meta)
+    return CompressedVolume(str(file), model.eval(), latent, latent_meta, meta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +60,7 @@ class ArraySource(VolumeSource):
         self.scale = scale  # (slope, intercept) stored in a file header, applied to values read
         self._map = _underlying_mmap(array)
         self._map_offset = _offset_in_map(array) if self._map is not None else 0
+        self._file = _mapped_file(array) if self._map is not None else None
         if self._map is not None:
             self.chunk_bytes = PAGE
             self._map.madvise(mmap.MADV_RANDOM)
@@ -90,6 +92,7 @@ class ArraySource(VolumeSource):
         parts = []
         try:
             for start in range(0, len(coords), self.MAP_BATCH):
+                self._check_file()
                 parts.append(
                     np.ascontiguousarray(self.array[self._index(coords[start : start + self.MAP_BATCH])])
                 )
@@ -99,6 +102,24 @@ class ArraySource(VolumeSource):
         if not parts:
             return np.empty((0,), self.array.dtype)
         return np.concatenate(parts, axis=1 if self.channel_axis == 0 else 0)  # [C, U] when channels lead
+
+    def _check_file(self) -> None:
+        """Refuse to touch the map once its file has shrunk below the mapped bytes: a page beyond
+        the end of a file kills the process with SIGBUS, not an error. One ``stat`` per slice of
+        ``MAP_BATCH`` voxels; a file replaced (renamed over) or deleted keeps its mapped data and
+        is read on."""
+        if self._file is None:
+            return
+        name, inode, needed = self._file
+        try:
+            found = os.stat(name)
+        except OSError:
+            return
+        if found.st_ino == inode and found.st_size < needed:
+            raise SourceError(
+                f"{self.name}: the file was truncated while being read ({found.st_size} bytes, "
+                f"{needed} expected); it must not change while cpic reads it."
+            )
 
     def _chunk_ids(self, coords: Tensor) -> np.ndarray | None:
         if self._map is None:
@@ -114,6 +135,21 @@ def _underlying_mmap(array) -> mmap.mmap | None:
     while base is not None and not isinstance(base, mmap.mmap):
         base = getattr(base, "_mmap", None) if isinstance(base, np.memmap) else getattr(base, "base", None)
     return base
+
+
+def _mapped_file(array) -> tuple[str, int, int] | None:
+    """``(file name, inode, bytes the map needs)`` of the ``np.memmap`` under ``array``."""
+    base = array
+    while base is not None and not (isinstance(base, np.memmap) and getattr(base, "filename", None)):
+        base = getattr(base, "base", None)
+    if base is None:
+        return None
+    try:
+        inode = os.stat(base.filename).st_ino
+    except OSError:
+        return None
+    start = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY
+    return base.filename, inode, start + len(base._mmap)
 
 
 def _offset_in_map(array: np.ndarray) -> int:

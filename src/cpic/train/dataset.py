@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +12,12 @@ import torch
 from torch import Tensor
 
 from cpic.sources import VolumeSource, open_volume
+from cpic.util.guard import read_bytes
+
+#: the most classes integer labels may imply (ids 0..N-1): more is a typo or an identifier column
+MAX_CLASS_ID = 100_000
+#: a manifest's largest size: it is read whole
+MANIFEST_BYTES = 1 << 28
 
 
 class VolumeDataset:
@@ -153,7 +161,11 @@ class VolumeDataset:
         CSV's folder or absolute), a ``target`` column, and ``extra`` numeric columns.
 
         For ``task="classification"`` string labels become class ids in sorted order (kept in
-        ``classes``); integer labels are used as they are. Other tasks need numbers.
+        ``classes``); integer labels are used as they are (ids from 0 to ``MAX_CLASS_ID``).
+        Labels that differ only by case or surrounding spaces (``"Tumour"``, ``"tumour "``) are
+        refused, naming both spellings and their rows, as are extra features or numeric targets
+        that are NaN or infinite. Other tasks need numbers. The manifest is read through
+        :func:`cpic.util.guard.read_bytes` (a FIFO or device is refused, never waited on).
 
         Example:
             >>> import tempfile, numpy as np
@@ -166,8 +178,6 @@ class VolumeDataset:
             (['healthy'], [0], [[61.0]], (8, 8, 8))
         """
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"manifest {str(path)!r} does not exist or is not a file.")
         rows = _read_rows(path)
         needed = [path_column] + ([target] if target else []) + list(extra)
         missing = [c for c in needed if c not in rows[0]]
@@ -189,11 +199,16 @@ class VolumeDataset:
 def _read_rows(path: Path) -> list[dict]:
     """The rows of a CSV manifest; a clear error for an empty file, text that is not UTF-8 or
     CSV, and rows with fewer or more fields than the header."""
+    if not path.exists():
+        raise ValueError(f"manifest {str(path)!r} does not exist.")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            header = reader.fieldnames
+        data = read_bytes(path, "manifest (CSV)", max_bytes=MANIFEST_BYTES)
+    except ValueError as err:
+        raise ValueError(f"manifest {str(path)!r}: {str(err).removeprefix(f'{path}: ')}") from None
+    try:
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+        rows = list(reader)
+        header = reader.fieldnames
     except UnicodeDecodeError:
         raise ValueError(f"manifest {str(path)!r} is not UTF-8 text; expected a CSV file.") from None
     except csv.Error as err:
@@ -250,17 +265,54 @@ def _resolve(root: Path, value: str) -> Path:
 
 def _number(manifest: Path, row: int, column: str, value: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(
             f"manifest {str(manifest)!r}, row {row + 2}: column {column!r} must be a number, got {value!r}."
         ) from None
+    if not math.isfinite(number):
+        raise ValueError(
+            f"manifest {str(manifest)!r}, row {row + 2}: column {column!r} is {value.strip()!r}; "
+            "expected a finite number (fill in or drop the missing value)."
+        )
+    return number
+
+
+def _class_ids(manifest: Path, values: list[str], column: str) -> Tensor:
+    """Integer labels as class ids: 0 or more, and not so large that they imply a huge head."""
+    ids = [int(v) for v in values]
+    for bad in (min(ids), max(ids)):
+        if not 0 <= bad <= MAX_CLASS_ID:
+            row = ids.index(bad) + 2
+            raise ValueError(
+                f"manifest {str(manifest)!r}, row {row}: column {column!r} holds the class id {bad}; "
+                f"integer labels are class ids 0..N-1 (at most {MAX_CLASS_ID}), and this would make "
+                f"{'no valid class' if bad < 0 else f'a head of {bad + 1} outputs'}; use class names "
+                "(text labels) for sparse or negative codes."
+            )
+    return torch.tensor(ids)
+
+
+def _check_spellings(manifest: Path, values: list[str], column: str) -> None:
+    """Refuse two labels that differ only by case or surrounding spaces: almost always one class
+    written two ways, which would silently become two classes."""
+    first: dict[str, tuple[str, int]] = {}
+    for i, value in enumerate(values):
+        key = value.strip().casefold()
+        seen, row = first.setdefault(key, (value, i + 2))
+        if seen != value:
+            raise ValueError(
+                f"manifest {str(manifest)!r}: column {column!r} spells one label two ways, {seen!r} "
+                f"(row {row}) and {value!r} (row {i + 2}); labels that differ only by case or spaces "
+                "are refused: write each class one way."
+            )
 
 
 def _parse_targets(manifest: Path, values: list[str], column: str, task: str) -> tuple[Tensor, list | None]:
     if task == "classification":
         if all(v.strip().lstrip("-").isdigit() for v in values):
-            return torch.tensor([int(v) for v in values]), None
+            return _class_ids(manifest, values, column), None
+        _check_spellings(manifest, values, column)
         classes = sorted(set(values))
         lookup = {c: i for i, c in enumerate(classes)}
         return torch.tensor([lookup[v] for v in values]), classes

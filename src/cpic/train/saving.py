@@ -9,6 +9,7 @@ from cpic.nn import CPIC
 from cpic.train.checkpoint import checkpoint_paths
 from cpic.train.fit import History
 from cpic.train.model_file import save_model
+from cpic.util.outputs import staged
 
 
 def last_path(output: str | os.PathLike[str]) -> Path:
@@ -22,10 +23,22 @@ def last_path(output: str | os.PathLike[str]) -> Path:
     return base.with_name(base.name + ".last")
 
 
+def model_files(output: str | os.PathLike[str]) -> list[Path]:
+    """The four files ``cpic train -o OUTPUT`` writes (the best and the last epoch's model).
+
+    Example:
+        >>> [p.name for p in model_files("run/model")]
+        ['model.safetensors', 'model.json', 'model.last.safetensors', 'model.last.json']
+    """
+    return [*checkpoint_paths(output), *checkpoint_paths(last_path(output))]
+
+
 def save_best_and_last(model: CPIC, history: History, output, provenance: dict) -> tuple[Path, Path]:
     """The last epoch's model as ``OUTPUT.last``, then the best epoch's (restored into
     ``model``) as ``OUTPUT``, both with ``provenance`` and the run's history; returns their
-    ``.safetensors`` paths ``(best, last)``."""
+    ``.safetensors`` paths ``(best, last)``. The four files are written under temporary names
+    and moved into place together (:func:`cpic.util.outputs.staged`), so an earlier pair is
+    never mixed with a new one."""
     common = dict(
         provenance,
         epochs=len(history.rows),
@@ -34,6 +47,7 @@ def save_best_and_last(model: CPIC, history: History, output, provenance: dict) 
         numerics=history.numerics,
         history=history.rows,
     )
-    last = save_model(model, last_path(output), epoch=len(history.rows), **common)
-    best_epoch = history.restore_best(model)
-    return save_model(model, output, epoch=best_epoch, **common), last
+    with staged(checkpoint_paths(output)[0].with_suffix(""), model_files) as base:
+        save_model(model, last_path(base), epoch=len(history.rows), **common)
+        save_model(model, base, epoch=history.restore_best(model), **common)
+    return checkpoint_paths(output)[0], checkpoint_paths(last_path(output))[0]

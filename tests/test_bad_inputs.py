@@ -851,7 +851,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_kill_between_the_files_of_compress_keeps_the_earlier_output(world, capsys, tmp_path):
-    from cpic.cli.compress import _files
+    from cpic.implicit import compressed_files as _files
     from cpic.util.outputs import restore_previous
 
     volume, out = world.root / "v0.npy", tmp_path / "scan"

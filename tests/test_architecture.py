@@ -13,7 +13,7 @@ ALLOWED = {
     "sources": {"sources", "util"},
     "data": {"data", "sources", "util"},
     "sampling": {"sampling", "layout", "sources"},
-    "nn": {"nn", "tt", "layout", "cross", "sources"},
+    "nn": {"nn", "tt", "layout", "cross", "sources", "util"},
     "train": {"train", "nn", "tt", "layout", "cross", "sources", "data", "util", "_version"},
     "cli": {"cli", "tt", "layout", "cross", "sources", "data", "sampling", "nn", "train", "util", "_version"},
 }

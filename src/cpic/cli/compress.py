@@ -1,6 +1,6 @@
 """``cpic compress`` and ``cpic reconstruct``: one volume as a C-PIC implicit representation.
 
-``compress`` fits a :class:`cpic.CPIC` with the :class:`~cpic.nn.Reconstruction` head to one
+``compress`` fits a :class:`cpic.nn.ImplicitVolume` (latent TT and voxel decoder) to one
 volume, reading only the voxels at its cross pivots, and writes two files pairs:
 
 - ``FILE.safetensors`` + ``FILE.json``: the model (encoder and decoder weights), a
@@ -37,7 +37,7 @@ from cpic.cli.common import (
     memory_budget_option,
     subparser,
 )
-from cpic.nn import Reconstruction
+from cpic.nn import ImplicitVolume
 from cpic.sources import SpatialInfo, VolumeSource, open_volume
 from cpic.train import (
     CheckpointError,
@@ -164,9 +164,8 @@ def run_compress(args: argparse.Namespace) -> int:
     if min(src.shape) < 2:
         raise ValueError(f"{args.volume}: grid {src.shape} is too thin; compress needs 2+ voxels per axis.")
     torch.manual_seed(args.seed)
-    model = cpic.CPIC(
+    model = ImplicitVolume(
         src.shape,
-        Reconstruction(),
         features=args.features,
         patch=1,
         rank=args.rank,

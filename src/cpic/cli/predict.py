@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if args.figure:
         figures.require_matplotlib()
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
-    if model.head.task == "reconstruction":
+    if not model.supervised:
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
     if args.figure and len(model.grid_shape) != 3:
         return fail("predict", f"--figure shows 3-D volumes; this model's grid is {model.grid_shape}.")
@@ -261,7 +261,7 @@ def evidence_figure(model: CPIC, sources: list[VolumeSource], rows: list[dict], 
 # ---------------------------------------------------------------------- evaluate
 def run_evaluate(args: argparse.Namespace) -> int:
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
-    task = model.head.task
+    task = model.task
     target = args.target or provenance.get("target", "label")
     extra = args.extra if args.extra is not None else provenance.get("extra", [])
     if len(extra) != model.extra_features:

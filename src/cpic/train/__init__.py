@@ -14,12 +14,13 @@ from cpic.train.dataset import VolumeDataset
 from cpic.train.distributed import Distributed
 from cpic.train.fit import History, evaluate, fit
 from cpic.train.metrics import accuracy, mean_absolute_error, pinball_loss, roc_auc
-from cpic.train.model_file import class_names, load_model, model_from_config, save_model
+from cpic.train.model_file import ModelFile, class_names, load_model, model_from_config, save_model
 
 __all__ = [
     "CheckpointError",
     "Distributed",
     "History",
+    "ModelFile",
     "VolumeDataset",
     "evaluate",
     "fit",

@@ -2,7 +2,9 @@
 
 A checkpoint named ``run/ckpt`` is the pair ``run/ckpt.safetensors`` and ``run/ckpt.json``. The JSON
 records the sha256 of the safetensors file and is replaced last, so an interrupted save leaves either
-the previous pair or a pair whose hash does not match, which :func:`load_checkpoint` refuses.
+the previous pair or a pair whose hash does not match, which :func:`load_checkpoint` refuses. The
+metadata is sealed too: its canonical JSON is stored in the safetensors header (under the hash), and a
+JSON whose metadata differs from that copy (a ``rank`` edited by hand) is refused, naming the key.
 
 Nested states such as ``optimizer.state_dict()`` go through :func:`flatten_state`: the tensors go to
 the safetensors file and a JSON skeleton of everything else goes into the metadata.
@@ -28,7 +30,10 @@ from cpic.util import new_temp_file
 from cpic.util.guard import check_path, read_bytes
 
 FORMAT = "cpic-checkpoint"
-VERSION = 1
+#: 2: the metadata is sealed in the safetensors header
+VERSION = 2
+#: the safetensors header key holding the canonical JSON of the metadata
+SEAL = "cpic_meta"
 _SUFFIXES = (".safetensors", ".json")
 # one-key JSON objects with these keys stand for values JSON cannot hold directly
 _TENSOR, _TUPLE, _DICT, _FLOAT = "__tensor__", "__tuple__", "__dict__", "__float__"
@@ -157,7 +162,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
         temps.append(st_tmp := _temp_path(st_path))
         # into the file made here: safetensors' save_file creates its own, mode 0600 whatever the umask
         with open(st_tmp, "wb") as f:
-            f.write(safetensors.torch.save(prepared, metadata={"format": "pt"}))
+            f.write(safetensors.torch.save(prepared, metadata={"format": "pt", SEAL: canonical_json(meta)}))
         _fsync(st_tmp)
         record = {"format": FORMAT, "version": VERSION, "sha256": _sha256(st_tmp), "meta": meta}
         temps.append(json_tmp := _temp_path(json_path))
@@ -233,9 +238,53 @@ def load_checkpoint(
         st_path = backup
     try:
         tensors = safetensors.torch.load_file(st_path, device=str(torch.device(device)))
+        with safetensors.safe_open(st_path, framework="pt") as f:
+            sealed = (f.metadata() or {}).get(SEAL)
     except (safetensors.SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{st_path} is not a readable safetensors file: {e}") from None
+    _check_seal(json_path, st_path, record["meta"], sealed)
     return tensors, record["meta"]
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON text of ``value`` (sorted keys, no spaces) that a seal compares.
+
+    Example:
+        >>> canonical_json({"b": 1, "a": [1.5, None]})
+        '{"a":[1.5,null],"b":1}'
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _check_seal(json_path: Path, st_path: Path, meta: dict, sealed: str | None) -> None:
+    """Refuse metadata that differs from the copy sealed in the tensors' header, naming where."""
+    if sealed is None:
+        raise CheckpointError(
+            f"{st_path} holds no sealed copy of its metadata (not written by save_checkpoint)"
+        )
+    if sealed == canonical_json(meta):
+        return
+    try:
+        where = _first_difference(meta, json.loads(sealed)) or "the top level"
+    except (json.JSONDecodeError, RecursionError):
+        where = "the top level"
+    raise CheckpointError(
+        f"{json_path}: its metadata differs from the copy sealed in {st_path} at {where} "
+        "(edited after saving?)"
+    )
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    """The first key path (``config.rank``) where ``a`` and ``b`` differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                return f"{path}{key}"
+            found = _first_difference(a[key], b[key], f"{path}{key}.")
+            if found is not None:
+                return found
+        return None
+    return None if canonical_json(a) == canonical_json(b) else path.rstrip(".") or None
 
 
 def _flatten(value: Any, path: tuple[str, ...], tensors: dict[str, Tensor]) -> Any:

@@ -513,3 +513,15 @@ def test_a_policy_that_reads_past_its_budget_is_refused():
     model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, reads=Greedy(rank=2))
     with pytest.raises(RuntimeError, match="over its budget of 10"):
         model(_volumes(1))
+
+
+def test_no_layer_branches_on_the_reconstruction_head():
+    """The implicit volume is its own class: nn and train dispatch on the model, not on the head."""
+    from pathlib import Path
+
+    root = Path(cpic.__file__).parent
+    allowed = {"nn/heads.py", "nn/implicit.py", "nn/__init__.py"}
+    for path in sorted([*root.glob("nn/*.py"), *root.glob("train/*.py")]):
+        text, name = path.read_text(), path.relative_to(root).as_posix()
+        assert '"reconstruction"' not in text or name in allowed, name
+        assert "Reconstruction" not in text or name in allowed, name

@@ -95,16 +95,18 @@ class CrossPivots(ReadPolicy):
         )
         return sum(ranks[k] * n * ranks[k + 1] for k, n in enumerate(shape))
 
-    def config(self) -> dict:
+    def settings(self) -> dict:
+        """Rank, sweeps and refresh settings (a model's configuration lists them)."""
         store = self.pivots
         return {
-            "type": "cross",
             "rank": store.rank,
             "sweeps": store.sweeps,
             "refresh_every": store.refresh_every,
             "refresh_tol": self.refresh_tol,
-            "seed": store.seed,
         }
+
+    def config(self) -> dict:
+        return {"type": "cross", "seed": self.pivots.seed}  # the rest: :meth:`settings`
 
     @torch.no_grad()
     def _cold(self, f: PatchFeatures, rank: int, seed) -> tuple[TT, CrossInfo]:

@@ -92,6 +92,9 @@ class LatentModel(nn.Module):
         self._memory_checked: set[int] = set()
         self._memory_budget: int | None = None
         self._generator = torch.Generator().manual_seed(seed)
+        cross = dict(rank=rank, sweeps=sweeps, refresh_every=refresh_every, refresh_tol=refresh_tol)
+        if isinstance(reads, CrossPivots):  # the settings in force (one place in the configuration)
+            cross = reads.settings()
         self.config = {
             "grid_shape": list(grid_shape),
             "features": features,
@@ -100,11 +103,7 @@ class LatentModel(nn.Module):
             "encoder": encoder if isinstance(encoder, str) else type(encoder).__name__,
             "positions": positions,
             "background": background,
-            # the cross parameters as given (the policy's own are in "reads")
-            "rank": rank,
-            "sweeps": sweeps,
-            "refresh_every": refresh_every,
-            "refresh_tol": refresh_tol,
+            **cross,
             "border": border,
             "stride": stride,
             "seed": seed,

@@ -153,7 +153,7 @@ def sparse_tt(f: PatchFeatures, patches: Patches) -> TT:
 
 def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPolicy:
     """The policy a :meth:`ReadPolicy.config` describes (cross pivots take the model's rank,
-    sweeps, refresh and seed parameters from ``model_config``).
+    sweeps and refresh parameters from ``model_config``, and its seed when they name none).
 
     Example:
         >>> read_policy_from_config({"type": "random", "budget": 125}, {}).budget

@@ -154,7 +154,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
     """
     st_path, json_path = checkpoint_paths(path)
     prepared = _for_saving(tensors)
-    json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
+    meta_text = json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
     st_path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(st_path, json_path)
     temps, backup, replaced, done = [], None, False, False
@@ -162,7 +162,8 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
         temps.append(st_tmp := _temp_path(st_path))
         # into the file made here: safetensors' save_file creates its own, mode 0600 whatever the umask
         with open(st_tmp, "wb") as f:
-            f.write(safetensors.torch.save(prepared, metadata={"format": "pt", SEAL: canonical_json(meta)}))
+            header = {"format": "pt", SEAL: canonical_json(json.loads(meta_text))}  # as a reader parses it
+            f.write(safetensors.torch.save(prepared, metadata=header))
         _fsync(st_tmp)
         record = {"format": FORMAT, "version": VERSION, "sha256": _sha256(st_tmp), "meta": meta}
         temps.append(json_tmp := _temp_path(json_path))

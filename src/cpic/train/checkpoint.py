@@ -26,14 +26,13 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from cpic.train.seal import SEAL, canonical_json, check_seal
 from cpic.util import new_temp_file
 from cpic.util.guard import check_path, read_bytes
 
 FORMAT = "cpic-checkpoint"
 #: 2: the metadata is sealed in the safetensors header
 VERSION = 2
-#: the safetensors header key holding the canonical JSON of the metadata
-SEAL = "cpic_meta"
 _SUFFIXES = (".safetensors", ".json")
 # one-key JSON objects with these keys stand for values JSON cannot hold directly
 _TENSOR, _TUPLE, _DICT, _FLOAT = "__tensor__", "__tuple__", "__dict__", "__float__"
@@ -243,49 +242,8 @@ def load_checkpoint(
             sealed = (f.metadata() or {}).get(SEAL)
     except (safetensors.SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{st_path} is not a readable safetensors file: {e}") from None
-    _check_seal(json_path, st_path, record["meta"], sealed)
+    check_seal(json_path, st_path, record["meta"], sealed, CheckpointError)
     return tensors, record["meta"]
-
-
-def canonical_json(value: Any) -> str:
-    """The one JSON text of ``value`` (sorted keys, no spaces) that a seal compares.
-
-    Example:
-        >>> canonical_json({"b": 1, "a": [1.5, None]})
-        '{"a":[1.5,null],"b":1}'
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _check_seal(json_path: Path, st_path: Path, meta: dict, sealed: str | None) -> None:
-    """Refuse metadata that differs from the copy sealed in the tensors' header, naming where."""
-    if sealed is None:
-        raise CheckpointError(
-            f"{st_path} holds no sealed copy of its metadata (not written by save_checkpoint)"
-        )
-    if sealed == canonical_json(meta):
-        return
-    try:
-        where = _first_difference(meta, json.loads(sealed)) or "the top level"
-    except (json.JSONDecodeError, RecursionError):
-        where = "the top level"
-    raise CheckpointError(
-        f"{json_path}: its metadata differs from the copy sealed in {st_path} at {where} "
-        "(edited after saving?)"
-    )
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """The first key path (``config.rank``) where ``a`` and ``b`` differ, or None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if key not in a or key not in b:
-                return f"{path}{key}"
-            found = _first_difference(a[key], b[key], f"{path}{key}.")
-            if found is not None:
-                return found
-        return None
-    return None if canonical_json(a) == canonical_json(b) else path.rstrip(".") or None
 
 
 def _flatten(value: Any, path: tuple[str, ...], tensors: dict[str, Tensor]) -> Any:

@@ -1,6 +1,6 @@
 """Reconstruction of a real MRI from a fraction of its voxels: PSNR against the fraction read.
 
-cpic: a ``cpic.CPIC`` with the ``Reconstruction`` head (an encoder on the voxel and its
+cpic: a ``cpic.nn.ImplicitVolume`` (an encoder on the voxel and its
 position, a TT of 16 latent features by cross, a decoder back to intensity) trained for
 ``--steps`` steps on voxels inside the patches its pivots read; then every voxel of the volume
 is decoded from the latent TT alone (the implicit representation). Peers at the same budget:
@@ -22,7 +22,7 @@ import torch
 import cpic
 from cpic.data import colin27, mni152
 from cpic.layout import QTTLayout
-from cpic.nn import Reconstruction
+from cpic.nn import ImplicitVolume
 from cpic.sampling import IntensityFunction
 
 
@@ -42,9 +42,7 @@ def reopen(name: str):
 def cpic_reconstruction(name: str, rank: int, steps: int, truth: torch.Tensor, seed: int = 0):
     torch.manual_seed(seed)
     src = reopen(name)
-    model = cpic.CPIC(
-        src.shape, Reconstruction(hidden=64), features=16, patch=1, rank=rank, positions=True, seed=seed
-    )
+    model = ImplicitVolume(src.shape, hidden=64, features=16, patch=1, rank=rank, positions=True, seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     started = time.perf_counter()
     for step in range(steps):

@@ -28,6 +28,13 @@ def _rewrite_npy_shape(path: Path, shape) -> None:
     path.write_bytes(data[:10] + new.encode("latin1") + data[10 + size :])
 
 
+def sealed(meta: dict) -> dict[str, str]:
+    """The safetensors header of a checkpoint whose metadata is ``meta`` (see cpic.train.checkpoint)."""
+    from cpic.train.checkpoint import SEAL, canonical_json
+
+    return {"format": "pt", SEAL: canonical_json(meta)}
+
+
 def _patched(data: bytes, at: int, new: bytes) -> bytes:
     return data[:at] + new + data[at + len(new) :]
 
@@ -230,6 +237,7 @@ def broken_models(root: Path, model: Path) -> dict[str, tuple[Path, str]]:
     import torch
 
     from cpic.train.checkpoint import _sha256
+    from tests.helpers import reseal
 
     root.mkdir(parents=True, exist_ok=True)
     st, js = (
@@ -239,18 +247,28 @@ def broken_models(root: Path, model: Path) -> dict[str, tuple[Path, str]]:
     tensors = safetensors.torch.load_file(model.with_suffix(".safetensors"))
     out = {}
 
-    def write(name: str, st_bytes: bytes | None, record: dict | None, needle: str, rehash: bool = True):
+    def write(
+        name: str,
+        st_bytes: bytes | None,
+        record: dict | None,
+        needle: str,
+        rehash: bool = True,
+        seal: bool = True,
+    ):
         base = root / name.replace(" ", "_").replace("/", "_")
         (base.parent / (base.name + ".safetensors")).write_bytes(st if st_bytes is None else st_bytes)
         record = json.loads(json.dumps(js if record is None else record))
         if rehash and st_bytes is not None:
             record["sha256"] = _sha256(base.parent / (base.name + ".safetensors"))
-        (base.parent / (base.name + ".json")).write_text(json.dumps(record))
+        json_path = base.parent / (base.name + ".json")
+        json_path.write_text(json.dumps(record))
+        if seal and isinstance(record.get("meta"), dict) and record["meta"] != js["meta"]:
+            reseal(json_path, record)  # a crafted file that passes the seal, for the checks behind it
         out[name] = (base, needle)
 
     def with_tensors(new: dict, meta_edit=None) -> tuple[bytes, dict]:
         tmp = root / "tmp.safetensors"
-        safetensors.torch.save_file(new, tmp, metadata={"format": "pt"})
+        safetensors.torch.save_file(new, tmp, metadata=sealed(js["meta"]))
         record = json.loads(json.dumps(js))
         if meta_edit:
             meta_edit(record["meta"])
@@ -267,7 +285,8 @@ def broken_models(root: Path, model: Path) -> dict[str, tuple[Path, str]]:
         return meta_with(config={**js["meta"]["config"], **changes})
 
     write("wrong checkpoint version", None, {**js, "version": 99}, "version 99")
-    write("wrong model version", None, meta_with(version=2), "version 2")
+    write("wrong model version", None, meta_with(version=1), "version 1")
+    write("config edited, not sealed", None, config_with(rank=3), "sealed", seal=False)
     write("not a cpic file", None, {**js, "format": "something-else"}, "not a cpic-checkpoint")
     write("training checkpoint, not a model", None, meta_with(format="x"), "model file")
     payload = pickle.dumps({"weights": [1, 2, 3]})  # a pickle where safetensors should be
@@ -339,7 +358,7 @@ def broken_latents(root: Path, base: Path) -> dict[str, tuple[Path, str]]:
             st.write_bytes(raw)
         else:
             safetensors.torch.save_file(
-                cores if new_cores is None else new_cores, st, metadata={"format": "pt"}
+                cores if new_cores is None else new_cores, st, metadata=sealed((new_record or record)["meta"])
             )
         rec = json.loads(json.dumps(record if new_record is None else new_record))
         rec["sha256"] = _sha256(st)

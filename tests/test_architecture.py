@@ -14,7 +14,7 @@ ALLOWED = {
     "sources": {"sources", "util"},
     "data": {"data", "sources", "util"},
     "sampling": {"sampling", "layout", "sources"},
-    "nn": {"nn", "tt", "layout", "cross", "sources"},
+    "nn": {"nn", "tt", "layout", "cross", "sources", "util"},
     "train": {"train", "nn", "tt", "layout", "cross", "sources", "data", "util", "_version"},
     "implicit": {"implicit", "train", "nn", "tt", "layout", "sources", "util"},
     "cli": {

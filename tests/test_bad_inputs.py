@@ -141,7 +141,7 @@ def pytest_generate_tests(metafunc):
 
 def test_corpus_lists_every_case(world):
     assert len(world.broken) == 45 and len(world.odd) == 6
-    assert len(world.manifests) == len(MANIFEST_CASES) == 18 and len(world.models) == 23
+    assert len(world.manifests) == len(MANIFEST_CASES) == 18 and len(world.models) == 24
     assert len(world.hostile) == len(HOSTILE_CASES) == 13
 
 

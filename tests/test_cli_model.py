@@ -171,6 +171,24 @@ def test_inspect_prints_what_describe_returns(cohort):
     }
 
 
+def test_a_model_file_loaded_in_python_predicts_what_cpic_predict_prints(cohort):
+    """Normalisation and class names come from the (sealed) model file, not from the command."""
+    from cpic.train import ModelFile
+
+    root, volumes = cohort.root, cohort.volumes[:3]
+    args = [a for v in (61, 62, 63) for a in ("--extra", str(v))]
+    printed = json.loads(ok(run("predict", "model", *volumes, *args, "--json", cwd=root)).stdout)
+    loaded = ModelFile.load(root / "model")
+    assert loaded.classes == CLASSES and loaded.normalize == "none"  # as cpic train recorded it
+    assert loaded.extra == ["age"]
+    sources = [loaded.open(root / v) for v in volumes]
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(sources, extra=torch.tensor([[61.0], [62.0], [63.0]])), 1)
+    for row, p in zip(printed["predictions"], probs.tolist()):
+        assert [row["p_healthy"], row["p_lesion"]] == p
+        assert row["predicted"] == loaded.classes[max(range(2), key=p.__getitem__)]
+
+
 def test_evaluate_and_inspect(cohort):
     evaluated, model, model_table, volume = run_all(
         ["evaluate", "model", "cohort.csv", "--json"],

@@ -17,7 +17,7 @@ import torch
 
 from cpic.cli.main import main
 from cpic.data import blob_field, lesion_cohort
-from tests.helpers import OBLIQUE, oblique_nifti
+from tests.helpers import OBLIQUE, oblique_nifti, reseal
 
 
 def run(*args, cwd=None):
@@ -128,8 +128,8 @@ def test_reconstruct_bad_inputs(compressed, tmp_path):
         (tmp_path / f"m.{suffix}").write_bytes((folder / f"vol.cpic.{suffix}").read_bytes())
     latent = json.loads((folder / "vol.cpic.latent.json").read_text())
     latent["meta"]["model_sha256"] = "0" * 64
-    (tmp_path / "m.latent.json").write_text(json.dumps(latent))
     (tmp_path / "m.latent.safetensors").write_bytes((folder / "vol.cpic.latent.safetensors").read_bytes())
+    reseal(tmp_path / "m.latent.json", latent)  # sealed: the model's hash is what differs
     usage_error(cli("reconstruct", tmp_path / "m", "-o", tmp_path / "x.npy"), "another model")
 
 
@@ -221,11 +221,11 @@ def test_reconstruct_reads_files_without_a_recorded_frame(compressed, tmp_path):
     record = json.loads((folder / "vol.cpic.latent.json").read_text())
     spatial = record["meta"].pop("spatial")
     record["meta"]["affine"] = spatial["affine"]
-    (tmp_path / "vol.cpic.latent.json").write_text(json.dumps(record))
+    reseal(tmp_path / "vol.cpic.latent.json", record)
     assert cli("reconstruct", tmp_path / "vol.cpic", "-o", tmp_path / "old.nii", "--quiet").returncode == 0
     assert int(nib.load(tmp_path / "old.nii").header["sform_code"]) == 2  # what such files got
     record["meta"]["spatial"] = {"affine": [[1, 0], [0, 1]]}
-    (tmp_path / "vol.cpic.latent.json").write_text(json.dumps(record))
+    reseal(tmp_path / "vol.cpic.latent.json", record)
     usage_error(cli("reconstruct", tmp_path / "vol.cpic", "-o", tmp_path / "bad.nii"), "voxel-to-world frame")
     assert not (tmp_path / "bad.nii").exists()
 

@@ -121,14 +121,14 @@ def test_sigkill_at_random_moments_resumes_to_the_same_model(tmp_path):
 def test_reconstruction_resume_is_exact_too(tmp_path):
     """A reconstruction loss samples the voxels read so far: checkpoints carry them."""
     import cpic
-    from cpic.nn import Reconstruction
+    from cpic.nn import ImplicitVolume
     from cpic.train import VolumeDataset, fit
 
     def run(folder, **kwargs):
         gen = torch.Generator().manual_seed(0)
         volumes = [cpic.open_volume(torch.rand(8, 8, 8, generator=gen)) for _ in range(4)]
         torch.manual_seed(1)
-        model = cpic.CPIC((8, 8, 8), Reconstruction(), features=3, patch=1, rank=2, positions=True)
+        model = ImplicitVolume((8, 8, 8), features=3, patch=1, rank=2, positions=True)
         fit(model, VolumeDataset(volumes), epochs=3, batch_size=2, progress=False, checkpoint_dir=folder,
             resume=True, **kwargs)  # fmt: skip
         return model

@@ -11,9 +11,11 @@ from cpic.layout import PlainLayout, QTTLayout
 from cpic.nn import (
     CPIC,
     Classification,
+    ImplicitVolume,
     PatchFeatures,
     PatchMLP,
     QuantileRegression,
+    RandomPatches,
     Reconstruction,
     Regression,
     coarse_feature_grid,
@@ -167,8 +169,10 @@ def test_a_strided_model_predicts_explains_and_round_trips_through_its_config():
     assert copy.stride == 4 and copy.layout.grid_shape == (8, 8, 5)
     with pytest.raises(ValueError, match="stride"):
         CPIC((32, 32, 32), Classification(2), stride=0)
-    with pytest.raises(ValueError, match="stride=1"):
-        CPIC((32, 32, 32), Reconstruction(), stride=2)
+    with pytest.raises(ValueError, match="ImplicitVolume"):
+        CPIC((32, 32, 32), Reconstruction())
+    with pytest.raises(TypeError, match="stride"):  # an implicit volume decodes every voxel
+        ImplicitVolume((32, 32, 32), stride=2)
     with pytest.raises(ValueError, match=r"grid \(32, 32, 17\) differs from the model's \(32, 32, 20\)"):
         model([ArraySource(torch.rand(32, 32, 17))])  # the same lattice of centres, another grid
 
@@ -299,17 +303,16 @@ def test_heads_and_extra_features():
 
 def test_reconstruction_queries_any_voxel_from_the_latent_tt():
     torch.manual_seed(0)
-    model = CPIC((16, 16, 16), Reconstruction(), features=4, patch=3, rank=3)
+    model = ImplicitVolume((16, 16, 16), features=4, patch=3, rank=3)
     srcs = _volumes(1)
     latent = model.latent(srcs, keys=[0])
     coords = torch.tensor([[0, 0, 0], [15, 3, 9]])
     out = model.query(latent, coords)
     idx = model.layout.to_index(coords, feature=0)[None, :, :-1]
-    torch.testing.assert_close(out, model.head(latent.fibers(idx)))
+    torch.testing.assert_close(out, model.decoder(latent.fibers(idx)))
     loss, pred = model.loss(srcs, keys=[0])
     assert pred.shape == (1, 4096) and torch.isfinite(loss)
-    with pytest.raises(ValueError, match="query"):
-        model(srcs)
+    assert not model.supervised and not hasattr(model, "head")
 
 
 def test_bad_model_arguments_are_refused_with_a_clear_error():
@@ -340,7 +343,7 @@ def test_bad_model_arguments_are_refused_with_a_clear_error():
 
 def test_reconstruction_trains_only_on_voxels_already_read():
     torch.manual_seed(0)
-    model = CPIC((16, 16, 16), Reconstruction(), features=4, patch=3, rank=3)
+    model = ImplicitVolume((16, 16, 16), features=4, patch=3, rank=3)
     srcs = _volumes(2)
     model.latent(srcs, keys=srcs)
     read = [s.stats.unique_voxels for s in srcs]
@@ -449,19 +452,19 @@ def test_peaks_record_each_features_best_patch_of_a_selection_and_join_the_maxim
     model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, rank=3, sampled_max=True)
     sources = [ArraySource(torch.rand(16, 16, 16)) for _ in range(2)]
     f = model.feature_function(sources)
-    f.peaks = {}
     idx = torch.stack([torch.randint(0, n, (2, 50)) for n in f.shape], -1)
-    with torch.no_grad():
-        f(idx)  # no gradients: recorded
-        ids, features = f.last
-        n = 16**3
-        for b, src in enumerate(sources):
-            mine = ids // n == b
-            values, where = f.peaks[id(src)]
-            assert torch.equal(values, features[mine].max(0).values)
-            assert torch.equal(where, (ids[mine] % n)[features[mine].argmax(0)])
-    f(idx)  # with gradients (a training step's interpolation): not recorded
-    assert set(f.peaks) == {id(s) for s in sources}
+    with f.log(peaks=True) as log:
+        with torch.no_grad():
+            f(idx)  # no gradients: recorded
+            ids, features = log.last
+            n = 16**3
+            for b, src in enumerate(sources):
+                mine = ids // n == b
+                values, where = log.peaks[id(src)]
+                assert torch.equal(values, features[mine].max(0).values)
+                assert torch.equal(where, (ids[mine] % n)[features[mine].argmax(0)])
+        f(idx)  # with gradients (a training step's interpolation): not recorded
+    assert set(log.peaks) == {id(s) for s in sources}
     # the model keeps each volume's peaks with its pivots, and they travel in the store's state
     model.embed(sources, keys=["a", "b"])
     kept = model.pivots.attached("a")
@@ -473,3 +476,52 @@ def test_peaks_record_each_features_best_patch_of_a_selection_and_join_the_maxim
     model.refresh_pivots(["a"])
     z = model.embed(sources, keys=["a", "b"])
     assert model.pivots.attached("a") is not None and torch.isfinite(z).all()
+
+
+def test_random_patches_read_exactly_their_budget_and_train():
+    from cpic.train import VolumeDataset, fit
+
+    torch.manual_seed(0)
+    patch_voxels = 3**3
+    reads = RandomPatches(10 * patch_voxels + 5)
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, reads=reads)
+    sources = _volumes(3)
+    reads = model.read(sources)
+    assert reads.voxels.tolist() == [10 * patch_voxels] * 3  # whole patches, never more than the budget
+    assert [s.stats.voxels_read for s in sources] == [10 * patch_voxels] * 3
+    torch.testing.assert_close(model(sources), model(sources))  # a prediction draws from each volume's seed
+    # the sparse TT holds the read patches' features: its mean projection is their mean
+    cells = reads.patches.ids // 16**3
+    means = torch.stack([reads.patches.features[cells == b].mean(0) for b in range(3)])
+    torch.testing.assert_close(feature_mean(reads.tt, model.layout), means, rtol=1e-4, atol=1e-5)
+    volumes = [cpic.open_volume(torch.full((16, 16, 16), float(i % 2))) for i in range(4)]
+    history = fit(model, VolumeDataset(volumes, [0, 1, 0, 1]), epochs=2, batch_size=2, progress=False)
+    assert len(history.rows) == 2 and all(np.isfinite(r["train_loss"]) for r in history.rows)
+    assert all(v.stats.voxels_read == 2 * 10 * patch_voxels for v in volumes)  # fresh draws, same budget
+    with pytest.raises(ValueError, match="budget"):
+        CPIC((16, 16, 16), Classification(2), patch=3, reads=RandomPatches(26)).read(sources)
+    with pytest.raises(ValueError, match="budget"):
+        RandomPatches(0)
+
+
+def test_a_policy_that_reads_past_its_budget_is_refused():
+    from cpic.nn import CrossPivots
+
+    class Greedy(CrossPivots):
+        budget = 10
+
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, reads=Greedy(rank=2))
+    with pytest.raises(RuntimeError, match="over its budget of 10"):
+        model(_volumes(1))
+
+
+def test_no_layer_branches_on_the_reconstruction_head():
+    """The implicit volume is its own class: nn and train dispatch on the model, not on the head."""
+    from pathlib import Path
+
+    root = Path(cpic.__file__).parent
+    allowed = {"nn/heads.py", "nn/implicit.py", "nn/__init__.py"}
+    for path in sorted([*root.glob("nn/*.py"), *root.glob("train/*.py")]):
+        text, name = path.read_text(), path.relative_to(root).as_posix()
+        assert '"reconstruction"' not in text or name in allowed, name
+        assert "Reconstruction" not in text or name in allowed, name

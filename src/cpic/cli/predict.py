@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(outputs)
     refuse_inputs(outputs, [*args.volumes, *checkpoint_paths(args.model)], "-o/--figure", args.overwrite)
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
-    if model.head.task == "reconstruction":
+    if not model.supervised:
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
     if args.figure and len(model.grid_shape) != 3:
         return fail("predict", f"--figure shows 3-D volumes; this model's grid is {model.grid_shape}.")
@@ -212,7 +212,7 @@ def evidence_figure(model: CPIC, sources: list[VolumeSource], rows: list[dict], 
 # ---------------------------------------------------------------------- evaluate
 def run_evaluate(args: argparse.Namespace) -> int:
     model, provenance = _load(args.model, device_of(args), args.memory_budget)
-    task = model.head.task
+    task = model.task
     target = args.target or provenance.get("target", "label")
     extra = args.extra if args.extra is not None else provenance.get("extra", [])
     if len(extra) != model.extra_features:

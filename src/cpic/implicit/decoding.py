@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cpic.implicit.files import CompressedVolume, load_compressed
-from cpic.nn import CPIC
+from cpic.nn import ImplicitVolume
 from cpic.sources import SpatialInfo
 from cpic.tt import TT
 from cpic.util import atomic_path
@@ -20,7 +20,7 @@ CHUNK = 1 << 18
 
 
 def decode(
-    model: CPIC, latent: TT, box: list[tuple[int, int]], chunk: int = CHUNK, progress: bool = False
+    model: ImplicitVolume, latent: TT, box: list[tuple[int, int]], chunk: int = CHUNK, progress: bool = False
 ) -> torch.Tensor:
     """Decoded intensities (normalised scale) of the box ``[(lo, hi), ...]``, slab by slab of
     about ``chunk`` voxels.

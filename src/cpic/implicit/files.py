@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cpic.nn import CPIC
+from cpic.nn import ImplicitVolume
 from cpic.sources import SpatialInfo, VolumeSource
 from cpic.train import (
     CheckpointError,
@@ -60,7 +60,7 @@ def _sha256(path: Path) -> str:
 
 
 def save_compressed(
-    file: str | Path, model: CPIC, latent: TT, source: VolumeSource, **provenance
+    file: str | Path, model: ImplicitVolume, latent: TT, source: VolumeSource, **provenance
 ) -> dict[str, int]:
     """Write ``model`` and the ``latent`` of ``source`` as ``file``'s four files (``provenance``
     is stored in the model file); returns ``{path: bytes}`` of the four files. They are written
@@ -82,7 +82,7 @@ def save_compressed(
     return {str(p): p.stat().st_size for p in compressed_files(file)}
 
 
-def _save_as(file: Path, model: CPIC, latent: TT, source: VolumeSource, provenance: dict) -> None:
+def _save_as(file: Path, model: ImplicitVolume, latent: TT, source: VolumeSource, provenance: dict) -> None:
     norm = source.normalization
     normalization = {"method": norm.method, "low": norm.low, "high": norm.high}
     model_st = save_model(model, file, kind=KIND, normalization=normalization, **provenance)
@@ -107,7 +107,7 @@ class CompressedVolume:
     metadata (``grid``, ``normalization``, ``spatial``, ...)."""
 
     file: str
-    model: CPIC
+    model: ImplicitVolume
     latent: TT
     meta: dict
     #: the model file's metadata (its provenance names the source volume)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from cpic.implicit.model import reconstruction_model
-from cpic.nn import CPIC
+from cpic.nn import ImplicitVolume
 from cpic.sources import VolumeSource
 from cpic.train.fit import LEARNING_RATE
 from cpic.train.metrics import psnr, relative_error
@@ -31,7 +31,7 @@ class CompressResult:
     """What :func:`compress` made: the model, the volume's latent TT, how much of the volume
     the fit read (before the held-out reads), the held-out error and the fit's seconds."""
 
-    model: CPIC
+    model: ImplicitVolume
     latent: TT
     voxels_read: int
     fraction_read: float
@@ -94,7 +94,7 @@ def compress(
     return CompressResult(model, latent, unique, fraction, error, seconds)
 
 
-def _train(model: CPIC, src: VolumeSource, steps: int, lr: float, progress: bool) -> None:
+def _train(model: ImplicitVolume, src: VolumeSource, steps: int, lr: float, progress: bool) -> None:
     """``steps`` AdamW steps on the voxels the pivots read, cosine learning rate, gradients clipped."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     bar = progress_bar(range(steps), progress, "compress")
@@ -113,7 +113,9 @@ def _train(model: CPIC, src: VolumeSource, steps: int, lr: float, progress: bool
             bar.set_postfix(loss=f"{value:.2e}", refresh=False)
 
 
-def held_out_error(model: CPIC, latent: TT, src: VolumeSource, seen: torch.Tensor, seed: int) -> dict:
+def held_out_error(
+    model: ImplicitVolume, latent: TT, src: VolumeSource, seen: torch.Tensor, seed: int
+) -> dict:
     """PSNR and relative error of the decoded intensities at up to ``HELD_OUT`` random voxels
     that were never read (``seen``: linear ids of every voxel read, training targets included).
 

@@ -1,9 +1,11 @@
-"""Model layer: patch encoders, the latent feature tensor, projections, heads and :class:`CPIC`.
+"""Model layer: patch encoders, the latent feature tensor, read policies, projections, heads,
+:class:`CPIC` (per-volume predictions) and :class:`ImplicitVolume` (a decoder of voxels).
 
 Imports the tensor, layout, cross and sources layers; knows nothing of training loops or the
 command line.
 """
 
+from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import PatchConv, PatchMLP, make_encoder
 from cpic.nn.heads import (
     Classification,
@@ -14,7 +16,9 @@ from cpic.nn.heads import (
     head_from_config,
     pinball_loss,
 )
-from cpic.nn.latent import PatchFeatures, lattice
+from cpic.nn.implicit import ImplicitVolume
+from cpic.nn.latent import Patches, PatchFeatures, PatchLog, lattice
+from cpic.nn.latent_model import LatentModel
 from cpic.nn.model import CPIC
 from cpic.nn.projections import (
     CovariancePooling,
@@ -25,10 +29,20 @@ from cpic.nn.projections import (
     feature_moments,
     make_projection,
 )
+from cpic.nn.reads import RandomPatches, ReadPolicy, Reads, read_policy_from_config
 
 __all__ = [
     "CPIC",
     "Classification",
+    "CrossPivots",
+    "ImplicitVolume",
+    "LatentModel",
+    "PatchLog",
+    "Patches",
+    "RandomPatches",
+    "ReadPolicy",
+    "Reads",
+    "read_policy_from_config",
     "CovariancePooling",
     "GridPooling",
     "Head",

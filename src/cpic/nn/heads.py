@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cpic.util.checks import check_int
+
 
 def pinball_loss(pred: Tensor, target: Tensor, quantiles: Tensor) -> Tensor:
     """Mean quantile (pinball) loss of ``pred [N, Q]`` for ``target [N]`` at ``quantiles [Q]``.
@@ -31,6 +33,8 @@ class Head(nn.Module, ABC):
     """Base of the task heads: an MLP from ``in_features`` to ``outputs`` values."""
 
     task = ""
+    #: one prediction per volume (False for a decoder of voxels, as :class:`Reconstruction`)
+    per_volume = True
 
     def __init__(self, outputs: int, hidden: int | None = 64, dropout: float = 0.0):
         super().__init__()
@@ -101,8 +105,7 @@ class Classification(Head):
     def __init__(
         self, classes: int, hidden: int | None = 64, dropout: float = 0.0, label_smoothing: float = 0.0
     ):
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-            raise ValueError(f"classes must be an integer >= 2, got {classes!r}.")
+        check_int("classes", classes, low=2)
         super().__init__(classes, hidden, dropout)
         self.classes, self.label_smoothing = classes, label_smoothing
 
@@ -206,6 +209,7 @@ class Reconstruction(Head):
     """
 
     task = "reconstruction"
+    per_volume = False
 
     def __init__(self, channels: int = 1, hidden: int | None = 64):
         super().__init__(channels, hidden)

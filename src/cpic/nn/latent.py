@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from cpic.layout import Layout
 from cpic.sources import VolumeSource, check_same_grid
+
+
+class Patches(NamedTuple):
+    """Patches a result used: their ids ``[U]`` (as :meth:`PatchFeatures.voxels`: item ``b``'s
+    offset by ``b`` times the cells of a volume) and their features ``[U, F]``."""
+
+    ids: Tensor
+    features: Tensor
+
+
+@dataclass
+class PatchLog:
+    """What a :class:`PatchFeatures` did inside one :meth:`PatchFeatures.log` block: the patches
+    of its latest call (``last``) and, when asked for, per source (``id(source)``) the largest
+    value of each feature over the patches encoded without gradients and where it was
+    (``peaks``: ``(values [F], cell ids within the volume [F])``)."""
+
+    last: Patches | None = None
+    peaks: dict[int, tuple[Tensor, Tensor]] | None = field(default=None)
 
 
 class PatchFeatures:
@@ -18,7 +40,8 @@ class PatchFeatures:
     Each call reads every distinct voxel's patch once (one ``gather`` per source) and encodes
     all of them in one encoder call: the feature mode and repeated pivots share patches.
     Padding of non-power-of-two grids reads the nearest edge voxel. ``encoded`` counts the
-    patches encoded so far. Gradients flow into the encoder's parameters.
+    patches encoded so far. Gradients flow into the encoder's parameters. What a block of calls
+    read is returned by :meth:`log`.
 
     ``stride=s`` puts patch centres on every ``s``-th voxel: the layout's grid is then the
     lattice of centres, ``ceil(n / s)`` per axis, and cell ``c`` is the patch centred at voxel
@@ -76,13 +99,7 @@ class PatchFeatures:
         self.device = torch.device(device) if device is not None else _module_device(encoder)
         self.dtype = _module_dtype(encoder)
         self.encoded = 0
-        #: ``(voxel ids [U], features [U, F])`` of the latest call's patches (ids as :meth:`voxels`),
-        #: with those :meth:`sampled_max` added
-        self.last: tuple[Tensor, Tensor] | None = None
-        #: set to ``{}`` to record, per source (``id(source)``), the largest value of each feature
-        #: over every patch encoded without gradients (a cross selection) and where it was:
-        #: ``(values [F], voxel ids within the volume [F])``; shared with :meth:`subset` copies
-        self.peaks: dict[int, tuple[Tensor, Tensor]] | None = None
+        self._logs: list[PatchLog] = []  # the open :meth:`log` blocks, shared with subset copies
         self._grid = torch.tensor(layout.grid_shape)
         self._strides = _strides(layout.grid_shape)
         self._volume = torch.tensor(self.volume_shape)
@@ -94,6 +111,30 @@ class PatchFeatures:
     @property
     def batch(self) -> int:
         return len(self.sources)
+
+    @contextmanager
+    def log(self, peaks: bool = False) -> Iterator[PatchLog]:
+        """A :class:`PatchLog` of the calls made inside the block (also through :meth:`subset`
+        copies); with ``peaks``, where each feature peaked among the patches encoded without
+        gradients (a cross selection).
+
+        Example:
+            >>> import torch, cpic
+            >>> from cpic.layout import QTTLayout
+            >>> from cpic.nn import PatchMLP
+            >>> src = cpic.open_volume(torch.rand(8, 8, 8))
+            >>> f = PatchFeatures([src], QTTLayout(src.shape, features=2), PatchMLP(1, 2), patch=1)
+            >>> with f.log() as log:
+            ...     _ = f(torch.zeros(1, 3, len(f.shape), dtype=torch.long))
+            >>> log.last.ids.tolist(), log.last.features.shape
+            ([0], torch.Size([1, 2]))
+        """
+        record = PatchLog(peaks={} if peaks else None)
+        self._logs.append(record)
+        try:
+            yield record
+        finally:
+            self._logs.remove(record)
 
     def subset(self, items: Sequence[int]) -> PatchFeatures:
         """The same function over the sources at positions ``items``."""
@@ -108,10 +149,14 @@ class PatchFeatures:
         offsets = torch.arange(idx.shape[0])[:, None] * int(self._grid.prod())
         return (coords * self._strides).sum(-1) + offsets
 
+    def cell_coords(self, cells: Tensor) -> Tensor:
+        """Coordinates ``[K, D]`` on the grid of patch centres of the cell ids ``cells [K]``."""
+        return cells[:, None] // self._strides % self._grid
+
     def centres(self, cells: Tensor) -> Tensor:
         """Voxel coordinates ``[K, D]`` of the patch centres of the cell ids ``cells [K]`` (ids
         within one volume's grid of centres, as :meth:`voxels` without the offset)."""
-        cells = cells[:, None] // self._strides % self._grid
+        cells = self.cell_coords(cells)
         if self.stride == 1:
             return cells
         return torch.minimum(cells * self.stride + self.stride // 2, self._volume - 1)
@@ -140,12 +185,14 @@ class PatchFeatures:
                 f"the encoder must map patches to [K, {self.layout.features}] features, "
                 f"got {tuple(features.shape)}."
             )
-        if self.peaks is not None and not features.requires_grad:
-            self._track(voxel_ids, features)
+        if not features.requires_grad:
+            for record in self._logs:
+                if record.peaks is not None:
+                    self._track(record.peaks, voxel_ids, features)
         return features
 
-    def _track(self, voxel_ids: Tensor, features: Tensor) -> None:
-        """Fold the largest value of each feature among these patches into :attr:`peaks`."""
+    def _track(self, peaks: dict, voxel_ids: Tensor, features: Tensor) -> None:
+        """Fold the largest value of each feature among these patches into ``peaks``."""
         n = int(self._grid.prod())
         volume = (voxel_ids // n).to(features.device)
         index = volume[:, None].expand_as(features)
@@ -158,12 +205,12 @@ class PatchFeatures:
         for b in volume.unique().tolist():
             key = id(self.sources[b])
             new_values, new_ids = values[b], ids[b]
-            if key in self.peaks:
-                old_values, old_ids = self.peaks[key]
+            if key in peaks:
+                old_values, old_ids = peaks[key]
                 better = new_values > old_values
                 new_values = torch.where(better, new_values, old_values)
                 new_ids = torch.where(better.cpu(), new_ids, old_ids)
-            self.peaks[key] = (new_values, new_ids)
+            peaks[key] = (new_values, new_ids)
 
     def encode_at(
         self, centres: Sequence[Tensor | None], skip: Tensor | None = None
@@ -179,11 +226,13 @@ class PatchFeatures:
             return ids, torch.empty(0, self.layout.features, device=self.device)
         return ids, self.encode(ids)
 
-    def sampled_max(self, also: Sequence[Tensor | None] | None = None) -> Tensor:
-        """Per volume, the largest value of each feature over the patches of the latest call
-        ``[B, F]`` (the patches cross picked, when that call was :func:`cpic.interpolate`'s),
-        and over the patches centred at ``also[b]`` (voxel ids within volume ``b``, e.g. the
-        :attr:`peaks` of a selection), encoded now, differentiably.
+    def sampled_max(
+        self, patches: Patches, also: Sequence[Tensor | None] | None = None
+    ) -> tuple[Tensor, Patches]:
+        """Per volume, the largest value of each feature over ``patches`` (e.g. those cross
+        picked: the :class:`PatchLog` of :func:`cpic.interpolate`'s call) and over the patches
+        centred at ``also[b]`` (cell ids within volume ``b``, e.g. the peaks of a selection),
+        encoded now, differentiably: ``([B, F], the patches used: both sets)``.
 
         Example:
             >>> import torch, cpic
@@ -191,27 +240,26 @@ class PatchFeatures:
             >>> from cpic.nn import PatchMLP
             >>> src = cpic.open_volume(torch.rand(8, 8, 8))
             >>> f = PatchFeatures([src] * 2, QTTLayout(src.shape, features=3), PatchMLP(1, 3), patch=1)
-            >>> _ = f(torch.zeros(2, 4, len(f.shape), dtype=torch.long))
-            >>> f.sampled_max().shape
+            >>> with f.log() as log:
+            ...     _ = f(torch.zeros(2, 4, len(f.shape), dtype=torch.long))
+            >>> f.sampled_max(log.last)[0].shape
             torch.Size([2, 3])
         """
-        if self.last is None:
-            raise RuntimeError("sampled_max() needs a call of the function first.")
-        ids, features = self.last
+        ids, features = patches
         more, extra = self.encode_at(also or [], skip=ids)
-        if len(more):  # the extra patches join ``last``: they are patches this result used
+        if len(more):
             ids, features = torch.cat([ids, more]), torch.cat([features, extra.to(features.dtype)])
-            self.last = (ids, features)
         volume = (ids // int(self._grid.prod())).to(features.device)
         out = features.new_full((self.batch, features.shape[1]), float("-inf"))
         out = out.scatter_reduce(0, volume[:, None].expand_as(features), features, "amax")
-        return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+        return torch.where(torch.isfinite(out), out, torch.zeros_like(out)), Patches(ids, features)
 
     def __call__(self, idx: Tensor) -> Tensor:
         B, P, _ = idx.shape
         unique, inverse = torch.unique(self.voxels(idx).flatten(), return_inverse=True)
         features = self.encode(unique)
-        self.last = (unique, features)
+        for record in self._logs:
+            record.last = Patches(unique, features)
         rows = inverse.to(self.device) * features.shape[1] + idx[..., -1].flatten().to(self.device)
         return features.flatten().index_select(0, rows).reshape(B, P)
 

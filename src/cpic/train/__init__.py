@@ -9,7 +9,7 @@ from cpic.train.distributed import Distributed
 from cpic.train.fit import History, evaluate, fit
 from cpic.train.manifest import build_model, head_for, load_manifest, manifest_datasets
 from cpic.train.metrics import accuracy, mean_absolute_error, pinball_loss, psnr, relative_error, roc_auc
-from cpic.train.model_file import class_names, load_model, model_from_config, save_model
+from cpic.train.model_file import ModelFile, class_names, load_model, model_from_config, save_model
 from cpic.train.prediction import predict, prediction_rows
 from cpic.train.saving import last_path, save_best_and_last
 
@@ -17,6 +17,7 @@ __all__ = [
     "CheckpointError",
     "Distributed",
     "History",
+    "ModelFile",
     "VolumeDataset",
     "accuracy",
     "build_model",

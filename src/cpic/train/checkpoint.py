@@ -2,7 +2,9 @@
 
 A checkpoint named ``run/ckpt`` is the pair ``run/ckpt.safetensors`` and ``run/ckpt.json``. The JSON
 records the sha256 of the safetensors file and is replaced last, so an interrupted save leaves either
-the previous pair or a pair whose hash does not match, which :func:`load_checkpoint` refuses.
+the previous pair or a pair whose hash does not match, which :func:`load_checkpoint` refuses. The
+metadata is sealed too: its canonical JSON is stored in the safetensors header (under the hash), and a
+JSON whose metadata differs from that copy (a ``rank`` edited by hand) is refused, naming the key.
 
 Nested states such as ``optimizer.state_dict()`` go through :func:`flatten_state`: the tensors go to
 the safetensors file and a JSON skeleton of everything else goes into the metadata.
@@ -24,11 +26,13 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from cpic.train.seal import SEAL, canonical_json, check_seal
 from cpic.util import new_temp_file
 from cpic.util.guard import check_path, read_bytes
 
 FORMAT = "cpic-checkpoint"
-VERSION = 1
+#: 2: the metadata is sealed in the safetensors header
+VERSION = 2
 _SUFFIXES = (".safetensors", ".json")
 # one-key JSON objects with these keys stand for values JSON cannot hold directly
 _TENSOR, _TUPLE, _DICT, _FLOAT = "__tensor__", "__tuple__", "__dict__", "__float__"
@@ -149,7 +153,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
     """
     st_path, json_path = checkpoint_paths(path)
     prepared = _for_saving(tensors)
-    json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
+    meta_text = json.dumps(meta)  # fail before writing anything if meta is not JSON-serialisable
     st_path.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(st_path, json_path)
     temps, backup, replaced, done = [], None, False, False
@@ -157,7 +161,8 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, Tensor], me
         temps.append(st_tmp := _temp_path(st_path))
         # into the file made here: safetensors' save_file creates its own, mode 0600 whatever the umask
         with open(st_tmp, "wb") as f:
-            f.write(safetensors.torch.save(prepared, metadata={"format": "pt"}))
+            header = {"format": "pt", SEAL: canonical_json(json.loads(meta_text))}  # as a reader parses it
+            f.write(safetensors.torch.save(prepared, metadata=header))
         _fsync(st_tmp)
         record = {"format": FORMAT, "version": VERSION, "sha256": _sha256(st_tmp), "meta": meta}
         temps.append(json_tmp := _temp_path(json_path))
@@ -233,8 +238,11 @@ def load_checkpoint(
         st_path = backup
     try:
         tensors = safetensors.torch.load_file(st_path, device=str(torch.device(device)))
+        with safetensors.safe_open(st_path, framework="pt") as f:
+            sealed = (f.metadata() or {}).get(SEAL)
     except (safetensors.SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{st_path} is not a readable safetensors file: {e}") from None
+    check_seal(json_path, st_path, record["meta"], sealed, CheckpointError)
     return tensors, record["meta"]
 
 

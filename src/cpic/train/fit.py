@@ -27,6 +27,7 @@ from cpic.train.checkpoint import (
 from cpic.train.dataset import VolumeDataset
 from cpic.train.distributed import Distributed, current
 from cpic.train.resume_state import restore_state, save_state, sync_log
+from cpic.util.checks import check_int
 from cpic.util.progress import counter, write
 from cpic.util.progress import progress as progress_bar
 
@@ -185,7 +186,7 @@ def evaluate(
             preds.append(pred)
             bar.update(len(items))
     out = {f"{split}_loss": ctx.mean(losses, weights)}
-    if model.head.task != "reconstruction":
+    if model.supervised:
         target = model.head.check_targets(data.targets, name=f"{split} targets")
         out.update(_task_metrics(model, ctx.gather(torch.cat(preds), len(data)), target, f"{split}_"))
     return out
@@ -201,12 +202,12 @@ def _fraction_read(data: VolumeDataset, opened: set[int], ctx: Distributed) -> f
 
 
 def _check_data(model: CPIC, data: VolumeDataset, name: str, items: list[int] | None = None) -> None:
-    if model.head.task != "reconstruction":
+    if model.supervised:
         if data.targets is None:
-            raise ValueError(f"the {name} dataset has no targets, but a {model.head.task} model needs them.")
+            raise ValueError(f"the {name} dataset has no targets, but a {model.task} model needs them.")
         if data.classes is not None and model.head.task != "classification":
             raise ValueError(
-                f"the {name} dataset has class labels {data.classes}, but a {model.head.task} model "
+                f"the {name} dataset has class labels {data.classes}, but a {model.task} model "
                 "needs numeric targets."
             )
         model.head.check_targets(data.targets, name=f"{name} targets")
@@ -331,8 +332,7 @@ def fit(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    check_int("batch_size", batch_size)
     ctx = distributed or current()
     if ctx.world > 1 and not ctx.active:
         raise ValueError(f"{ctx} needs an initialised process group (see cpic.train.distributed.init).")
@@ -347,7 +347,7 @@ def fit(
         raise ValueError(f"refresh must be 'epoch', a number of uses, or None, got {refresh!r}.")
     if schedule not in ("cosine", None):
         raise ValueError(f"schedule must be 'cosine' or None, got {schedule!r}.")
-    model._check_memory(min(batch_size, len(train)))
+    model.check_memory(min(batch_size, len(train)))
     provenance = {"classes": train.classes, **(provenance or {})}
     try:
         json.dumps(provenance)
@@ -369,7 +369,7 @@ def fit(
                 sync_log(log_csv, history.rows)  # the log may be an epoch behind or ahead of it
     ctx.broadcast_parameters(model)
     writer = _tensorboard(tensorboard) if ctx.is_main else None
-    monitor = _monitor(model.head.task)
+    monitor = _monitor(model.task)
     history.monitor = monitor if val is not None else None
     show = progress and ctx.is_main
     events: Counter[str] = Counter(history.numerics)

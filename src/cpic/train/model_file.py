@@ -1,9 +1,12 @@
 """Model files: a trained :class:`cpic.CPIC` as safetensors plus JSON metadata, never a pickle.
 
 The JSON records the format and its version, the model's configuration (layout, ranks,
-encoder, projection, head), the shape of every tensor and free-form provenance (how the model
-was trained, the normalisation its volumes used). Loading rebuilds the model from the
-configuration and refuses a file whose version, tensor names or shapes differ.
+encoder, projection, head, read policy), the shape of every tensor and the provenance (how the
+model was trained, the normalisation its volumes used, class names, target and extra columns).
+All of it is sealed with the tensors (:mod:`cpic.train.checkpoint`): an edited configuration is
+refused. Loading rebuilds the model from the configuration and refuses a file whose version,
+tensor names or shapes differ; :class:`ModelFile` gives a loaded model with what it needs to
+predict as ``cpic predict`` does (the normalisation, the class names).
 :func:`load_model` also reads the training checkpoints of :func:`cpic.train.fit`
 (``checkpoint_dir/best``, ``checkpoint_dir/last``), which carry the same provenance.
 """
@@ -12,22 +15,25 @@ from __future__ import annotations
 
 import datetime
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from cpic._version import __version__
 from cpic.layout import PlainLayout, QTTLayout
-from cpic.nn import CPIC, head_from_config, lattice
+from cpic.nn import CPIC, ImplicitVolume, LatentModel, head_from_config, lattice, read_policy_from_config
 from cpic.nn.encoders import ENCODERS
 from cpic.nn.projections import PROJECTIONS
+from cpic.sources import VolumeSource, open_volume
 from cpic.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 MODEL_FORMAT = "cpic-model"
-MODEL_VERSION = 1
+#: 2: read policy in the configuration, metadata sealed with the tensors
+MODEL_VERSION = 2
 
 
-def model_from_config(config: dict) -> CPIC:
+def model_from_config(config: dict) -> LatentModel:
     """A fresh, untrained model with the configuration ``config`` (a ``model.config``).
 
     Example:
@@ -39,9 +45,10 @@ def model_from_config(config: dict) -> CPIC:
     """
     cfg = dict(config)
     head = head_from_config(cfg.pop("head"))
+    reads = read_policy_from_config(cfg.pop("reads", None), cfg)
     layout_cfg = cfg.pop("layout", {"type": "qtt", "group": True})
     grid = tuple(cfg.pop("grid_shape"))
-    centres = lattice(grid, cfg.get("stride", 1))
+    centres = lattice(grid, cfg.get("stride", 1))  # an implicit volume has none: 1
     if layout_cfg.get("type") == "qtt":
         layout = QTTLayout(centres, features=cfg["features"], group=layout_cfg.get("group", True))
     elif layout_cfg.get("type") == "PlainLayout":
@@ -49,12 +56,14 @@ def model_from_config(config: dict) -> CPIC:
     else:
         raise ValueError(f"unknown layout {layout_cfg!r} in the model configuration.")
     try:
-        return CPIC(grid, head, layout=layout, **cfg)
+        if cfg.pop("model", None) == "implicit-volume":
+            return ImplicitVolume(grid, layout=layout, reads=reads, **cfg)
+        return CPIC(grid, head, layout=layout, reads=reads, **cfg)
     except TypeError as err:
         raise ValueError(f"the model configuration does not match this cpic version: {err}") from None
 
 
-def save_model(model: CPIC, path: str | os.PathLike[str], **provenance) -> Path:
+def save_model(model: LatentModel, path: str | os.PathLike[str], **provenance) -> Path:
     """Write ``model`` to ``path`` (``.safetensors`` + ``.json``); ``provenance`` (JSON values:
     data, epochs, normalisation...) is stored with it. Returns the safetensors path.
 
@@ -68,11 +77,11 @@ def save_model(model: CPIC, path: str | os.PathLike[str], **provenance) -> Path:
         >>> meta["provenance"]["normalize"], loaded.config == model.config
         ('percentile', True)
     """
-    if model.config["encoder"] not in ENCODERS or model.config["projection"] not in PROJECTIONS:
+    if model.config["encoder"] not in ENCODERS or model.config.get("projection", "mean") not in PROJECTIONS:
         raise ValueError(
             "only models with a built-in encoder ('mlp', 'conv') and projection ('mean', 'moments', "
             f"'grid') can be saved as a model file; this one has {model.config['encoder']!r} and "
-            f"{model.config['projection']!r}: save its state_dict with cpic.train.save_checkpoint."
+            f"{model.config.get('projection')!r}: save its state_dict with cpic.train.save_checkpoint."
         )
     tensors = {k: v.detach() for k, v in model.state_dict().items()}
     meta = {
@@ -168,7 +177,7 @@ def _as_model(path, tensors: dict, meta: dict) -> tuple[dict, dict]:
     return model_tensors, {"kind": "checkpoint", "config": meta["config"], "provenance": provenance}
 
 
-def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[CPIC, dict]:
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[LatentModel, dict]:
     """The model in ``path`` and its metadata: a model file, or a training checkpoint of
     :func:`cpic.train.fit` (metadata ``kind`` ``"model"`` or ``"checkpoint"``; both have
     ``config`` and ``provenance``). A clear :class:`CheckpointError` for a file that is
@@ -203,3 +212,72 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         check_tensor(path, name, tensors[name], value)
     model.load_state_dict(tensors)
     return model.to(device), meta
+
+
+@dataclass
+class ModelFile:
+    """A loaded model file with what predicting needs: the model (in eval mode), its class
+    names (classification), the normalisation its volumes were opened with, the target and
+    extra columns of training and the whole metadata; :meth:`open` opens a volume as the model
+    expects. ``model(sources, extra=...)`` then gives the raw outputs that ``cpic predict``
+    turns into its rows (softmax for the class probabilities).
+
+    Example:
+        >>> import tempfile, torch, cpic
+        >>> from cpic.nn import Classification
+        >>> model = cpic.CPIC((8, 8, 8), Classification(2), features=2, patch=3, rank=2)
+        >>> volume = torch.rand(8, 8, 8)
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_model(model, f"{d}/m", classes=["healthy", "lesion"], normalize="none")
+        ...     loaded = ModelFile.load(f"{d}/m")
+        >>> loaded.classes, loaded.normalize, loaded.model(loaded.open(volume)).shape
+        (['healthy', 'lesion'], 'none', torch.Size([1, 2]))
+    """
+
+    model: LatentModel
+    meta: dict = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> ModelFile:
+        """The model file (or training checkpoint) at ``path``, as :func:`load_model` reads it."""
+        model, meta = load_model(path, device=device)
+        return cls(model.eval(), meta)
+
+    @property
+    def provenance(self) -> dict:
+        return self.meta.get("provenance", {})
+
+    @property
+    def classes(self) -> list | None:
+        """Class names (or ids) of a classification model; None for other tasks."""
+        return class_names(self.meta["config"], self.provenance)
+
+    @property
+    def normalize(self):
+        """The normalisation recorded at training (None: the default of :func:`cpic.open_volume`)."""
+        return self.provenance.get("normalize")
+
+    @property
+    def target(self) -> str | None:
+        return self.provenance.get("target")
+
+    @property
+    def extra(self) -> list:
+        return list(self.provenance.get("extra") or [])
+
+    def open(self, volume, name: str | None = None) -> VolumeSource:
+        """``volume`` (a path, an array or a source) opened with the recorded normalisation and
+        checked against the model's grid and channels (``name`` in the error, default the path)."""
+        normalize = None if self.normalize in (None, "none") else self.normalize
+        source = volume if isinstance(volume, VolumeSource) else open_volume(volume, normalize=normalize)
+        name = name or (str(volume) if isinstance(volume, (str, os.PathLike)) else "the volume")
+        if tuple(source.shape) != tuple(self.model.grid_shape):
+            raise ValueError(
+                f"volume {name!r} has grid {tuple(source.shape)}; the model expects {self.model.grid_shape}."
+            )
+        if (source.channels or 1) != self.model.channels:
+            raise ValueError(
+                f"volume {name!r} has {source.channels or 1} channel(s); "
+                f"the model expects {self.model.channels}."
+            )
+        return source

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cpic.nn import CPIC, Reconstruction
+from cpic.nn import CPIC
 from cpic.train.checkpoint import flatten_state, rng_state, set_rng_state, unflatten_state
 from cpic.train.dataset import VolumeDataset
 from cpic.train.distributed import Distributed
@@ -61,7 +61,7 @@ def save_state(
     labels = _labels(datasets)
     pivots = _to_cpu(model.pivots.state(lambda key: labels.get(id(key))))
     reads = {}
-    if isinstance(model.head, Reconstruction):  # its loss samples the voxels read so far
+    if not model.supervised:  # its loss samples the voxels read so far
         for name, data in datasets.items():
             for i, source in ({} if data is None else data.opened()).items():
                 reads[f"{name}/{i}"] = torch.from_numpy(source.stats.voxel_ids().copy())

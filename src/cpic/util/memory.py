@@ -6,14 +6,19 @@ from __future__ import annotations
 DEFAULT_FRACTION = 0.5
 
 
-def available_memory() -> int | None:
-    """Bytes the system can still give without swapping (``MemAvailable``), or None if unknown.
+def available_memory(device=None) -> int | None:
+    """Bytes free on ``device``: CUDA's free memory for a CUDA device, else what the system can
+    still give without swapping (``MemAvailable``); None if unknown.
 
     Example:
         >>> have = available_memory()
         >>> have is None or have > 0
         True
     """
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -41,6 +46,22 @@ def memory_budget(budget: int | None = None) -> tuple[int | None, str]:
         return None, "unknown"
     share = int(have * DEFAULT_FRACTION)
     return share, f"the default memory budget (half the {format_bytes(have)} available)"
+
+
+def memory_shortfall(need: int, budget: int | None, device=None) -> tuple[int, str] | None:
+    """``(bytes there are, what they are)`` when ``need`` bytes exceed ``budget`` (when given and
+    below what ``device`` has free) or the free memory of ``device``; None when ``need`` fits.
+
+    Example:
+        >>> memory_shortfall(2**20, 2**10)
+        (1024, 'is the memory budget')
+        >>> memory_shortfall(1, None) is None
+        True
+    """
+    have, what = available_memory(device), "is available"
+    if budget is not None and (have is None or budget < have):
+        have, what = budget, "is the memory budget"
+    return (have, what) if have is not None and need > have else None
 
 
 def format_bytes(n: int | float) -> str:

@@ -1,0 +1,179 @@
+"""Which patches a model reads: one pluggable :class:`ReadPolicy` per model.
+
+A policy gets the batched feature function of a batch of volumes (:class:`PatchFeatures`,
+whose calls read and encode patches) and returns :class:`Reads`: the latent TT the
+projection and the head see, the patches behind it and, when asked, the largest value of each
+feature over them. The model counts the voxels each prediction reads (``Reads.voxels``) and
+refuses a policy that reads more than its ``budget``. :class:`~cpic.nn.cross_reads.CrossPivots`
+(cross pivots, the default) and :class:`RandomPatches` are the policies here.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cpic.cross import PivotStore
+from cpic.nn.latent import Patches, PatchFeatures
+from cpic.tt import TT
+from cpic.util.checks import check_int
+
+
+@dataclass
+class Reads:
+    """What one prediction read: the latent TT ``[B, *tensor_shape]``, the patches behind it
+    (``None`` where the TT was built without a differentiable pass), each feature's largest
+    value over them ``[B, F]`` (when asked for) and the voxels read per volume ``[B]``."""
+
+    tt: TT
+    patches: Patches | None = None
+    peaks: Tensor | None = None
+    voxels: Tensor | None = None
+
+
+class ReadPolicy(ABC):
+    """Chooses the patches a model reads and builds the latent TT from them.
+
+    ``budget``: voxels per prediction and volume the policy reads at most (``None``: no limit
+    but its own parameters'). ``pivots`` holds what it keeps per volume between calls (empty
+    for a policy that keeps nothing); ``numerics`` counts numerical events it handled.
+    """
+
+    budget: int | None = None
+
+    def __init__(self) -> None:
+        self.pivots = PivotStore(1)
+        self.numerics: Counter[str] = Counter()
+
+    @abstractmethod
+    def select(
+        self,
+        f: PatchFeatures,
+        keys: Sequence[Hashable] | None,
+        seeds: Sequence[int],
+        generator: torch.Generator,
+        peaks: bool = False,
+    ) -> Reads:
+        """The reads of the volumes of ``f``: ``keys`` name them across calls (``None``: no
+        memory), ``seeds`` are one per volume (a volume's reads do not depend on its batch),
+        ``generator`` draws anything else; with ``peaks``, :attr:`Reads.peaks` too."""
+
+    @abstractmethod
+    def entries(self, shape: Sequence[int], patch_voxels: int) -> int:
+        """Patches one call encodes per volume at most (for the memory estimate)."""
+
+    @abstractmethod
+    def config(self) -> dict:
+        """A JSON description that :func:`read_policy_from_config` turns back into the policy."""
+
+
+class RandomPatches(ReadPolicy):
+    """Patches centred at uniformly drawn cells, as many as ``budget`` voxels allow.
+
+    The latent TT is the sparse tensor of the read patches' features, each weighted by the
+    number of cells over the number of patches: an unbiased estimate of the whole latent
+    tensor, whose mean projection is the mean of the patches' features. Predictions draw from
+    each volume's seed (the same patches whatever the batch); training (``keys`` given) draws
+    fresh patches at every step.
+
+    Example:
+        >>> import torch, cpic
+        >>> from cpic.nn import Classification
+        >>> model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, reads=RandomPatches(270))
+        >>> reads = model.read([cpic.open_volume(torch.rand(16, 16, 16))])
+        >>> reads.voxels.tolist(), reads.tt.ranks[1]
+        ([270], 10)
+    """
+
+    def __init__(self, budget: int):
+        super().__init__()
+        check_int("budget", budget)
+        self.budget = budget
+
+    def select(self, f, keys, seeds, generator, peaks=False) -> Reads:
+        count = self.budget // f.patch**f.layout.ndim
+        if count < 1:
+            raise ValueError(
+                f"budget={self.budget} voxels is less than one patch of {f.patch}^{f.layout.ndim} voxels."
+            )
+        cells = math.prod(f.layout.grid_shape)
+        count = min(count, cells)
+        drawn = []
+        for b, seed in enumerate(seeds):
+            gen = generator if keys is not None else torch.Generator().manual_seed(seed)
+            picked = torch.randint(0, cells, (count,), generator=gen).unique()
+            while len(picked) < count:  # distinct cells: exactly ``count`` patches
+                more = torch.randint(0, cells, (count - len(picked),), generator=gen)
+                picked = torch.cat([picked, more]).unique()
+            drawn.append(picked + b * cells)
+        ids = torch.cat(drawn)
+        patches = Patches(ids, f.encode(ids))
+        top = f.sampled_max(patches)[0] if peaks else None
+        return Reads(sparse_tt(f, patches), patches, top)
+
+    def entries(self, shape, patch_voxels) -> int:
+        return max(1, self.budget // patch_voxels)
+
+    def config(self) -> dict:
+        return {"type": "random", "budget": self.budget}
+
+
+def sparse_tt(f: PatchFeatures, patches: Patches) -> TT:
+    """The TT ``[B, *f.shape]`` that holds each patch's features at its cell (weighted by the
+    cells over the patches of its volume) and zero elsewhere: rank = most patches of a volume."""
+    cells = math.prod(f.layout.grid_shape)
+    volume = patches.ids // cells
+    counts = torch.bincount(volume, minlength=f.batch)
+    rank = int(counts.max())
+    slot = torch.arange(len(volume)) - (torch.cumsum(counts, 0) - counts)[volume]
+    coords = f.cell_coords(patches.ids % cells)
+    index = torch.zeros(f.batch, rank, len(f.shape) - 1, dtype=torch.long)
+    index[volume, slot] = f.layout.to_index(coords, feature=0)[:, :-1]
+    values = patches.features.new_zeros(f.batch, rank, patches.features.shape[1])
+    weight = (cells / counts.clamp_min(1)).to(values)
+    values = values.index_put((volume.to(values.device), slot.to(values.device)), patches.features)
+    values = values * weight.to(values.device)[:, None, None]
+    cores = []
+    for k, n in enumerate(f.shape[:-1]):
+        hot = torch.nn.functional.one_hot(index[..., k], n).to(values)  # [B, R, n]
+        cores.append(
+            hot.transpose(1, 2)[:, None]
+            if k == 0
+            else torch.diag_embed(hot.transpose(1, 2)).permute(0, 2, 1, 3)
+        )
+    cores.append(values[..., None])
+    return TT(cores)
+
+
+def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPolicy:
+    """The policy a :meth:`ReadPolicy.config` describes (cross pivots take the model's rank,
+    sweeps and refresh parameters from ``model_config``, and its seed when they name none).
+
+    Example:
+        >>> read_policy_from_config({"type": "random", "budget": 125}, {}).budget
+        125
+    """
+    from cpic.nn.cross_reads import CrossPivots
+
+    config = config or {"type": "cross"}
+    if config.get("type") == "cross":
+
+        def value(name: str, default):
+            return config.get(name, model_config.get(name, default))
+
+        return CrossPivots(
+            value("rank", 10),
+            sweeps=value("sweeps", 3),
+            refresh_every=value("refresh_every", None),
+            refresh_tol=value("refresh_tol", None),
+            seed=value("seed", 0),
+        )
+    if config.get("type") == "random":
+        return RandomPatches(config["budget"])
+    raise ValueError(f"unknown read policy {config!r} in the model configuration.")

@@ -1,9 +1,9 @@
 """Run the commands shown in docs/usage.md and the README, and write what they print back into them.
 
 Every ```` ```console ```` block of docs/usage.md, and every block of the README that follows an
-``<!-- console -->`` comment, is a list of ``$ command`` lines (``\\`` continues a line) each
-followed by its output. This script runs them in order, in a scratch folder holding the toy
-cohort the page describes (24 int16 volumes of 32^3, noise, every other one with a bright cube:
+``<!-- console -->`` comment, is a list of ``$ cpic ...`` or ``$ cat ...`` lines (``\\``
+continues a line) each followed by its output. This script runs them in order, in a scratch
+folder holding the toy cohort the page describes (24 int16 volumes of 32^3, noise, every other one with a bright cube:
 ``scans/scanNN.npy`` and ``cohort.csv`` with ``diagnosis`` and ``age``, plus ``train.json``),
 and replaces each output with what the command printed. One-line JSON is wrapped at 110
 columns with the per-epoch rows (``history``, ``sampling_scale``) shown as ``[...]``; the scratch
@@ -99,11 +99,15 @@ def blocks(lines: list[str], readme: bool) -> list[Block]:
     return found
 
 
+#: the commands a page shows (other ``$ `` lines are output: ``cpic bench`` echoes its scripts')
+COMMANDS = ("$ cpic ", "$ cat ")
+
+
 def _steps(body: list[str]) -> list[Step]:
     steps: list[Step] = []
     continued = False
     for line in body:
-        if line.startswith("$ ") or continued:
+        if line.startswith(COMMANDS) or continued:
             if continued:
                 steps[-1].command.append(line)
             else:

@@ -3,11 +3,11 @@
 Every ```` ```console ```` block of docs/usage.md, and every block of the README that follows an
 ``<!-- console -->`` comment, is a list of ``$ cpic ...`` or ``$ cat ...`` lines (``\\``
 continues a line) each followed by its output. This script runs them in order, in a scratch
-folder holding the toy cohort the page describes (24 int16 volumes of 32^3, noise, every other one with a bright cube:
-``scans/scanNN.npy`` and ``cohort.csv`` with ``diagnosis`` and ``age``, plus ``train.json``),
-and replaces each output with what the command printed. One-line JSON is wrapped at 110
-columns with the per-epoch rows (``history``, ``sampling_scale``) shown as ``[...]``; the scratch
-folder is shown as ``/data``.
+folder holding the toy cohort the page describes (24 int16 volumes of 32^3, noise, every other
+one with a bright cube: ``scans/scanNN.npy`` and ``cohort.csv`` with ``diagnosis`` and ``age``,
+plus ``train.json``), and replaces each output with what the command printed. One-line JSON is
+wrapped at 110 columns with the per-epoch rows (``history``, ``sampling_scale``) shown as
+``[...]``; the scratch folder is shown as ``/data``.
 
     python scripts/regenerate_docs.py              # rewrite the pages
     python scripts/regenerate_docs.py --check      # exit 1 if an output's shape differs

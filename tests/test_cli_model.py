@@ -374,22 +374,23 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
         fh.seek(100)
         fh.write(b"\0garbage\0")
     cases = {
-        "no_such.csv": ["train", "no_such.csv", "-o", "m"],
-        "missing_volume.npy": ["train", "holes.csv", "-o", "m", "--val", "0"],
-        "class 'tumour' has 1 volume": ["train", "single.csv", "-o", "m", "--val", "0.2"],
-        "diagnosis": ["train", "cohort.csv", "-o", "m", "--target", "diagnosis"],
-        "patch": ["train", "cohort.csv", "-o", "m", "--patch", "4"],
-        "'healthy'": ["train", "cohort.csv", "-o", "m", "--task", "regression"],
+        "no_such.csv": ["train", "no_such.csv", "-o", "m0"],
+        "missing_volume.npy": ["train", "holes.csv", "-o", "m1", "--val", "0"],
+        "class 'tumour' has 1 volume": ["train", "single.csv", "-o", "m2", "--val", "0.2"],
+        "diagnosis": ["train", "cohort.csv", "-o", "m3", "--target", "diagnosis"],
+        "patch": ["train", "cohort.csv", "-o", "m4", "--patch", "4"],
+        "'healthy'": ["train", "cohort.csv", "-o", "m5", "--task", "regression"],
         "other.npy": ["predict", "model", "other.npy", "--extra", "61"],
         "broken/model": ["predict", "broken/model.safetensors", "v0.npy", "--extra", "61"],
         "look.jpg": ["predict", "model", "v0.npy", "--extra", "61", "--figure", "look.jpg"],
     }
+    # run side by side, so each training gets its own output (one run per output: a lock)
     results = run_all(*[[*command, "--quiet"] for command in cases.values()], cwd=root)
     for needle, out in zip(cases, results):
         assert out.returncode == 2, (needle, out.stderr)
         assert "Traceback" not in out.stderr and needle in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert not (root / "m.safetensors").exists()
+    assert not list(root.glob("m[0-9].safetensors"))
 
 
 def test_predict_figure_refused_without_matplotlib_before_any_work(cohort, tmp_path, monkeypatch, capsys):

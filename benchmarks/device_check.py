@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 import cpic
-from cpic.cross import CrossInfo
+from cpic.tci import CrossInfo
 from cpic.data import blob_field
 from cpic.layout import QTTLayout
 from cpic.nn import (

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import cpic
-from cpic.cross import CrossInfo
+from cpic.tci import CrossInfo
 from cpic.data import blob_field
 from cpic.layout import QTTLayout
 from cpic.nn import PatchFeatures, PatchMLP, feature_mean

@@ -10,15 +10,15 @@ ALLOWED = {
     "util": {"util"},
     "tt": {"tt"},
     "layout": {"layout"},
-    "cross": {"cross", "tt", "util"},
+    "tci": {"tci", "tt", "util"},
     "sources": {"sources", "util"},
     "data": {"data", "sources", "util"},
     "sampling": {"sampling", "layout", "sources"},
-    "nn": {"nn", "tt", "layout", "cross", "sources", "util"},
-    "train": {"train", "nn", "tt", "layout", "cross", "sources", "data", "util", "_version"},
+    "nn": {"nn", "tt", "layout", "tci", "sources", "util"},
+    "train": {"train", "nn", "tt", "layout", "tci", "sources", "data", "util", "_version"},
     "implicit": {"implicit", "train", "nn", "tt", "layout", "sources", "util"},
     "cli": {
-        "cli", "tt", "layout", "cross", "sources", "data", "sampling", "nn", "train", "implicit", "util",
+        "cli", "tt", "layout", "tci", "sources", "data", "sampling", "nn", "train", "implicit", "util",
         "_version",
     },  # fmt: skip
 }

@@ -793,7 +793,7 @@ def test_disk_full_while_checkpointing_is_one_error(world, capsys, tmp_path, mon
     def full(path, tensors, meta):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(sys.modules["cpic.train.fit"], "save_checkpoint", full)
+    monkeypatch.setattr(sys.modules["cpic.train.loop"], "save_checkpoint", full)
     args = ["--checkpoint-dir", tmp_path / "ckpt", "--val", "0", *TINY]
     result = cli(capsys, "train", world.root / "cohort.csv", "-o", tmp_path / "m", *args)
     refused(result, "training stopped, no model was written: the disk is full")

@@ -7,9 +7,9 @@ import torch
 
 import cpic
 from cpic import TT
-from cpic.cross import CrossInfo
-from cpic.cross.cache import EvaluationCache
-from cpic.cross.maxvol import first_of_duplicates, maxvol_rect
+from cpic.tci import CrossInfo
+from cpic.tci.cache import EvaluationCache
+from cpic.tci.submatrix import first_of_duplicates, maxvol_rect
 from tests.helpers import random_tt
 
 

@@ -11,7 +11,7 @@ import torch
 from cpic.implicit.model import reconstruction_model
 from cpic.nn import ImplicitVolume
 from cpic.sources import VolumeSource
-from cpic.train.fit import LEARNING_RATE
+from cpic.train.loop import LEARNING_RATE
 from cpic.train.metrics import psnr, relative_error
 from cpic.tt import TT
 from cpic.util.progress import progress as progress_bar

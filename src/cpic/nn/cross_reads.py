@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from cpic.cross import PivotStore, cross, interpolate
-from cpic.cross.info import CrossInfo
+from cpic.tci import PivotStore, cross, interpolate
+from cpic.tci.info import CrossInfo
 from cpic.nn.latent import PatchFeatures
 from cpic.nn.reads import ReadPolicy, Reads
 from cpic.tt import TT

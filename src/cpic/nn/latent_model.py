@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import nn
 
-from cpic.cross import PivotStore
+from cpic.tci import PivotStore
 from cpic.layout import Layout, QTTLayout
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import make_encoder

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cpic.cross import PivotStore
+from cpic.tci import PivotStore
 from cpic.nn.latent import Patches, PatchFeatures
 from cpic.tt import TT
 from cpic.util.checks import check_int

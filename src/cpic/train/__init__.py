@@ -6,7 +6,7 @@ from cpic.train.checkpoint import CheckpointError, checkpoint_paths, load_checkp
 from cpic.train.dataset import VolumeDataset
 from cpic.train.description import describe
 from cpic.train.distributed import Distributed
-from cpic.train.fit import History, evaluate, fit
+from cpic.train.loop import History, evaluate, fit
 from cpic.train.manifest import build_model, head_for, load_manifest, manifest_datasets
 from cpic.train.metrics import accuracy, mean_absolute_error, pinball_loss, psnr, relative_error, roc_auc
 from cpic.train.model_file import ModelFile, class_names, load_model, model_from_config, save_model

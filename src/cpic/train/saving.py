@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cpic.nn import CPIC
 from cpic.train.checkpoint import checkpoint_paths
-from cpic.train.fit import History
+from cpic.train.loop import History
 from cpic.train.model_file import save_model
 from cpic.util.outputs import staged
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cpic.cross.cache import BatchedFunction
-from cpic.cross.fibers import fiber_indices
-from cpic.cross.info import CrossInfo
-from cpic.cross.safe_qr import safe_qr
+from cpic.tci.cache import BatchedFunction
+from cpic.tci.fibers import fiber_indices
+from cpic.tci.info import CrossInfo
+from cpic.tci.safe_qr import safe_qr
 from cpic.tt import TT
 
 
@@ -35,7 +35,7 @@ def _match(rows: Tensor, wanted: Tensor) -> Tensor:
 def _coefficients(fibers: Tensor, rows: Tensor) -> Tensor:
     """``Q @ inv(Q[rows])`` for the QR factor ``Q`` of each ``fibers[b]: [N, c]`` -> ``[B, N,
     len(rows)]``; when ``rows`` is longer than ``c``, least squares ``Q @ pinv(Q[rows])`` with
-    the identity on the rows themselves, as :func:`cpic.cross.maxvol_rect` gives them.
+    the identity on the rows themselves, as :func:`cpic.tci.maxvol_rect` gives them.
 
     A rank-deficient fiber (a blank or constant volume) has a QR factor whose extra columns are
     arbitrary; :func:`safe_qr` keeps their gradient finite.

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from cpic.cross.fibers import linear_strides
+from cpic.tci.fibers import linear_strides
 from cpic.util import KeyStore
 
 #: ``f(idx: LongTensor[B, P, d]) -> Tensor[B, P]``

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cpic.cross.cache import BatchedFunction
-from cpic.cross.engine import cross
-from cpic.cross.info import CrossInfo
+from cpic.tci.cache import BatchedFunction
+from cpic.tci.engine import cross
+from cpic.tci.info import CrossInfo
 
 
 @dataclass
@@ -63,7 +63,7 @@ class PivotStore:
 
     Example:
         >>> import torch
-        >>> from cpic.cross import PivotStore, interpolate
+        >>> from cpic.tci import PivotStore, interpolate
         >>> scale = torch.tensor([1.0, 2.0])
         >>> def function_for(items):
         ...     s = scale[items]
@@ -188,7 +188,7 @@ class PivotStore:
 
         Example:
             >>> import torch
-            >>> from cpic.cross import PivotStore
+            >>> from cpic.tci import PivotStore
             >>> def function_for(items):
             ...     return lambda idx: torch.cos(idx.float().sum(-1) / 5).expand(len(items), -1)
             >>> store = PivotStore(rank=2, seed=0)

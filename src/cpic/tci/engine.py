@@ -11,8 +11,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from cpic.cross.cache import BatchedFunction, BudgetExhausted, EvaluationCache
-from cpic.cross.fibers import (
+from cpic.tci.cache import BatchedFunction, BudgetExhausted, EvaluationCache
+from cpic.tci.fibers import (
     empty_set,
     extend_left,
     extend_right,
@@ -21,8 +21,8 @@ from cpic.cross.fibers import (
     linear_strides,
     right_row_keys,
 )
-from cpic.cross.info import CrossInfo
-from cpic.cross.maxvol import first_of_duplicates, maxvol_rect
+from cpic.tci.info import CrossInfo
+from cpic.tci.submatrix import first_of_duplicates, maxvol_rect
 from cpic.tt import TT
 
 _DEFAULT_RANK = 10

@@ -1,7 +1,7 @@
 """Model layer: patch encoders, the latent feature tensor, read policies, projections, heads,
 :class:`CPIC` (per-volume predictions) and :class:`ImplicitVolume` (a decoder of voxels).
 
-Imports the tensor, layout, cross and sources layers; knows nothing of training loops or the
+Imports the tensor, layout, tci and sources layers; knows nothing of training loops or the
 command line.
 """
 
@@ -29,12 +29,18 @@ from cpic.nn.projections import (
     feature_moments,
     make_projection,
 )
-from cpic.nn.reads import RandomPatches, ReadPolicy, Reads, read_policy_from_config
+from cpic.nn.reads import SAMPLERS, PatchBudget, RandomPatches, ReadPolicy, Reads, read_policy_from_config
+from cpic.nn.explore_exploit import ExploreExploit
+from cpic.nn.lattice_reads import LatticePatches
 
 __all__ = [
     "CPIC",
     "Classification",
     "CrossPivots",
+    "ExploreExploit",
+    "LatticePatches",
+    "PatchBudget",
+    "SAMPLERS",
     "ImplicitVolume",
     "LatentModel",
     "PatchLog",

@@ -82,8 +82,9 @@ class LatentModel(nn.Module):
             )
         elif not isinstance(reads, ReadPolicy):
             raise ValueError(
-                f"reads must be a cpic.nn.reads.ReadPolicy (CrossPivots, RandomPatches), got {reads!r}."
+                f"reads must be a cpic.nn.reads.ReadPolicy (CrossPivots, RandomPatches, LatticePatches, ExploreExploit), got {reads!r}."
             )
+        reads.check(patch, len(grid_shape), features)
         self.grid_shape, self.features, self.patch, self.channels = grid_shape, features, patch, channels
         self.border, self.stride, self.positions, self.background = border, stride, positions, background
         self.encoder = make_encoder(encoder, patch, features, channels, len(grid_shape), positions)

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 import cpic
-from cpic.nn import Classification, ExploreExploit, ImplicitVolume, LatticePatches, PatchMLP, QuantileRegression, RandomPatches, Regression
+from cpic.nn import (
+    Classification,
+    ExploreExploit,
+    ImplicitVolume,
+    LatticePatches,
+    PatchMLP,
+    QuantileRegression,
+    RandomPatches,
+    Regression,
+)
 from cpic.train import CheckpointError, class_names, load_model, save_checkpoint, save_model
 from cpic.train.checkpoint import checkpoint_paths
 from tests.helpers import reseal

@@ -544,7 +544,8 @@ def test_lattice_patches_read_one_patch_per_stratum_within_the_budget():
     from cpic.nn.lattice_reads import strata_counts
 
     patch_voxels = 3**3
-    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, reads=LatticePatches(64 * patch_voxels + 7))
+    policy = LatticePatches(64 * patch_voxels + 7)
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, reads=policy)
     sources = _volumes(2)
     reads = model.read(sources)
     assert reads.voxels.tolist() == [64 * patch_voxels] * 2
@@ -556,7 +557,8 @@ def test_lattice_patches_read_one_patch_per_stratum_within_the_budget():
         strata = coords // 4
         assert len(torch.unique(strata[:, 0] * 16 + strata[:, 1] * 4 + strata[:, 2])) == 64  # each once
     torch.testing.assert_close(model(sources), model(sources))  # predictions draw from each volume's seed
-    assert not torch.equal(model.read(sources, keys=[0, 1]).patches.ids, reads.patches.ids)  # training redraws
+    training = model.read(sources, keys=[0, 1]).patches.ids
+    assert not torch.equal(training, reads.patches.ids)  # training draws afresh
 
 
 def test_a_lattice_estimates_a_smooth_volume_better_than_random_patches_at_equal_reads():
@@ -565,12 +567,14 @@ def test_a_lattice_estimates_a_smooth_volume_better_than_random_patches_at_equal
     from cpic.nn import LatticePatches
 
     x = torch.linspace(0, 1, 16)
-    volume = cpic.open_volume((x[:, None, None] + x[None, :, None] ** 2 + torch.sin(3 * x)[None, None, :]).contiguous())
+    values = x[:, None, None] + x[None, :, None] ** 2 + torch.sin(3 * x)[None, None, :]
+    volume, truth = cpic.open_volume(values.contiguous()), float(values.mean())
     errors = {}
     for policy in (LatticePatches, RandomPatches):
-        model = CPIC((16, 16, 16), Regression(), features=2, patch=1, encoder=_MeanIntensity(2), reads=policy(64))
-        truth = float(torch.as_tensor(volume.gather(torch.cartesian_prod(*[torch.arange(16)] * 3), 1)).mean())
-        estimates = [float(feature_mean(model.read([volume], keys=[0]).tt, model.layout)[0, 0].detach()) for _ in range(16)]
+        model = CPIC((16,) * 3, Regression(), features=2, patch=1, encoder=_MeanIntensity(2), reads=policy(64))
+        with torch.no_grad():
+            tts = [model.read([volume], keys=[0]).tt for _ in range(16)]
+        estimates = [float(feature_mean(tt, model.layout)[0, 0]) for tt in tts]
         errors[policy.__name__] = float(np.mean([(e - truth) ** 2 for e in estimates]))
     assert errors["LatticePatches"] < 0.25 * errors["RandomPatches"]
 

@@ -7,6 +7,7 @@ command line.
 
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import PatchConv, PatchMLP, make_encoder
+from cpic.nn.explore_exploit import ExploreExploit
 from cpic.nn.heads import (
     Classification,
     Head,
@@ -19,6 +20,7 @@ from cpic.nn.heads import (
 from cpic.nn.implicit import ImplicitVolume
 from cpic.nn.latent import Patches, PatchFeatures, PatchLog, lattice
 from cpic.nn.latent_model import LatentModel
+from cpic.nn.lattice_reads import LatticePatches
 from cpic.nn.model import CPIC
 from cpic.nn.projections import (
     CovariancePooling,
@@ -30,8 +32,6 @@ from cpic.nn.projections import (
     make_projection,
 )
 from cpic.nn.reads import SAMPLERS, PatchBudget, RandomPatches, ReadPolicy, Reads, read_policy_from_config
-from cpic.nn.explore_exploit import ExploreExploit
-from cpic.nn.lattice_reads import LatticePatches
 
 __all__ = [
     "CPIC",

@@ -67,8 +67,9 @@ def jitter(low: Tensor, high: Tensor, generator: torch.Generator) -> Tensor:
     axis gives its ``low`` there).
 
     Example:
-        >>> p = jitter(torch.tensor([[0, 0], [4, 4]]), torch.tensor([[4, 4], [8, 8]]), torch.Generator().manual_seed(0))
-        >>> bool(((p >= torch.tensor([[0, 0], [4, 4]])) & (p < torch.tensor([[4, 4], [8, 8]]))).all())
+        >>> low, high = torch.tensor([[0, 0], [4, 4]]), torch.tensor([[4, 4], [8, 8]])
+        >>> p = jitter(low, high, torch.Generator().manual_seed(0))
+        >>> bool(((p >= low) & (p < high)).all())
         True
     """
     u = torch.rand(low.shape, generator=generator)
@@ -99,7 +100,8 @@ class LatticePatches(PatchBudget):
     Example:
         >>> import torch, cpic
         >>> from cpic.nn import Classification
-        >>> model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, reads=LatticePatches(27 * 8))
+        >>> policy = LatticePatches(27 * 8)
+        >>> model = cpic.CPIC((16, 16, 16), Classification(2), features=4, patch=3, reads=policy)
         >>> reads = model.read([cpic.open_volume(torch.rand(16, 16, 16))])
         >>> reads.voxels.tolist(), len(reads.patches.ids)
         ([216], 8)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cpic.tci import PivotStore
 from cpic.nn.latent import Patches, PatchFeatures
+from cpic.tci import PivotStore
 from cpic.tt import TT
 from cpic.util.checks import check_int
 
@@ -72,6 +72,7 @@ class ReadPolicy(ABC):
     def check(self, patch: int, ndim: int, features: int) -> None:
         """Refuse a model this policy cannot read for (patches of side ``patch`` in ``ndim``
         dimensions, ``features`` per patch); a model calls this when it is built."""
+        return None
 
     @abstractmethod
     def entries(self, shape: Sequence[int], patch_voxels: int) -> int:

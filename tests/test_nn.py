@@ -571,7 +571,8 @@ def test_a_lattice_estimates_a_smooth_volume_better_than_random_patches_at_equal
     volume, truth = cpic.open_volume(values.contiguous()), float(values.mean())
     errors = {}
     for policy in (LatticePatches, RandomPatches):
-        model = CPIC((16,) * 3, Regression(), features=2, patch=1, encoder=_MeanIntensity(2), reads=policy(64))
+        encoder = _MeanIntensity(2)
+        model = CPIC((16,) * 3, Regression(), features=2, patch=1, encoder=encoder, reads=policy(64))
         with torch.no_grad():
             tts = [model.read([volume], keys=[0]).tt for _ in range(16)]
         estimates = [float(feature_mean(tt, model.layout)[0, 0]) for tt in tts]

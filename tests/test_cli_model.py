@@ -392,7 +392,9 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
         "--read-budget 1%: a read budget of 40 voxels is below the 405 that the explore-exploit sampler": [
             *["train", "cohort.csv", "-o", "m8", "--sampler", "explore-exploit", "--patch", "3"],
         ],
-        "the cross sampler reads what its rank needs": ["train", "cohort.csv", "-o", "m9", "--read-budget", "5%"],
+        "the cross sampler reads what its rank needs": [
+            *["train", "cohort.csv", "-o", "m9", "--read-budget", "5%"],
+        ],
         "--read-budget 20: a read budget of 20 voxels is below the 27 that the lattice sampler": [
             *["predict", "model", "v0.npy", "--extra", "61", "--sampler", "lattice", "--read-budget", "20"],
         ],

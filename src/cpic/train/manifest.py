@@ -217,7 +217,9 @@ def build_model(
     torch.manual_seed(seed)
     if sampler != "cross" or read_budget is not None:
         features = options.get("features", inspect.signature(CPIC).parameters["features"].default)
-        options["reads"] = make_sampler(sampler, first.shape, read_budget, features=features)
+        options["reads"] = make_sampler(
+            sampler, first.shape, read_budget, features=features, channels=first.channels or 1
+        )
     return CPIC(
         first.shape, head, channels=first.channels or 1, extra_features=extra_features, seed=seed, **options
     )

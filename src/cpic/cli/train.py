@@ -23,7 +23,7 @@ from cpic.cli.common import (
     device_of,
     emit,
     fail,
-    flag_error,
+    naming_the_flag,
     float_list,
     memory_budget_option,
     one_line_errors,
@@ -311,7 +311,7 @@ def _model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
         return _build(args, train, data, name)
     except ValueError as err:
         if "read budget" in str(err):  # the flag's value did not suit the sampler or the volumes
-            raise flag_error(args, err) from None
+            raise naming_the_flag(args, err) from None
         raise
 
 

@@ -152,6 +152,7 @@ class LatentModel(nn.Module):
             read_budget,
             features=self.features,
             channels=self.channels,
+            patch=self.patch,
             like=self.reads,
             **settings,
         )

@@ -250,19 +250,23 @@ def make_sampler(
     *,
     features: int = 16,
     channels: int = 1,
+    patch: int = 5,
     like: ReadPolicy | None = None,
     **cross_settings,
 ) -> ReadPolicy:
     """The read policy :data:`SAMPLERS` calls ``name`` for volumes of ``shape``, reading
     ``read_budget`` voxels per prediction (a share such as ``"0.5%"`` or a count; default
-    :data:`DEFAULT_READ_BUDGET`; the cross sampler reads what its rank needs and takes none),
-    for a model of ``features`` features and volumes of ``channels`` channels.
+    :data:`DEFAULT_READ_BUDGET`, or the sampler's minimum for patches of side ``patch`` where
+    that is more; the cross sampler reads what its rank needs and takes none), for a model of
+    ``features`` features and volumes of ``channels`` channels.
     ``like``: a policy of the same kind whose learnt state (the explore-exploit scorer) the new
     one keeps, e.g. to predict with another budget than the model was trained with.
 
     Example:
         >>> make_sampler("lattice", (64, 64, 64), "0.5%").budget
         1310
+        >>> make_sampler("explore-exploit", (32, 32, 32), patch=3).budget  # 1% is below its minimum
+        431
         >>> make_sampler("cross", (64, 64, 64), rank=4).rank
         4
     """
@@ -281,6 +285,9 @@ def make_sampler(
     same = like is not None and like.config().get("type") == name
     config = {**like.config(), "budget": budget} if same else {"type": name, "budget": budget}
     policy = read_policy_from_config(config, {"features": features, "channels": channels})
+    need = policy.minimum(patch, len(shape))
+    if read_budget is None and budget < need:
+        return make_sampler(name, shape, need, features=features, channels=channels, patch=patch, like=like)
     if same and isinstance(policy, torch.nn.Module):
         policy.load_state_dict(like.state_dict())
     return policy

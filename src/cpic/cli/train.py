@@ -186,7 +186,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         type=read_budget_type,
         metavar="SHARE|VOXELS",
         help=f"voxels one prediction reads per volume, e.g. 0.5%% or 20000 (random, lattice and "
-        f"explore-exploit; default {DEFAULT_READ_BUDGET})",
+        f"explore-exploit; default {DEFAULT_READ_BUDGET.replace('%', '%%')} or the sampler's minimum)",
     )
     _option(p, "--encoder", default=MODEL("encoder"), choices=("mlp", "conv"), help="patch encoder")
     _option(

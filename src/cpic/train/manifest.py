@@ -198,7 +198,7 @@ def build_model(
     *,
     extra_features: int = 0,
     seed: int = 0,
-    sampler: str = "cross",
+    sampler: str = "explore-exploit",
     read_budget: str | int | None = None,
     **options,
 ) -> CPIC:

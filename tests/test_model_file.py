@@ -6,7 +6,16 @@ import pytest
 import torch
 
 import cpic
-from cpic.nn import Classification, ImplicitVolume, PatchMLP, QuantileRegression, RandomPatches, Regression
+from cpic.nn import (
+    Classification,
+    ExploreExploit,
+    ImplicitVolume,
+    LatticePatches,
+    PatchMLP,
+    QuantileRegression,
+    RandomPatches,
+    Regression,
+)
 from cpic.train import CheckpointError, class_names, load_model, save_checkpoint, save_model
 from cpic.train.checkpoint import checkpoint_paths
 from tests.helpers import reseal
@@ -47,6 +56,22 @@ def test_implicit_volumes_and_random_reads_round_trip_too(tmp_path):
     assert isinstance(loaded.reads, RandomPatches) and loaded.reads.budget == 300
     srcs = [cpic.open_volume(torch.rand(16, 16, 12)) for _ in range(2)]
     torch.testing.assert_close(random_reads.eval()(srcs), loaded.eval()(srcs))
+
+
+@pytest.mark.parametrize("policy", [LatticePatches(300), ExploreExploit(27 * 20, features=4, explore=0.4)])
+def test_lattice_and_explore_exploit_models_round_trip_with_the_scorer(tmp_path, policy):
+    torch.manual_seed(0)
+    model = cpic.CPIC((16, 16, 12), Regression(), features=4, patch=3, reads=policy)
+    if isinstance(policy, ExploreExploit):
+        with torch.no_grad():
+            policy.scorer.weight.normal_()  # a trained scorer's weights travel with the model
+    save_model(model, tmp_path / "model")
+    loaded, _ = load_model(tmp_path / "model")
+    assert type(loaded.reads) is type(policy) and loaded.reads.config() == policy.config()
+    if isinstance(policy, ExploreExploit):
+        torch.testing.assert_close(loaded.reads.scorer.weight, policy.scorer.weight)
+    srcs = [cpic.open_volume(torch.rand(16, 16, 12)) for _ in range(2)]
+    torch.testing.assert_close(model.eval()(srcs), loaded.eval()(srcs))
 
 
 def test_an_edited_configuration_is_refused_naming_the_file_and_the_key(tmp_path):

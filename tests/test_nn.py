@@ -525,3 +525,97 @@ def test_no_layer_branches_on_the_reconstruction_head():
         text, name = path.read_text(), path.relative_to(root).as_posix()
         assert '"reconstruction"' not in text or name in allowed, name
         assert "Reconstruction" not in text or name in allowed, name
+
+
+class _MeanIntensity(torch.nn.Module):
+    """An encoder whose every feature is the patch's mean intensity (plus a learnable 0)."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.features = features
+        self.zero = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, patches):
+        return patches.mean(dim=(1, 2, 3, 4))[:, None].repeat(1, self.features) + self.zero
+
+
+def test_lattice_patches_read_one_patch_per_stratum_within_the_budget():
+    from cpic.nn import LatticePatches
+    from cpic.nn.lattice_reads import strata_counts
+
+    patch_voxels = 3**3
+    policy = LatticePatches(64 * patch_voxels + 7)
+    model = CPIC((16, 16, 16), Classification(2), features=3, patch=3, reads=policy)
+    sources = _volumes(2)
+    reads = model.read(sources)
+    assert reads.voxels.tolist() == [64 * patch_voxels] * 2
+    counts = strata_counts((16, 16, 16), 64)
+    assert counts == (4, 4, 4)
+    for b in range(2):
+        cells = reads.patches.ids[reads.patches.ids // 16**3 == b] % 16**3
+        coords = torch.stack([cells // 256, cells // 16 % 16, cells % 16], -1)
+        strata = coords // 4
+        assert len(torch.unique(strata[:, 0] * 16 + strata[:, 1] * 4 + strata[:, 2])) == 64  # each once
+    torch.testing.assert_close(model(sources), model(sources))  # predictions draw from each volume's seed
+    training = model.read(sources, keys=[0, 1]).patches.ids
+    assert not torch.equal(training, reads.patches.ids)  # training draws afresh
+
+
+def test_a_lattice_estimates_a_smooth_volume_better_than_random_patches_at_equal_reads():
+    """Stratified coverage: the latent mean of a smooth volume from a jittered lattice errs less
+    than from as many uniformly random patches (16 draws each)."""
+    from cpic.nn import LatticePatches
+
+    x = torch.linspace(0, 1, 16)
+    values = x[:, None, None] + x[None, :, None] ** 2 + torch.sin(3 * x)[None, None, :]
+    volume, truth = cpic.open_volume(values.contiguous()), float(values.mean())
+    errors = {}
+    for policy in (LatticePatches, RandomPatches):
+        encoder = _MeanIntensity(2)
+        model = CPIC((16,) * 3, Regression(), features=2, patch=1, encoder=encoder, reads=policy(64))
+        with torch.no_grad():
+            tts = [model.read([volume], keys=[0]).tt for _ in range(16)]
+        estimates = [float(feature_mean(tt, model.layout)[0, 0]) for tt in tts]
+        errors[policy.__name__] = float(np.mean([(e - truth) ** 2 for e in estimates]))
+    assert errors["LatticePatches"] < 0.25 * errors["RandomPatches"]
+
+
+def test_explore_exploit_refines_the_strata_its_scorer_ranks_highest():
+    from cpic.nn import ExploreExploit
+
+    volume = torch.zeros(32, 32, 32)
+    volume[:8, :8, :8] = 1.0  # one bright corner: 1/64 of the volume
+    source = cpic.open_volume(volume)
+    policy = ExploreExploit(27 * 160, features=2)
+    with torch.no_grad():
+        policy.scorer.weight.fill_(5.0)
+        policy.scorer.bias.zero_()
+    model = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
+    reads = model.read([source])
+    assert int(reads.voxels[0]) <= policy.budget and source.stats.voxels_read == int(reads.voxels[0])
+    def in_corner(ids):
+        return int((torch.stack([ids // 1024, ids // 32 % 32, ids % 32], -1) < 8).all(-1).sum())
+
+    assert in_corner(reads.patches.ids) >= 1 + 8  # its stage-1 patch, then a refined stratum's 8
+    with torch.no_grad():
+        policy.scorer.weight.fill_(-5.0)  # now the corner scores lowest: it is not refined
+    assert in_corner(model.read([cpic.open_volume(volume)]).patches.ids) <= 2
+    # two-phase stratified weights: the latent mean of constant features is exactly that constant
+    ones = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
+    flat = cpic.open_volume(torch.full((32, 32, 32), 0.5))
+    torch.testing.assert_close(feature_mean(ones.read([flat]).tt, ones.layout), torch.full((1, 2), 0.5))
+
+
+def test_sampler_budgets_below_their_minimum_are_refused_naming_it():
+    from cpic.nn import ExploreExploit, LatticePatches
+
+    with pytest.raises(ValueError, match="below the 27 that the lattice sampler needs"):
+        CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=LatticePatches(20))
+    need = ExploreExploit(1, features=2).minimum(3, 3)
+    assert need == 27 * 15  # half the patches (7) for stage 1, the other 8 refine one stratum
+    with pytest.raises(ValueError, match=f"below the {need} that the explore-exploit sampler needs"):
+        CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=ExploreExploit(need - 1, features=2))
+    with pytest.raises(ValueError, match="scores 3 features, but the model has 2"):
+        CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=ExploreExploit(need, features=3))
+    with pytest.raises(ValueError, match="explore must be a share"):
+        ExploreExploit(need, features=2, explore=1.0)

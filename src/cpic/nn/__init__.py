@@ -1,12 +1,13 @@
 """Model layer: patch encoders, the latent feature tensor, read policies, projections, heads,
 :class:`CPIC` (per-volume predictions) and :class:`ImplicitVolume` (a decoder of voxels).
 
-Imports the tensor, layout, cross and sources layers; knows nothing of training loops or the
+Imports the tensor, layout, tci and sources layers; knows nothing of training loops or the
 command line.
 """
 
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import PatchConv, PatchMLP, make_encoder
+from cpic.nn.explore_exploit import ExploreExploit
 from cpic.nn.heads import (
     Classification,
     Head,
@@ -19,6 +20,7 @@ from cpic.nn.heads import (
 from cpic.nn.implicit import ImplicitVolume
 from cpic.nn.latent import Patches, PatchFeatures, PatchLog, lattice
 from cpic.nn.latent_model import LatentModel
+from cpic.nn.lattice_reads import LatticePatches
 from cpic.nn.model import CPIC
 from cpic.nn.projections import (
     CovariancePooling,
@@ -29,12 +31,16 @@ from cpic.nn.projections import (
     feature_moments,
     make_projection,
 )
-from cpic.nn.reads import RandomPatches, ReadPolicy, Reads, read_policy_from_config
+from cpic.nn.reads import SAMPLERS, PatchBudget, RandomPatches, ReadPolicy, Reads, read_policy_from_config
 
 __all__ = [
     "CPIC",
     "Classification",
     "CrossPivots",
+    "ExploreExploit",
+    "LatticePatches",
+    "PatchBudget",
+    "SAMPLERS",
     "ImplicitVolume",
     "LatentModel",
     "PatchLog",

@@ -15,13 +15,13 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import nn
 
-from cpic.tci import PivotStore
 from cpic.layout import Layout, QTTLayout
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import make_encoder
 from cpic.nn.latent import PatchFeatures, lattice
 from cpic.nn.reads import ReadPolicy, Reads
 from cpic.sources import VolumeSource
+from cpic.tci import PivotStore
 from cpic.tt import TT
 from cpic.util.checks import check_int
 from cpic.util.memory import format_bytes, memory_shortfall
@@ -82,8 +82,9 @@ class LatentModel(nn.Module):
             )
         elif not isinstance(reads, ReadPolicy):
             raise ValueError(
-                f"reads must be a cpic.nn.reads.ReadPolicy (CrossPivots, RandomPatches), got {reads!r}."
+                f"reads must be a cpic.nn.reads.ReadPolicy (see cpic.nn.SAMPLERS), got {reads!r}."
             )
+        reads.check(patch, len(grid_shape), features)
         self.grid_shape, self.features, self.patch, self.channels = grid_shape, features, patch, channels
         self.border, self.stride, self.positions, self.background = border, stride, positions, background
         self.encoder = make_encoder(encoder, patch, features, channels, len(grid_shape), positions)

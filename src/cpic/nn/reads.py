@@ -5,7 +5,9 @@ whose calls read and encode patches) and returns :class:`Reads`: the latent TT t
 projection and the head see, the patches behind it and, when asked, the largest value of each
 feature over them. The model counts the voxels each prediction reads (``Reads.voxels``) and
 refuses a policy that reads more than its ``budget``. :class:`~cpic.nn.cross_reads.CrossPivots`
-(cross pivots, the default) and :class:`RandomPatches` are the policies here.
+(cross pivots, the default), :class:`RandomPatches`,
+:class:`~cpic.nn.lattice_reads.LatticePatches` and
+:class:`~cpic.nn.explore_exploit.ExploreExploit` are the policies; :data:`SAMPLERS` names them.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cpic.tci import PivotStore
 from cpic.nn.latent import Patches, PatchFeatures
+from cpic.tci import PivotStore
 from cpic.tt import TT
 from cpic.util.checks import check_int
+
+#: the read policies by name (``cpic train --sampler``): :func:`read_policy_from_config` builds them
+SAMPLERS = ("cross", "random", "lattice", "explore-exploit")
 
 
 @dataclass
@@ -64,6 +69,11 @@ class ReadPolicy(ABC):
         memory), ``seeds`` are one per volume (a volume's reads do not depend on its batch),
         ``generator`` draws anything else; with ``peaks``, :attr:`Reads.peaks` too."""
 
+    def check(self, patch: int, ndim: int, features: int) -> None:
+        """Refuse a model this policy cannot read for (patches of side ``patch`` in ``ndim``
+        dimensions, ``features`` per patch); a model calls this when it is built."""
+        return None
+
     @abstractmethod
     def entries(self, shape: Sequence[int], patch_voxels: int) -> int:
         """Patches one call encodes per volume at most (for the memory estimate)."""
@@ -73,8 +83,52 @@ class ReadPolicy(ABC):
         """A JSON description that :func:`read_policy_from_config` turns back into the policy."""
 
 
-class RandomPatches(ReadPolicy):
-    """Patches centred at uniformly drawn cells, as many as ``budget`` voxels allow.
+class PatchBudget(ReadPolicy):
+    """A policy that reads whole patches up to an exact ``budget`` of voxels per prediction and
+    volume: ``budget // patch_voxels`` patches (:meth:`patches`). Subclasses set ``kind`` (the
+    name in configurations and on the command line) and :meth:`select`."""
+
+    kind = ""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        check_int("budget", budget)
+        self.budget = budget
+
+    def minimum(self, patch: int, ndim: int) -> int:
+        """The smallest budget this policy can honour with patches of side ``patch``."""
+        return patch**ndim
+
+    def check(self, patch: int, ndim: int, features: int) -> None:
+        need = self.minimum(patch, ndim)
+        if self.budget < need:
+            raise ValueError(
+                f"a read budget of {self.budget} voxels is below the {need} that the {self.kind} "
+                f"sampler needs with {patch}^{ndim} patches."
+            )
+
+    def patches(self, patch_voxels: int) -> int:
+        """Patches one prediction reads per volume."""
+        return self.budget // patch_voxels
+
+    def generators(
+        self, keys: Sequence[Hashable] | None, seeds: Sequence[int], generator: torch.Generator
+    ) -> list[torch.Generator]:
+        """One generator per volume: the model's (fresh draws at every training step, ``keys``
+        given) or one seeded by the volume (the same reads whatever the batch)."""
+        if keys is not None:
+            return [generator] * len(seeds)
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    def entries(self, shape, patch_voxels) -> int:
+        return max(1, self.patches(patch_voxels))
+
+    def config(self) -> dict:
+        return {"type": self.kind, "budget": self.budget}
+
+
+class RandomPatches(PatchBudget):
+    """Patches centred at uniformly drawn distinct cells, as many as ``budget`` voxels allow.
 
     The latent TT is the sparse tensor of the read patches' features, each weighted by the
     number of cells over the number of patches: an unbiased estimate of the whole latent
@@ -91,22 +145,13 @@ class RandomPatches(ReadPolicy):
         ([270], 10)
     """
 
-    def __init__(self, budget: int):
-        super().__init__()
-        check_int("budget", budget)
-        self.budget = budget
+    kind = "random"
 
     def select(self, f, keys, seeds, generator, peaks=False) -> Reads:
-        count = self.budget // f.patch**f.layout.ndim
-        if count < 1:
-            raise ValueError(
-                f"budget={self.budget} voxels is less than one patch of {f.patch}^{f.layout.ndim} voxels."
-            )
         cells = math.prod(f.layout.grid_shape)
-        count = min(count, cells)
+        count = min(self.patches(f.patch**f.layout.ndim), cells)
         drawn = []
-        for b, seed in enumerate(seeds):
-            gen = generator if keys is not None else torch.Generator().manual_seed(seed)
+        for b, gen in enumerate(self.generators(keys, seeds, generator)):
             picked = torch.randint(0, cells, (count,), generator=gen).unique()
             while len(picked) < count:  # distinct cells: exactly ``count`` patches
                 more = torch.randint(0, cells, (count - len(picked),), generator=gen)
@@ -117,16 +162,11 @@ class RandomPatches(ReadPolicy):
         top = f.sampled_max(patches)[0] if peaks else None
         return Reads(sparse_tt(f, patches), patches, top)
 
-    def entries(self, shape, patch_voxels) -> int:
-        return max(1, self.budget // patch_voxels)
 
-    def config(self) -> dict:
-        return {"type": "random", "budget": self.budget}
-
-
-def sparse_tt(f: PatchFeatures, patches: Patches) -> TT:
-    """The TT ``[B, *f.shape]`` that holds each patch's features at its cell (weighted by the
-    cells over the patches of its volume) and zero elsewhere: rank = most patches of a volume."""
+def sparse_tt(f: PatchFeatures, patches: Patches, weights: Tensor | None = None) -> TT:
+    """The TT ``[B, *f.shape]`` that holds each patch's features at its cell, times its weight
+    (``weights [U]``; default: the cells over the patches of its volume), and zero elsewhere:
+    rank = most patches of a volume."""
     cells = math.prod(f.layout.grid_shape)
     volume = patches.ids // cells
     counts = torch.bincount(volume, minlength=f.batch)
@@ -136,9 +176,10 @@ def sparse_tt(f: PatchFeatures, patches: Patches) -> TT:
     index = torch.zeros(f.batch, rank, len(f.shape) - 1, dtype=torch.long)
     index[volume, slot] = f.layout.to_index(coords, feature=0)[:, :-1]
     values = patches.features.new_zeros(f.batch, rank, patches.features.shape[1])
-    weight = (cells / counts.clamp_min(1)).to(values)
-    values = values.index_put((volume.to(values.device), slot.to(values.device)), patches.features)
-    values = values * weight.to(values.device)[:, None, None]
+    if weights is None:
+        weights = (cells / counts.clamp_min(1))[volume]
+    weighted = patches.features * weights.to(patches.features)[:, None]
+    values = values.index_put((volume.to(values.device), slot.to(values.device)), weighted)
     cores = []
     for k, n in enumerate(f.shape[:-1]):
         hot = torch.nn.functional.one_hot(index[..., k], n).to(values)  # [B, R, n]
@@ -174,6 +215,19 @@ def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPoli
             refresh_tol=value("refresh_tol", None),
             seed=value("seed", 0),
         )
-    if config.get("type") == "random":
+    from cpic.nn.explore_exploit import ExploreExploit
+    from cpic.nn.lattice_reads import LatticePatches
+
+    kind = config.get("type")
+    if kind == "random":
         return RandomPatches(config["budget"])
+    if kind == "lattice":
+        return LatticePatches(config["budget"])
+    if kind == "explore-exploit":
+        return ExploreExploit(
+            config["budget"],
+            features=config.get("features", model_config.get("features", 16)),
+            explore=config.get("explore", 0.5),
+            zoom=config.get("zoom", 2),
+        )
     raise ValueError(f"unknown read policy {config!r} in the model configuration.")

@@ -53,32 +53,25 @@ import cpic
 from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
 from cpic.data.lesions import CONTRAST, RADIUS_MM
 from cpic.layout import QTTLayout
-from cpic.nn import Classification, CrossPivots, Regression, lattice
+from cpic.nn import (
+    Classification,
+    CrossPivots,
+    ExploreExploit,
+    LatticePatches,
+    PatchBudget,
+    RandomPatches,
+    Regression,
+    lattice,
+)
 from cpic.nn.baselines import AttentionPatches, DenseCNN
-from cpic.nn.reads import RandomPatches
 from cpic.train.metrics import roc_auc
-
-# until cpic.nn.LatticePatches / ExploreExploit / read_budget land: RandomPatches stands in
-LatticePatches = RandomPatches
-
-
-def ExploreExploit(budget: int, explore: float = 0.5):  # noqa: N802 - stands in for a class
-    return RandomPatches(budget)
-
-
-def read_budget(text, shape) -> int:
-    total = math.prod(shape)
-    text = str(text).strip()
-    voxels = float(text[:-1]) / 100 * total if text.endswith("%") else float(text)
-    return int(voxels)
-
+from cpic.util.units import voxel_budget
 
 METHODS = ("cross", "random", "lattice", "explore-exploit", "strided", "attention", "dense-max")
 #: the methods whose reads a budget sets (the others are trained once per cohort)
 BUDGETED = ("random", "lattice", "explore-exploit", "strided", "attention")
 #: the designs that do not look at what they read before choosing where to read
 NON_ADAPTIVE = ("random", "lattice", "strided")
-POLICIES = {"random": RandomPatches, "lattice": LatticePatches}
 
 
 @dataclass(frozen=True)
@@ -128,11 +121,25 @@ def attention_plan(args, budget: int) -> tuple[int, int]:
     return view, (budget - view**3) // args.patch**3
 
 
+def read_policy(method: str, args, budget: int | None, seed: int):
+    """The read policy of a patch method: cross pivots, or a sampler at ``budget`` voxels."""
+    if method == "cross":
+        return CrossPivots(args.rank, sweeps=args.sweeps, seed=seed)
+    if method == "explore-exploit":
+        return ExploreExploit(budget, args.features, explore=args.explore)
+    return {"random": RandomPatches, "lattice": LatticePatches}[method](budget)
+
+
 def check_budget(method: str, args, budget: int) -> None:
     """Refuse a budget too small for ``method`` (one line naming ``--read-budget``)."""
-    patch = args.patch**3
-    need = {"strided": 5**3, "attention": math.ceil(2**3 / args.attention_view) + patch}.get(method, patch)
-    if method in BUDGETED and budget < need:
+    if method in ("random", "lattice", "explore-exploit"):
+        policy: PatchBudget = read_policy(method, args, budget, 0)
+        need = policy.minimum(args.patch, 3)
+    else:
+        need = {"strided": 5**3, "attention": math.ceil(2**3 / args.attention_view) + args.patch**3}.get(
+            method, 0
+        )
+    if budget < need:
         raise ValueError(
             f"--read-budget: {method} needs at least {need} voxels per prediction, got {budget} "
             f"({100 * budget / args.side**3:.3g}% of {args.side}^3)."
@@ -152,12 +159,6 @@ def build(method: str, args, classes: int, budget: int | None, seed: int):
     if method == "attention":
         view, samples = attention_plan(args, budget)
         return AttentionPatches(grid, head, samples, view=view, pool="mean+max", **common)
-    if method == "cross":
-        reads = CrossPivots(args.rank, sweeps=args.sweeps, seed=seed)
-    elif method == "explore-exploit":
-        reads = ExploreExploit(budget, explore=args.explore)
-    else:
-        reads = POLICIES[method](budget)
     return cpic.CPIC(
         grid,
         head,
@@ -166,7 +167,7 @@ def build(method: str, args, classes: int, budget: int | None, seed: int):
         background=0.0,
         projection=args.projection,
         sampled_max=True,
-        reads=reads,
+        reads=read_policy(method, args, budget, seed),
         **common,
     )
 
@@ -435,7 +436,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}."
             )
         texts = (args.read_budgets or args.read_budget).split(",")
-        args.budgets = sorted({read_budget(t, (args.side,) * 3) for t in texts})
+        args.budgets = sorted({voxel_budget(t, args.side**3) for t in texts})
         for budget in args.budgets:
             for method in args.methods:
                 check_budget(method, args, budget)

@@ -74,11 +74,11 @@ def reads_figure(shown: dict, predict, half: int, path: Path) -> Path:
     z = _slice_through_lesion(source)
     plane = torch.cartesian_prod(torch.arange(shape[0]), torch.arange(shape[1]))
     coords = torch.cat([plane, torch.full((len(plane), 1), z)], 1)
-    image = source.read(coords).reshape(shape[0], shape[1])
+    image = source.read(coords).reshape(shape[0], shape[1]).numpy()
     lesions = None
     if getattr(source.function, "lesions", None):
         f = source.function
-        lesions = (f(coords) - f(coords, with_lesions=False)).reshape(shape[0], shape[1])
+        lesions = (f(coords) - f(coords, with_lesions=False)).reshape(shape[0], shape[1]).numpy()
     cols = min(len(shown), 4)
     rows = math.ceil(len(shown) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)

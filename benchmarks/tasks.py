@@ -437,7 +437,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             )
         texts = (args.read_budgets or args.read_budget).split(",")
         args.budgets = sorted({voxel_budget(t, args.side**3) for t in texts})
-        for budget in args.budgets:
+        for budget in [] if args.calibrate else args.budgets:  # the calibration trains nothing
             for method in args.methods:
                 check_budget(method, args, budget)
     except ValueError as err:

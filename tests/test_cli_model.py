@@ -383,6 +383,21 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
         "other.npy": ["predict", "model", "other.npy", "--extra", "61"],
         "broken/model": ["predict", "broken/model.safetensors", "v0.npy", "--extra", "61"],
         "look.jpg": ["predict", "model", "v0.npy", "--extra", "61", "--figure", "look.jpg"],
+        "--read-budget: a read budget share must be above 0% and at most 100%, got '101%'": [
+            *["train", "cohort.csv", "-o", "m6", "--sampler", "lattice", "--read-budget", "101%"],
+        ],
+        "--read-budget: a read budget is a share of the volume (0.5%) or a number of voxels, got 'lots'": [
+            *["train", "cohort.csv", "-o", "m7", "--sampler", "random", "--read-budget", "lots"],
+        ],
+        "--read-budget 1%: a read budget of 40 voxels is below the 405 that the explore-exploit sampler": [
+            *["train", "cohort.csv", "-o", "m8", "--sampler", "explore-exploit", "--patch", "3"],
+        ],
+        "the cross sampler reads what its rank needs": [
+            *["train", "cohort.csv", "-o", "m9", "--read-budget", "5%"],
+        ],
+        "--read-budget 20: a read budget of 20 voxels is below the 27 that the lattice sampler": [
+            *["predict", "model", "v0.npy", "--extra", "61", "--sampler", "lattice", "--read-budget", "20"],
+        ],
     }
     # run side by side, so each training gets its own output (one run per output: a lock)
     results = run_all(*[[*command, "--quiet"] for command in cases.values()], cwd=root)
@@ -391,6 +406,32 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
         assert "Traceback" not in out.stderr and needle in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not list(root.glob("m[0-9].safetensors"))
+
+
+def test_samplers_train_and_predict_within_their_read_budget(cohort):
+    root = cohort.root
+    trained = run_all(
+        *[
+            ["train", "cohort.csv", "-o", f"s-{name}", "--extra", "age", *SMALL, "--sampler", name]
+            + ["--read-budget", "10%", "--sampled-max", "--json"]
+            for name in ("random", "lattice", "explore-exploit")
+        ],
+        cwd=root,
+    )
+    for name, out in zip(("random", "lattice", "explore-exploit"), trained):
+        assert json.loads(ok(out).stdout)["epochs"] == 2, name
+    evaluated = run_all(
+        ["evaluate", "s-random", "cohort.csv", "--json"],
+        ["evaluate", "s-lattice", "cohort.csv", "--json"],
+        ["evaluate", "s-explore-exploit", "cohort.csv", "--json"],
+        ["evaluate", "s-explore-exploit", "cohort.csv", "--read-budget", "20%", "--json"],
+        ["evaluate", "s-lattice", "cohort.csv", "--sampler", "random", "--read-budget", "2000", "--json"],
+        cwd=root,
+    )
+    reads = [json.loads(ok(out).stdout)["fraction_read"] for out in evaluated]
+    assert all(0 < r <= 0.10 for r in reads[:3]), reads  # per prediction, within the budget
+    assert 0.10 < reads[3] <= 0.20  # the trained scorer reads the new budget
+    assert reads[4] <= 2000 / 16**3
 
 
 def test_predict_figure_refused_without_matplotlib_before_any_work(cohort, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import torch
 
+from cpic.nn.reads import DEFAULT_READ_BUDGET
 from cpic.util.safe_text import strict_json
+from cpic.util.units import check_read_budget
 
 #: exit codes: 0 success, 1 the work failed (a numerical failure, a target not met), 2 bad usage
 #: or input (arguments, paths, formats)
@@ -81,6 +83,35 @@ def float_list(text: str) -> list[float]:
         return [float(item) for item in comma_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def read_budget_type(text: str) -> str:
+    """``--read-budget``: a share (``0.5%``) or a count of voxels, checked here, converted for
+    the volumes' grid by :func:`cpic.nn.make_sampler`.
+
+    Example:
+        >>> read_budget_type("0.5%")
+        '0.5%'
+    """
+    try:
+        return check_read_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def flag_error(args: argparse.Namespace, err: ValueError) -> ValueError:
+    """``err`` from building a sampler, naming the flag it is about: ``--read-budget VALUE``
+    when it concerns the read budget, else ``--sampler``.
+
+    Example:
+        >>> args = argparse.Namespace(read_budget="20", sampler="lattice")
+        >>> str(flag_error(args, ValueError("a read budget of 20 voxels is too small.")))
+        '--read-budget 20: a read budget of 20 voxels is too small.'
+    """
+    if "read budget" in str(err):
+        budget = getattr(args, "read_budget", None) or DEFAULT_READ_BUDGET
+        return ValueError(f"--read-budget {budget}: {err}")
+    return ValueError(f"--sampler {getattr(args, 'sampler', None)}: {err}")
 
 
 def positive_int(text: str) -> int:

@@ -19,13 +19,15 @@ from cpic.cli.common import (
     device_of,
     emit,
     fail,
+    flag_error,
     memory_budget_option,
     one_line_errors,
     positive_int,
+    read_budget_type,
     read_uncounted,
     subparser,
 )
-from cpic.nn import CPIC
+from cpic.nn import CPIC, SAMPLERS
 from cpic.sources import VolumeSource
 from cpic.train import checkpoint_paths, class_names, evaluate, load_model
 from cpic.train.manifest import align_classes, check_grid, load_manifest, open_all, open_for
@@ -73,6 +75,7 @@ def register(commands) -> None:
         "--batch-size", type=positive_int, default=BATCH, help=f"volumes per batch (default {BATCH})"
     )
     p.add_argument("--memory-budget", **memory_budget_option("a batch"))
+    _sampler_options(p)
     add_common(p, seed=False)
     one_line_errors(p, "predict")
     p.set_defaults(handler=run)
@@ -102,16 +105,34 @@ def register(commands) -> None:
         help=f"volumes per batch (default {EVAL_BATCH})",
     )
     e.add_argument("--memory-budget", **memory_budget_option("a batch"))
+    _sampler_options(e)
     add_common(e, seed=False)
     one_line_errors(e, "evaluate")
     e.set_defaults(handler=run_evaluate)
 
 
+def _sampler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sampler", choices=SAMPLERS, help="read with this sampler, not the model's own (see cpic train)"
+    )
+    p.add_argument(
+        "--read-budget",
+        type=read_budget_type,
+        metavar="SHARE|VOXELS",
+        help="voxels one prediction reads per volume (default: as in training)",
+    )
+
+
 # ---------------------------------------------------------------------- shared
-def _load(path: str, device, memory_budget: int | None = None) -> tuple[CPIC, dict]:
-    model, meta = load_model(path, device=device)
+def _load(args: argparse.Namespace) -> tuple[CPIC, dict]:
+    model, meta = load_model(args.model, device=device_of(args))
     model.eval()
-    model.memory_budget = memory_budget
+    model.memory_budget = args.memory_budget
+    if args.sampler or args.read_budget:
+        try:
+            model.use_sampler(args.sampler, args.read_budget)
+        except ValueError as err:
+            raise flag_error(args, err) from None
     return model, meta.get("provenance", {})
 
 
@@ -163,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     outputs = [p for p in (args.output, args.figure) if p]
     check_writable(outputs)
     refuse_inputs(outputs, [*args.volumes, *checkpoint_paths(args.model)], "-o/--figure", args.overwrite)
-    model, provenance = _load(args.model, device_of(args), args.memory_budget)
+    model, provenance = _load(args)
     if not model.supervised:
         return fail("predict", f"{args.model}: a reconstruction model makes no per-volume predictions.")
     if args.figure and len(model.grid_shape) != 3:
@@ -211,7 +232,7 @@ def evidence_figure(model: CPIC, sources: list[VolumeSource], rows: list[dict], 
 
 # ---------------------------------------------------------------------- evaluate
 def run_evaluate(args: argparse.Namespace) -> int:
-    model, provenance = _load(args.model, device_of(args), args.memory_budget)
+    model, provenance = _load(args)
     task = model.task
     target = args.target or provenance.get("target", "label")
     extra = args.extra if args.extra is not None else provenance.get("extra", [])

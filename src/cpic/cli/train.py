@@ -23,13 +23,15 @@ from cpic.cli.common import (
     device_of,
     emit,
     fail,
+    flag_error,
     float_list,
     memory_budget_option,
     one_line_errors,
     positive_int,
+    read_budget_type,
     subparser,
 )
-from cpic.nn import CPIC
+from cpic.nn import CPIC, DEFAULT_READ_BUDGET, SAMPLERS
 from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit
 from cpic.train.config import read_config
 from cpic.train.launch import launch
@@ -40,7 +42,9 @@ from cpic.util.outputs import check_writable, write_failure
 from cpic.util.progress import shows_progress
 
 #: the defaults of the options, read from the library functions that own them
-DATA, MODEL, FIT = (functools.partial(default, owner) for owner in (manifest_datasets, CPIC, fit))
+DATA, MODEL, MODEL_BUILD, FIT = (
+    functools.partial(default, owner) for owner in (manifest_datasets, CPIC, build_model, fit)
+)
 #: dest -> (argparse action, real default) of every option that ``--config`` may set
 _OPTIONS: dict[str, tuple[argparse.Action, object]] = {}
 
@@ -167,6 +171,22 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="patch centres on every n-th voxel: an n^D times smaller latent grid (about --patch "
         "for patches that barely overlap)",
     )
+    _option(
+        p,
+        "--sampler",
+        default=MODEL_BUILD("sampler"),
+        choices=SAMPLERS,
+        help="which patches a prediction reads: cross pivots, uniformly random, a jittered lattice, or "
+        "explore-exploit (a lattice, then more reads where a learnt score is highest)",
+    )
+    _option(
+        p,
+        "--read-budget",
+        type=read_budget_type,
+        metavar="SHARE|VOXELS",
+        help=f"voxels one prediction reads per volume, e.g. 0.5%% or 20000 (random, lattice and "
+        f"explore-exploit; default {DEFAULT_READ_BUDGET})",
+    )
     _option(p, "--encoder", default=MODEL("encoder"), choices=("mlp", "conv"), help="patch encoder")
     _option(
         p,
@@ -287,6 +307,15 @@ def _check_options(args: argparse.Namespace) -> None:
 def _model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
     """The model the options describe, for the grid of the first training volume."""
     name = f"manifest {args.manifest!r}: column {args.target!r}"
+    try:
+        return _build(args, train, data, name)
+    except ValueError as err:
+        if "read budget" in str(err):  # the flag's value did not suit the sampler or the volumes
+            raise flag_error(args, err) from None
+        raise
+
+
+def _build(args, train: VolumeDataset, data: VolumeDataset, name: str) -> CPIC:
     return build_model(
         train,
         head_for(args.task, data, args.quantiles, name),
@@ -301,6 +330,8 @@ def _model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
         sampled_max=args.sampled_max,
         rank=args.rank,
         stride=args.stride,
+        sampler=args.sampler,
+        read_budget=args.read_budget,
     )
 
 

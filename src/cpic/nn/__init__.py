@@ -31,12 +31,23 @@ from cpic.nn.projections import (
     feature_moments,
     make_projection,
 )
-from cpic.nn.reads import SAMPLERS, PatchBudget, RandomPatches, ReadPolicy, Reads, read_policy_from_config
+from cpic.nn.reads import (
+    DEFAULT_READ_BUDGET,
+    SAMPLERS,
+    PatchBudget,
+    RandomPatches,
+    ReadPolicy,
+    Reads,
+    make_sampler,
+    read_policy_from_config,
+)
 
 __all__ = [
     "CPIC",
     "Classification",
     "CrossPivots",
+    "DEFAULT_READ_BUDGET",
+    "make_sampler",
     "ExploreExploit",
     "LatticePatches",
     "PatchBudget",

@@ -96,7 +96,7 @@ class PatchFeatures:
         check_same_grid(self.sources, self.volume_shape, "the model's")
         self.layout, self.encoder, self.patch, self.border = layout, encoder, patch, border
         self.positions, self.background = positions, background
-        self.device = torch.device(device) if device is not None else _module_device(encoder)
+        self.device = torch.device(device) if device is not None else module_device(encoder)
         self.dtype = _module_dtype(encoder)
         self.encoded = 0
         self._logs: list[PatchLog] = []  # the open :meth:`log` blocks, shared with subset copies
@@ -281,7 +281,8 @@ def _strides(shape: Sequence[int]) -> Tensor:
     return torch.tensor(strides)
 
 
-def _module_device(module: nn.Module) -> torch.device:
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s parameters (the CPU for a module without any)."""
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 

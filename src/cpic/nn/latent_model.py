@@ -18,8 +18,8 @@ from torch import nn
 from cpic.layout import Layout, QTTLayout
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import make_encoder
-from cpic.nn.latent import PatchFeatures, lattice
-from cpic.nn.reads import ReadPolicy, Reads
+from cpic.nn.latent import PatchFeatures, lattice, module_device
+from cpic.nn.reads import ReadPolicy, Reads, make_sampler
 from cpic.sources import VolumeSource
 from cpic.tci import PivotStore
 from cpic.tt import TT
@@ -80,22 +80,14 @@ class LatentModel(nn.Module):
             reads = CrossPivots(
                 rank, sweeps=sweeps, refresh_every=refresh_every, refresh_tol=refresh_tol, seed=seed
             )
-        elif not isinstance(reads, ReadPolicy):
-            raise ValueError(
-                f"reads must be a cpic.nn.reads.ReadPolicy (see cpic.nn.SAMPLERS), got {reads!r}."
-            )
-        reads.check(patch, len(grid_shape), features)
         self.grid_shape, self.features, self.patch, self.channels = grid_shape, features, patch, channels
         self.border, self.stride, self.positions, self.background = border, stride, positions, background
         self.encoder = make_encoder(encoder, patch, features, channels, len(grid_shape), positions)
-        self.reads = reads
         self.seed = seed
         self._memory_checked: set[int] = set()
         self._memory_budget: int | None = None
         self._generator = torch.Generator().manual_seed(seed)
         cross = dict(rank=rank, sweeps=sweeps, refresh_every=refresh_every, refresh_tol=refresh_tol)
-        if isinstance(reads, CrossPivots):  # the settings in force (one place in the configuration)
-            cross = reads.settings()
         self.config = {
             "grid_shape": list(grid_shape),
             "features": features,
@@ -109,8 +101,48 @@ class LatentModel(nn.Module):
             "stride": stride,
             "seed": seed,
             "layout": _layout_config(self.layout),
-            "reads": reads.config(),
         }
+        self.use_reads(reads)
+
+    def use_reads(self, reads: ReadPolicy) -> None:
+        """Read with ``reads`` from now on (e.g. another sampler or budget for predictions than
+        the model was trained with); the configuration records it.
+
+        Example:
+            >>> import torch, cpic
+            >>> from cpic.nn import RandomPatches
+            >>> model = LatentModel((16, 16, 16), features=3, patch=3, rank=2)
+            >>> model.use_reads(RandomPatches(270))
+            >>> model.read([cpic.open_volume(torch.rand(16, 16, 16))]).voxels.tolist(), model.config["reads"]
+            ([270], {'type': 'random', 'budget': 270})
+        """
+        if not isinstance(reads, ReadPolicy):
+            raise ValueError(f"reads must be a ReadPolicy (one of cpic.nn.SAMPLERS), got {reads!r}.")
+        reads.check(self.patch, len(self.grid_shape), self.features)
+        self._modules.pop("reads", None)  # a policy with learnt parameters is a submodule
+        self.reads = reads.to(module_device(self.encoder)) if isinstance(reads, nn.Module) else reads
+        self.config["reads"] = reads.config()
+        if isinstance(reads, CrossPivots):  # the settings in force (one place in the configuration)
+            self.config.update(reads.settings())
+
+    def use_sampler(self, name: str | None = None, read_budget: str | int | None = None) -> None:
+        """Read with the sampler ``name`` of :data:`cpic.nn.SAMPLERS` (default: the model's own)
+        and ``read_budget`` voxels per prediction (``"0.5%"`` or a count; see
+        :func:`cpic.nn.make_sampler`); the same sampler keeps what it learnt (a scorer).
+
+        Example:
+            >>> model = LatentModel((32, 32, 32), features=3, patch=3, rank=2)
+            >>> model.use_sampler("lattice", "1%")
+            >>> model.config["reads"]
+            {'type': 'lattice', 'budget': 327}
+        """
+        name = name or self.config["reads"]["type"]
+        cross = {"rank", "sweeps", "refresh_every", "refresh_tol", "seed"}
+        settings = {k: v for k, v in self.config.items() if k in cross} if name == "cross" else {}
+        policy = make_sampler(
+            name, self.grid_shape, read_budget, features=self.features, like=self.reads, **settings
+        )
+        self.use_reads(policy)
 
     @property
     def rank(self) -> int | None:

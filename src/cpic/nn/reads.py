@@ -25,9 +25,12 @@ from cpic.nn.latent import Patches, PatchFeatures
 from cpic.tci import PivotStore
 from cpic.tt import TT
 from cpic.util.checks import check_int
+from cpic.util.units import voxel_budget
 
-#: the read policies by name (``cpic train --sampler``): :func:`read_policy_from_config` builds them
+#: the read policies by name (``cpic train --sampler``): :func:`make_sampler` builds them
 SAMPLERS = ("cross", "random", "lattice", "explore-exploit")
+#: what a sampler with a read budget reads per prediction unless told otherwise
+DEFAULT_READ_BUDGET = "1%"
 
 
 @dataclass
@@ -231,3 +234,44 @@ def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPoli
             zoom=config.get("zoom", 2),
         )
     raise ValueError(f"unknown read policy {config!r} in the model configuration.")
+
+
+def make_sampler(
+    name: str,
+    shape: Sequence[int],
+    read_budget: str | int | None = None,
+    *,
+    features: int = 16,
+    like: ReadPolicy | None = None,
+    **cross_settings,
+) -> ReadPolicy:
+    """The read policy :data:`SAMPLERS` calls ``name`` for volumes of ``shape``, reading
+    ``read_budget`` voxels per prediction (a share such as ``"0.5%"`` or a count; default
+    :data:`DEFAULT_READ_BUDGET`; the cross sampler reads what its rank needs and takes none).
+    ``like``: a policy of the same kind whose learnt state (the explore-exploit scorer) the new
+    one keeps, e.g. to predict with another budget than the model was trained with.
+
+    Example:
+        >>> make_sampler("lattice", (64, 64, 64), "0.5%").budget
+        1310
+        >>> make_sampler("cross", (64, 64, 64), rank=4).rank
+        4
+    """
+    from cpic.nn.cross_reads import CrossPivots
+
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}.")
+    if name == "cross":
+        if read_budget is not None:
+            raise ValueError(
+                "a read budget applies to the random, lattice and explore-exploit samplers; "
+                "the cross sampler reads what its rank needs."
+            )
+        return CrossPivots(**cross_settings)
+    budget = voxel_budget(DEFAULT_READ_BUDGET if read_budget is None else read_budget, math.prod(shape))
+    same = like is not None and like.config().get("type") == name
+    config = {**like.config(), "budget": budget} if same else {"type": name, "budget": budget}
+    policy = read_policy_from_config(config, {"features": features})
+    if same and isinstance(policy, torch.nn.Module):
+        policy.load_state_dict(like.state_dict())
+    return policy

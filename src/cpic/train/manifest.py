@@ -4,11 +4,12 @@ and the model the training options describe."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
 
-from cpic.nn import CPIC, Classification, QuantileRegression, Regression
+from cpic.nn import CPIC, Classification, QuantileRegression, Regression, make_sampler
 from cpic.sources import VolumeSource, open_volume
 from cpic.train.dataset import VolumeDataset
 from cpic.train.distributed import current
@@ -192,11 +193,19 @@ def head_for(task: str, data: VolumeDataset, quantiles: Sequence[float] = QUANTI
 
 
 def build_model(
-    train: VolumeDataset, head: torch.nn.Module, *, extra_features: int = 0, seed: int = 0, **options
+    train: VolumeDataset,
+    head: torch.nn.Module,
+    *,
+    extra_features: int = 0,
+    seed: int = 0,
+    sampler: str = "cross",
+    read_budget: str | int | None = None,
+    **options,
 ) -> CPIC:
     """The :class:`~cpic.nn.CPIC` with ``head`` and ``options`` for the grid and channels of the
-    first volume of ``train``; its initial weights depend on ``seed`` only (every rank of a
-    distributed job builds the same model).
+    first volume of ``train``, reading with ``sampler`` (:data:`cpic.nn.SAMPLERS`) up to
+    ``read_budget`` voxels per prediction (:func:`cpic.nn.make_sampler`); its initial weights
+    depend on ``seed`` only (every rank of a distributed job builds the same model).
 
     Example:
         >>> import cpic
@@ -206,6 +215,9 @@ def build_model(
     """
     first = train.source(0)
     torch.manual_seed(seed)
+    if sampler != "cross" or read_budget is not None:
+        features = options.get("features", inspect.signature(CPIC).parameters["features"].default)
+        options["reads"] = make_sampler(sampler, first.shape, read_budget, features=features)
     return CPIC(
         first.shape, head, channels=first.channels or 1, extra_features=extra_features, seed=seed, **options
     )

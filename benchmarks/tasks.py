@@ -362,7 +362,7 @@ def markdown(args, summary: list[dict], argv: list[str]) -> str:
         f"Mean ± s.e. over cohorts; the difference is paired per cohort against the best "
         f"non-adaptive design (of {', '.join(NON_ADAPTIVE)}) at the budget, positive when better.",
         "",
-        f"| budget | method | {name} | voxels read per prediction | vs best non-adaptive | "
+        f"| budget | method | {name} | distinct voxels read per prediction | vs best non-adaptive | "
         + ("ratio of MAE | " if task.metric == "mae" else "")
         + "epochs | train step |",
         "|---|---|---|---|---|" + ("---|" if task.metric == "mae" else "") + "---|---|",
@@ -394,7 +394,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--task", choices=tuple(TASKS), default="lesion")
-    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--side", type=int, default=None, help="grid side (default 512 for needle, else 256)")
     parser.add_argument("--count", type=int, default=240, help="volumes per cohort")
     parser.add_argument("--cohorts", type=int, default=5, help="cohorts (seeds --seed, --seed + 1, ...)")
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per method and cohort")
@@ -425,6 +425,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", default="", help="write the figures into this folder")
     parser.add_argument("--write", default="", help="append the markdown report to this file")
     args = parser.parse_args(argv)
+    args.side = args.side or (512 if args.task == "needle" else 256)
     try:
         args.needle_radius = tuple(float(r) for r in args.needle_radius.split(","))
         args.methods = args.methods.split(",")
@@ -436,7 +437,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 f"--methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}."
             )
         texts = (args.read_budgets or args.read_budget).split(",")
-        args.budgets = sorted({voxel_budget(t, args.side**3) for t in texts})
+        try:
+            args.budgets = sorted({voxel_budget(t, args.side**3) for t in texts})
+        except ValueError as err:
+            raise ValueError(f"--read-budget: {err}") from None
         for budget in [] if args.calibrate else args.budgets:  # the calibration trains nothing
             for method in args.methods:
                 check_budget(method, args, budget)

@@ -77,7 +77,7 @@ def test_calibration_scores_the_dense_view_detector(tasks, tmp_path):
     "argv, message",
     [
         (["--read-budget", "50"], "--read-budget: explore-exploit needs at least"),
-        (["--read-budget", "120%"], "between 1 voxel and the whole volume"),
+        (["--read-budget", "120%"], "--read-budget: a read budget share must be above 0% and at most 100%"),
         (["--methods", "random,cpic-max"], "--methods: unknown cpic-max"),
         (["--task", "shapes", "--calibrate"], "--calibrate"),
     ],

@@ -427,7 +427,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.side = args.side or (512 if args.task == "needle" else 256)
     try:
-        args.needle_radius = tuple(float(r) for r in args.needle_radius.split(","))
+        try:
+            args.needle_radius = tuple(float(r) for r in args.needle_radius.split(","))
+        except ValueError:
+            args.needle_radius = ()
+        if len(args.needle_radius) != 2 or not 0 < args.needle_radius[0] <= args.needle_radius[1]:
+            raise ValueError("--needle-radius: expected 'low,high' millimetres with 0 < low <= high.")
+        if not 0 < args.attention_view < 1:
+            raise ValueError(f"--attention-view: a share of the budget in (0, 1), got {args.attention_view}.")
         args.methods = args.methods.split(",")
         if args.calibrate and args.task == "shapes":
             raise ValueError("--calibrate: the detector needs a lesion task, not shapes.")

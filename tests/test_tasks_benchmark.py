@@ -80,6 +80,9 @@ def test_calibration_scores_the_dense_view_detector(tasks, tmp_path):
         (["--read-budget", "120%"], "--read-budget: a read budget share must be above 0% and at most 100%"),
         (["--methods", "random,cpic-max"], "--methods: unknown cpic-max"),
         (["--task", "shapes", "--calibrate"], "--calibrate"),
+        (["--needle-radius", "2,1"], "--needle-radius"),
+        (["--attention-view", "1"], "--attention-view"),
+        (["--explore", "1.5"], "explore must be a share"),
     ],
 )
 def test_bad_settings_are_one_line_and_exit_2(tasks, capsys, argv, message):

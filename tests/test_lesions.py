@@ -114,7 +114,7 @@ def test_bad_arguments_are_refused():
             lesion_cohort(2, side=32, radius=radius)
 
 
-def test_radius_sets_the_lesion_sizes_and_nothing_else():
+def test_radius_sets_the_lesion_sizes():
     """Needle lesions: radii in the range asked for, the same counts and first centres (the
     default range gives the default cohort)."""
     default, labels = lesion_cohort(6, side=32, seed=2)

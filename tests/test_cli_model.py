@@ -389,8 +389,9 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
         "--read-budget: a read budget is a share of the volume (0.5%) or a number of voxels, got 'lots'": [
             *["train", "cohort.csv", "-o", "m7", "--sampler", "random", "--read-budget", "lots"],
         ],
-        "--read-budget 1%: a read budget of 40 voxels is below the 405 that the explore-exploit sampler": [
+        "--read-budget 1%: a read budget of 40 voxels is below the 431 that the explore-exploit sampler": [
             *["train", "cohort.csv", "-o", "m8", "--sampler", "explore-exploit", "--patch", "3"],
+            *["--read-budget", "1%"],
         ],
         "the cross sampler reads what its rank needs": [
             *["train", "cohort.csv", "-o", "m9", "--read-budget", "5%"],

@@ -64,12 +64,12 @@ def test_lattice_and_explore_exploit_models_round_trip_with_the_scorer(tmp_path,
     model = cpic.CPIC((16, 16, 12), Regression(), features=4, patch=3, reads=policy)
     if isinstance(policy, ExploreExploit):
         with torch.no_grad():
-            policy.scorer.weight.normal_()  # a trained scorer's weights travel with the model
+            policy.view_net.score.weight.normal_()  # a trained scorer's weights travel with the model
     save_model(model, tmp_path / "model")
     loaded, _ = load_model(tmp_path / "model")
     assert type(loaded.reads) is type(policy) and loaded.reads.config() == policy.config()
     if isinstance(policy, ExploreExploit):
-        torch.testing.assert_close(loaded.reads.scorer.weight, policy.scorer.weight)
+        torch.testing.assert_close(loaded.reads.view_net.score.weight, policy.view_net.score.weight)
     srcs = [cpic.open_volume(torch.rand(16, 16, 12)) for _ in range(2)]
     torch.testing.assert_close(model.eval()(srcs), loaded.eval()(srcs))
 

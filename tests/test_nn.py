@@ -582,28 +582,41 @@ def test_a_lattice_estimates_a_smooth_volume_better_than_random_patches_at_equal
 
 def test_explore_exploit_refines_the_strata_its_scorer_ranks_highest():
     from cpic.nn import ExploreExploit
+    from cpic.nn.lattice_reads import strata_bounds, strata_counts
 
     volume = torch.zeros(32, 32, 32)
     volume[:8, :8, :8] = 1.0  # one bright corner: 1/64 of the volume
     source = cpic.open_volume(volume)
     policy = ExploreExploit(27 * 160, features=2)
-    with torch.no_grad():
-        policy.scorer.weight.fill_(5.0)
-        policy.scorer.bias.zero_()
+
+    def score_by_intensity(sign: float) -> None:  # the view CNN passes the voxel through, times sign
+        with torch.no_grad():
+            for conv in (policy.view_net.body[0], policy.view_net.body[2], policy.view_net.score):
+                conv.weight.zero_()
+                conv.bias.zero_()
+                conv.weight[(0, 0) + (conv.weight.shape[-1] // 2,) * 3] = 1.0
+            policy.view_net.score.weight.mul_(sign)
+
+    score_by_intensity(5.0)
     model = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
     reads = model.read([source])
     assert int(reads.voxels[0]) <= policy.budget and source.stats.voxels_read == int(reads.voxels[0])
     def in_corner(ids):
         return int((torch.stack([ids // 1024, ids // 32 % 32, ids % 32], -1) < 8).all(-1).sum())
 
-    assert in_corner(reads.patches.ids) >= 1 + 8  # its stage-1 patch, then a refined stratum's 8
-    with torch.no_grad():
-        policy.scorer.weight.fill_(-5.0)  # now the corner scores lowest: it is not refined
-    assert in_corner(model.read([cpic.open_volume(volume)]).patches.ids) <= 2
-    # two-phase stratified weights: the latent mean of constant features is exactly that constant
+    refined = len(reads.patches.ids) // 8
+    assert in_corner(reads.patches.ids) >= min(refined, 8) * 8  # the view cells in the corner, first
+    score_by_intensity(-5.0)  # now the corner scores lowest: it is not refined
+    assert in_corner(model.read([cpic.open_volume(volume)]).patches.ids) == 0
+    # each patch weighted by its share of its cell: the latent sum is the refined cells' volume
     ones = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
     flat = cpic.open_volume(torch.full((32, 32, 32), 0.5))
-    torch.testing.assert_close(feature_mean(ones.read([flat]).tt, ones.layout), torch.full((1, 2), 0.5))
+    flat_reads = ones.read([flat])
+    view = strata_counts((32,) * 3, 2160)  # the view: half the budget
+    lo, hi = strata_bounds(torch.zeros(3, dtype=torch.long), torch.full((3,), 32), view)
+    sizes, refined = (hi - lo).prod(-1).double(), len(flat_reads.patches.ids) // 8
+    covered = float(feature_mean(flat_reads.tt, ones.layout)[0, 0].detach()) / 0.5 * 32**3  # the weights' sum
+    assert refined * float(sizes.min()) - 1e-6 <= covered <= refined * float(sizes.max()) + 1e-6
 
 
 def test_sampler_budgets_below_their_minimum_are_refused_naming_it():
@@ -612,7 +625,7 @@ def test_sampler_budgets_below_their_minimum_are_refused_naming_it():
     with pytest.raises(ValueError, match="below the 27 that the lattice sampler needs"):
         CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=LatticePatches(20))
     need = ExploreExploit(1, features=2).minimum(3, 3)
-    assert need == 27 * 15  # half the patches (7) for stage 1, the other 8 refine one stratum
+    assert need == 431  # a view of 215 voxels (half, rounded down), then 8 patches of 27 in one cell
     with pytest.raises(ValueError, match=f"below the {need} that the explore-exploit sampler needs"):
         CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=ExploreExploit(need - 1, features=2))
     with pytest.raises(ValueError, match="scores 3 features, but the model has 2"):

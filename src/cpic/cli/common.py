@@ -99,13 +99,13 @@ def read_budget_type(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def flag_error(args: argparse.Namespace, err: ValueError) -> ValueError:
+def naming_the_flag(args: argparse.Namespace, err: ValueError) -> ValueError:
     """``err`` from building a sampler, naming the flag it is about: ``--read-budget VALUE``
     when it concerns the read budget, else ``--sampler``.
 
     Example:
         >>> args = argparse.Namespace(read_budget="20", sampler="lattice")
-        >>> str(flag_error(args, ValueError("a read budget of 20 voxels is too small.")))
+        >>> str(naming_the_flag(args, ValueError("a read budget of 20 voxels is too small.")))
         '--read-budget 20: a read budget of 20 voxels is too small.'
     """
     if "read budget" in str(err):

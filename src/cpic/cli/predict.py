@@ -19,8 +19,8 @@ from cpic.cli.common import (
     device_of,
     emit,
     fail,
-    flag_error,
     memory_budget_option,
+    naming_the_flag,
     one_line_errors,
     positive_int,
     read_budget_type,
@@ -132,7 +132,7 @@ def _load(args: argparse.Namespace) -> tuple[CPIC, dict]:
         try:
             model.use_sampler(args.sampler, args.read_budget)
         except ValueError as err:
-            raise flag_error(args, err) from None
+            raise naming_the_flag(args, err) from None
     return model, meta.get("provenance", {})
 
 

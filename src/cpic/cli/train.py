@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import time
 import warnings
@@ -23,9 +24,9 @@ from cpic.cli.common import (
     device_of,
     emit,
     fail,
-    flag_error,
     float_list,
     memory_budget_option,
+    naming_the_flag,
     one_line_errors,
     positive_int,
     read_budget_type,
@@ -311,7 +312,7 @@ def _model(args, train: VolumeDataset, data: VolumeDataset) -> CPIC:
         return _build(args, train, data, name)
     except ValueError as err:
         if "read budget" in str(err):  # the flag's value did not suit the sampler or the volumes
-            raise flag_error(args, err) from None
+            raise naming_the_flag(args, err) from None
         raise
 
 
@@ -420,7 +421,7 @@ def _train(args: argparse.Namespace) -> int:
     except OSError as err:
         return fail("train", f"writing the model failed: {write_failure(err)}", EXIT_FAILED)
     classes = class_names(model.config, provenance)
-    summary = _summary(args, history, saved, len(train), 0 if val is None else len(val), classes)
+    summary = _summary(args, model, history, saved, len(train), 0 if val is None else len(val), classes)
     summary.update(resumed=resumed, seconds=time.perf_counter() - started)
     summary["processes"] = distributed.current().world
     emit(args, summary, _lines(summary))
@@ -478,9 +479,13 @@ def _metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("epoch", "seconds", "fraction_read")}
 
 
-def _summary(args, history, saved: tuple[Path, Path], n_train: int, n_val: int, classes) -> dict:
+def _summary(args, model: CPIC, history, saved: tuple[Path, Path], n_train: int, n_val: int, classes) -> dict:
     best, last = saved
+    budget = model.reads.budget
     return {
+        "sampler": model.config["reads"]["type"],
+        "read_budget": budget,
+        "read_budget_share": None if budget is None else budget / math.prod(model.grid_shape),
         "model": str(best),
         "metadata": str(checkpoint_paths(best)[1]),
         "model_epoch": history.best["epoch"],
@@ -511,8 +516,13 @@ def _lines(summary: dict) -> list[str]:
         chosen, last = "the last (no validation set)", "the same weights"
     n_val = summary["val_volumes"]
     validation = f"{n_val} validation volumes" if n_val else "no validation (--val 0)"
+    reads = summary["sampler"]
+    if summary["read_budget"] is not None:
+        share, voxels = 100 * summary["read_budget_share"], summary["read_budget"]
+        reads += f", {share:.2f}% per prediction ({voxels} voxels)"
     lines = [
         f"cpic train: {summary['task']}{classes}, {summary['train_volumes']} training / {validation}",
+        f"  sampler             {reads}",
         f"  epochs              {summary['epochs']}" + (" (resumed)" if summary["resumed"] else ""),
     ]
     if summary.get("processes", 1) > 1:

@@ -119,6 +119,13 @@ class LatentModel(nn.Module):
         if not isinstance(reads, ReadPolicy):
             raise ValueError(f"reads must be a ReadPolicy (one of cpic.nn.SAMPLERS), got {reads!r}.")
         reads.check(self.patch, len(self.grid_shape), self.features)
+        old = getattr(self, "reads", None)
+        if old is not None and old.summary_features != reads.summary_features:
+            raise ValueError(
+                f"this model's head takes the {old.summary_features} summary features of its "
+                f"{old.config()['type']} sampler; the {reads.config()['type']} sampler gives "
+                f"{reads.summary_features}."
+            )
         self._modules.pop("reads", None)  # a policy with learnt parameters is a submodule
         self.reads = reads.to(module_device(self.encoder)) if isinstance(reads, nn.Module) else reads
         self.config["reads"] = reads.config()
@@ -140,7 +147,14 @@ class LatentModel(nn.Module):
         cross = {"rank", "sweeps", "refresh_every", "refresh_tol", "seed"}
         settings = {k: v for k, v in self.config.items() if k in cross} if name == "cross" else {}
         policy = make_sampler(
-            name, self.grid_shape, read_budget, features=self.features, like=self.reads, **settings
+            name,
+            self.grid_shape,
+            read_budget,
+            features=self.features,
+            channels=self.channels,
+            patch=self.patch,
+            like=self.reads,
+            **settings,
         )
         self.use_reads(policy)
 

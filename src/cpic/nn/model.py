@@ -107,7 +107,8 @@ class CPIC(LatentModel):
         self.projection = make_projection(projection, features, len(self.grid_shape))
         self.head = head
         self.sampled_max = sampled_max
-        head.build(self.projection.out_features(features) + (features if sampled_max else 0) + extra_features)
+        widths = (self.projection.out_features(features), features if sampled_max else 0, extra_features)
+        head.build(sum(widths) + self.reads.summary_features)
         self.config.update(
             projection=projection if isinstance(projection, str) else type(projection).__name__,
             sampled_max=sampled_max,
@@ -131,6 +132,8 @@ class CPIC(LatentModel):
         z = self.projection(reads.tt, self.layout)
         if reads.peaks is not None:
             z = torch.cat([z, reads.peaks], 1)
+        if reads.summary is not None:
+            z = torch.cat([z, reads.summary.to(z)], 1)
         if self.extra_features:
             if extra is None:
                 raise ValueError(

@@ -37,12 +37,15 @@ DEFAULT_READ_BUDGET = "1%"
 class Reads:
     """What one prediction read: the latent TT ``[B, *tensor_shape]``, the patches behind it
     (``None`` where the TT was built without a differentiable pass), each feature's largest
-    value over them ``[B, F]`` (when asked for) and the voxels read per volume ``[B]``."""
+    value over them ``[B, F]`` (when asked for), the voxels read per volume ``[B]`` and, from a
+    policy with :attr:`ReadPolicy.summary_features`, a summary ``[B, summary_features]`` of
+    what else it read (the head sees it too)."""
 
     tt: TT
     patches: Patches | None = None
     peaks: Tensor | None = None
     voxels: Tensor | None = None
+    summary: Tensor | None = None
 
 
 class ReadPolicy(ABC):
@@ -54,6 +57,8 @@ class ReadPolicy(ABC):
     """
 
     budget: int | None = None
+    #: width of :attr:`Reads.summary` (0: the policy gives none)
+    summary_features: int = 0
 
     def __init__(self) -> None:
         self.pivots = PivotStore(1)
@@ -232,6 +237,8 @@ def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPoli
             features=config.get("features", model_config.get("features", 16)),
             explore=config.get("explore", 0.5),
             zoom=config.get("zoom", 2),
+            channels=config.get("channels", model_config.get("channels", 1)),
+            width=config.get("width", 8),
         )
     raise ValueError(f"unknown read policy {config!r} in the model configuration.")
 
@@ -242,18 +249,24 @@ def make_sampler(
     read_budget: str | int | None = None,
     *,
     features: int = 16,
+    channels: int = 1,
+    patch: int = 5,
     like: ReadPolicy | None = None,
     **cross_settings,
 ) -> ReadPolicy:
     """The read policy :data:`SAMPLERS` calls ``name`` for volumes of ``shape``, reading
     ``read_budget`` voxels per prediction (a share such as ``"0.5%"`` or a count; default
-    :data:`DEFAULT_READ_BUDGET`; the cross sampler reads what its rank needs and takes none).
+    :data:`DEFAULT_READ_BUDGET`, or the sampler's minimum for patches of side ``patch`` where
+    that is more; the cross sampler reads what its rank needs and takes none), for a model of
+    ``features`` features and volumes of ``channels`` channels.
     ``like``: a policy of the same kind whose learnt state (the explore-exploit scorer) the new
     one keeps, e.g. to predict with another budget than the model was trained with.
 
     Example:
         >>> make_sampler("lattice", (64, 64, 64), "0.5%").budget
         1310
+        >>> make_sampler("explore-exploit", (32, 32, 32), patch=3).budget  # 1% is below its minimum
+        431
         >>> make_sampler("cross", (64, 64, 64), rank=4).rank
         4
     """
@@ -271,7 +284,10 @@ def make_sampler(
     budget = voxel_budget(DEFAULT_READ_BUDGET if read_budget is None else read_budget, math.prod(shape))
     same = like is not None and like.config().get("type") == name
     config = {**like.config(), "budget": budget} if same else {"type": name, "budget": budget}
-    policy = read_policy_from_config(config, {"features": features})
+    policy = read_policy_from_config(config, {"features": features, "channels": channels})
+    need = policy.minimum(patch, len(shape))
+    if read_budget is None and budget < need:
+        return make_sampler(name, shape, need, features=features, channels=channels, patch=patch, like=like)
     if same and isinstance(policy, torch.nn.Module):
         policy.load_state_dict(like.state_dict())
     return policy

@@ -216,8 +216,11 @@ def build_model(
     first = train.source(0)
     torch.manual_seed(seed)
     if sampler != "cross" or read_budget is not None:
-        features = options.get("features", inspect.signature(CPIC).parameters["features"].default)
-        options["reads"] = make_sampler(sampler, first.shape, read_budget, features=features)
+        defaults = inspect.signature(CPIC).parameters
+        features, patch = (options.get(k, defaults[k].default) for k in ("features", "patch"))
+        options["reads"] = make_sampler(
+            sampler, first.shape, read_budget, features=features, channels=first.channels or 1, patch=patch
+        )
     return CPIC(
         first.shape, head, channels=first.channels or 1, extra_features=extra_features, seed=seed, **options
     )

@@ -17,7 +17,8 @@ Methods. The patch methods are one ``cpic.CPIC`` (same encoder, projection, head
 
 - ``cross``: cross pivots (``CrossPivots``, rank ``--rank``; it reads what its pivots need: its
   reads are reported, not forced); ``random``: uniform patches; ``lattice``: a jittered lattice
-  of patches; ``explore-exploit``: a lattice, then refined reads in the best-scoring cells;
+  of patches; ``explore-exploit``: a strided view (``--explore`` of the budget) scored by a small
+  CNN, then full-resolution patches in the best-scoring view cells;
 - ``strided``: the dense CNN (``DenseCNN(view="strided")``) on the voxels of an ``n^3``
   lattice, ``n^3`` at most the budget;
 - ``attention``: attention sampling (``AttentionPatches``); its strided view takes the fraction

@@ -81,7 +81,7 @@ def reads_figure(shown: dict, predict, half: int, path: Path) -> Path:
         lesions = (f(coords) - f(coords, with_lesions=False)).reshape(shape[0], shape[1]).numpy()
     cols = min(len(shown), 4)
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.7 * rows), squeeze=False)
     for ax in axes.flat[len(shown) :]:
         ax.axis("off")
     for ax, (method, (model, _)) in zip(axes.flat, shown.items()):

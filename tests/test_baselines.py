@@ -5,7 +5,7 @@ import torch
 
 import cpic
 from cpic.nn import Classification
-from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches, downsample
+from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches, downsample, subsample
 
 
 def _bright_or_dark(count: int, side: int = 16, seed: int = 0):
@@ -56,9 +56,30 @@ def test_dense_cnn_learns_and_reads_each_volume_once(pool):
     assert all(s.stats.requests == 8 for s in sources)  # one slab per output plane, read once
 
 
-def test_dense_cnn_refuses_an_unknown_pooling():
+def test_subsample_reads_exactly_the_voxels_of_its_lattice():
+    volume = torch.rand(12, 8, 16)
+    src = cpic.open_volume(volume)
+    view = subsample(src, 4)
+    assert torch.equal(view[0], volume[1::3, 1::2, 2::4])  # cell centres, not averages
+    assert src.stats.unique_voxels == src.stats.voxels_read == 4**3
+    with pytest.raises(ValueError, match="strided view of side 9"):
+        subsample(src, 9)
+
+
+def test_dense_cnn_on_a_strided_view_learns_and_reads_only_the_view():
+    sources, labels = _bright_or_dark(8)
+    model = DenseCNN(Classification(2), side=8, width=4, pool="mean+max", view="strided")
+    assert _train(model, sources, labels) == 1.0  # the 8^3 cubes cover every other voxel
+    assert all(s.stats.unique_voxels == 8**3 for s in sources)
+
+
+def test_dense_cnn_refuses_an_unknown_pooling_or_view():
     with pytest.raises(ValueError, match="pool"):
         DenseCNN(Classification(2), pool="max")
+    with pytest.raises(ValueError, match="view must be one of 'average', 'strided'"):
+        DenseCNN(Classification(2), view="pyramid")
+    with pytest.raises(ValueError, match="side"):
+        DenseCNN(Classification(2), side=4)
 
 
 def test_random_patches_read_only_their_patches_and_keep_them_until_refresh():

@@ -109,6 +109,25 @@ def test_bad_arguments_are_refused():
         lesion_cohort(2, side=4)
     with pytest.raises(ValueError, match="lesions"):
         lesion_source(side=32, lesions=-1)
+    for radius in ((3.0, 1.0), (0.0, 2.0), 2.0, ("a", "b"), (1.0, math.inf)):
+        with pytest.raises(ValueError, match="radius"):
+            lesion_cohort(2, side=32, radius=radius)
+
+
+def test_radius_sets_the_lesion_sizes():
+    """Needle lesions: radii in the range asked for, the same counts and first centres (the
+    default range gives the default cohort)."""
+    default, labels = lesion_cohort(6, side=32, seed=2)
+    same, same_labels = lesion_cohort(6, side=32, seed=2, radius=(6.0, 12.0))
+    small, small_labels = lesion_cohort(6, side=32, seed=2, radius=(1.0, 2.0))
+    assert torch.equal(labels["volume"], same_labels["volume"])
+    assert torch.equal(labels["count"], small_labels["count"])
+    for big, needle in zip(default, small):  # later centres may differ: the overlap test needs the radii
+        first = [le.centre for le in big.function.lesions[:1]]
+        assert first == [le.centre for le in needle.function.lesions[:1]]
+        assert all(1.0 <= r <= 2.0 for le in needle.function.lesions for r in le.radii)
+    present = labels["presence"].bool()
+    assert (small_labels["volume"][present] < labels["volume"][present] / 20).all()
 
 
 def test_write_cohort_round_trips_through_a_manifest(tmp_path):

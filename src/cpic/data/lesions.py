@@ -23,7 +23,7 @@ from cpic.sources import ProceduralSource, SpatialInfo
 
 #: anatomies a cohort can be built on, and the loader of each (all from installed packages)
 ANATOMIES = ("colin27", "mni152", "mean_head", "head_ct")
-#: lesion radii in millimetres of the anatomy (uniform between the two)
+#: lesion radii in millimetres of the anatomy (uniform between the two; the default of ``radius``)
 RADIUS_MM = (6.0, 12.0)
 #: lesion contrast added to the normalised intensity (uniform between the two); calibrated so
 #: that a detector that knows where to look (the largest deviation of a 64^3 view from the mean
@@ -114,14 +114,17 @@ def _aal_names() -> dict[int, str]:
 
 
 # ------------------------------------------------------------------ the random draws of one volume
-def _draw_lesions(anatomy: _Anatomy, count: int, gen: torch.Generator) -> list[Lesion]:
-    """``count`` non-overlapping ellipsoids centred in tissue (a few tries each)."""
+def _draw_lesions(
+    anatomy: _Anatomy, count: int, gen: torch.Generator, radius: tuple[float, float] = RADIUS_MM
+) -> list[Lesion]:
+    """``count`` non-overlapping ellipsoids centred in tissue (a few tries each), their radii
+    uniform in ``radius`` (anatomy voxels)."""
     lesions: list[Lesion] = []
     for _ in range(50 * max(count, 1)):
         if len(lesions) == count:
             break
         centre = anatomy.tissue[torch.randint(len(anatomy.tissue), (1,), generator=gen)].squeeze(0)
-        radii = RADIUS_MM[0] + (RADIUS_MM[1] - RADIUS_MM[0]) * torch.rand(
+        radii = radius[0] + (radius[1] - radius[0]) * torch.rand(
             3, generator=gen, dtype=torch.float64
         )
         contrast = CONTRAST[0] + (CONTRAST[1] - CONTRAST[0]) * float(
@@ -185,12 +188,20 @@ def _trilinear(volume: Tensor, p: Tensor) -> Tensor:
 class LesionVolume:
     """The voxel function of one cohort member: ``coords [K, 3] -> float32 [K]``."""
 
-    def __init__(self, anatomy: str, side: int, seed: int, lesions: int, oedema: bool = False):
+    def __init__(
+        self,
+        anatomy: str,
+        side: int,
+        seed: int,
+        lesions: int,
+        oedema: bool = False,
+        radius: tuple[float, float] = RADIUS_MM,
+    ):
         self.anatomy_name, self.side, self.seed, self.oedema = anatomy, side, seed, oedema
         anat = _anatomy(anatomy)
         self.volume = anat.volume
         gen = torch.Generator().manual_seed(seed % 2**63)
-        self.lesions = _draw_lesions(anat, lesions, gen)
+        self.lesions = _draw_lesions(anat, lesions, gen, radius)
         self.deformation = _smooth_field(gen, 3)
         self.bias = _smooth_field(gen, 1)
         # the anatomy fits the cube isotropically and centred
@@ -254,11 +265,34 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
+def _check_radius(radius) -> tuple[float, float]:
+    """``radius`` as ``(low, high)``: two finite millimetre values with ``0 < low <= high``.
+
+    Example:
+        >>> _check_radius((1, 2.5))
+        (1.0, 2.5)
+    """
+    try:
+        low, high = (float(r) for r in radius)
+    except (TypeError, ValueError):
+        raise ValueError(f"radius must be two numbers (low, high) in millimetres, got {radius!r}.") from None
+    if not (0 < low <= high < math.inf):
+        raise ValueError(f"radius must be (low, high) millimetres with 0 < low <= high, got {radius!r}.")
+    return low, high
+
+
 def lesion_source(
-    anatomy: str = "colin27", side: int = 256, seed: int = 0, lesions: int = 1, oedema: bool = False
+    anatomy: str = "colin27",
+    side: int = 256,
+    seed: int = 0,
+    lesions: int = 1,
+    oedema: bool = False,
+    radius: tuple[float, float] = RADIUS_MM,
 ) -> ProceduralSource:
     """One volume: ``anatomy`` (see ``ANATOMIES``) on a ``side^3`` grid with ``lesions`` lesions,
-    each inside a faint hypointense oedema halo (``OEDEMA_*``) when ``oedema``.
+    each inside a faint hypointense oedema halo (``OEDEMA_*``) when ``oedema``. Lesion radii are
+    drawn uniformly in ``radius`` (millimetres of the anatomy, default ``RADIUS_MM``): small radii
+    make needle-in-a-haystack lesions that a coarse view of the volume averages away.
 
     The source's ``spatial`` frame is the anatomy's, resampled: voxels of ``extent / side``
     anatomy voxels (``extent`` the anatomy's longest axis), centred on the anatomy as the grid
@@ -273,7 +307,7 @@ def lesion_source(
     """
     _check_int("side", side, 8)
     _check_int("lesions", lesions, 0)
-    function = LesionVolume(anatomy, int(side), seed, int(lesions), bool(oedema))
+    function = LesionVolume(anatomy, int(side), seed, int(lesions), bool(oedema), _check_radius(radius))
     source = ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
     source.spatial = function.spatial
     return source
@@ -286,6 +320,7 @@ def lesion_cohort(
     anatomy: str = "colin27",
     max_lesions: int = 3,
     oedema: bool = False,
+    radius: tuple[float, float] = RADIUS_MM,
 ) -> tuple[list[ProceduralSource], dict[str, Tensor | list[str]]]:
     """``count`` volumes, every other one lesion-free, and their labels.
 
@@ -295,6 +330,7 @@ def lesion_cohort(
     ``"unknown"`` on other anatomies, ``"none"`` without lesions). Item ``i`` does not depend on
     ``count``. With ``oedema`` every lesion sits in a faint hypointense halo 2.5 times its size
     (the perilesional oedema of tumours); the draws, and so the labels, are the same either way.
+    Lesion radii are drawn uniformly in ``radius`` millimetres (as :func:`lesion_source`).
 
     Example:
         >>> sources, labels = lesion_cohort(4, side=32)            # doctest: +SKIP
@@ -310,7 +346,7 @@ def lesion_cohort(
         k = 0
         if index % 2:
             k = 1 + int(torch.randint(max_lesions, (1,), generator=torch.Generator().manual_seed(item_seed)))
-        source = lesion_source(anatomy, side, item_seed, k, oedema)
+        source = lesion_source(anatomy, side, item_seed, k, oedema, radius)
         source.name = f"{anatomy}-{index:04d}"
         function: LesionVolume = source.function
         found = function.lesions

@@ -1,7 +1,7 @@
 """Baselines that C-PIC is measured against, with C-PIC's ``loss(sources, targets)`` interface.
 
 - :class:`DenseCNN`: a small 3-D ResNet on the whole volume downsampled to ``side^3`` (it has to
-  read every voxel to downsample);
+  read every voxel to downsample), or on a strided ``side^3`` subsample (it reads those voxels);
 - :class:`RandomPatches`: C-PIC's encoder and head on ``samples`` patches drawn uniformly at
   random, mean-pooled (the ablation of the cross-approximation's choice of samples);
 - :class:`AttentionPatches`: attention sampling (Katharopoulos & Fleuret, ICML 2019): a small
@@ -23,6 +23,7 @@ from cpic.nn.encoders import make_encoder
 from cpic.nn.heads import Head
 from cpic.nn.latent import PatchFeatures
 from cpic.sources import VolumeSource
+from cpic.util.checks import check_int
 
 
 def downsample(source: VolumeSource, side: int) -> Tensor:
@@ -46,6 +47,32 @@ def downsample(source: VolumeSource, side: int) -> Tensor:
         slab = values.reshape(stop - start, n1, n2, -1).permute(3, 0, 1, 2)  # [C, s, n1, n2]
         planes.append(F.adaptive_avg_pool3d(slab[None], (1, side, side))[0])
     return torch.cat(planes, 1)
+
+
+def subsample(source: VolumeSource, side: int) -> Tensor:
+    """The voxels at the centres of a ``side^3`` lattice of equal cells, ``[C, side, side, side]``:
+    every ``n / side``-th voxel along each axis, exactly ``side^3`` voxels read (no averaging).
+
+    Example:
+        >>> import torch, cpic
+        >>> src = cpic.open_volume(torch.arange(64.0).reshape(4, 4, 4))
+        >>> subsample(src, 2)[0, 0, 0].tolist(), src.stats.unique_voxels
+        ([21.0, 23.0], 8)
+    """
+    if source.ndim != 3:
+        raise ValueError(f"{source.name}: a dense 3-D CNN needs a 3-D volume, got shape {source.shape}.")
+    if side > min(source.shape):
+        raise ValueError(
+            f"{source.name}: a strided view of side {side} needs that many voxels per axis, "
+            f"got shape {source.shape}."
+        )
+    axes = [((2 * torch.arange(side) + 1) * n) // (2 * side) for n in source.shape]
+    values = source.read(torch.cartesian_prod(*axes))
+    return values.reshape(side, side, side, -1).permute(3, 0, 1, 2)
+
+
+#: how :class:`DenseCNN` makes its ``side^3`` view of a volume
+VIEWS = {"average": downsample, "strided": subsample}
 
 
 class _Residual(nn.Module):
@@ -88,12 +115,14 @@ def _pool(x: Tensor, pool: str) -> Tensor:
 
 
 class DenseCNN(_LossMixin, nn.Module):
-    """A small 3-D ResNet (a stem and three residual stages) on volumes downsampled to ``side^3``,
+    """A small 3-D ResNet (a stem and three residual stages) on a ``side^3`` view of each volume,
     globally average-pooled (``pool="mean"``) or average- and max-pooled (``"mean+max"``, for
     small findings that an average dilutes).
 
-    Downsampled volumes are kept per source name in ``views`` (fill it to reuse views computed
-    elsewhere), so each volume is read (entirely) once.
+    ``view="average"``: the volume area-averaged (:func:`downsample`, every voxel read);
+    ``view="strided"``: the voxels at the centres of a ``side^3`` lattice (:func:`subsample`,
+    ``side^3`` voxels read: the dense CNN at a read budget). Views are kept per source name in
+    ``views`` (fill it to reuse views computed elsewhere), so each volume is read once.
 
     Example:
         >>> import torch, cpic
@@ -101,12 +130,27 @@ class DenseCNN(_LossMixin, nn.Module):
         >>> model = DenseCNN(Classification(2), side=8, width=4)
         >>> model([cpic.open_volume(torch.rand(16, 16, 16))]).shape
         torch.Size([1, 2])
+        >>> src = cpic.open_volume(torch.rand(16, 16, 16))
+        >>> _ = DenseCNN(Classification(2), side=6, width=4, view="strided")([src])
+        >>> src.stats.unique_voxels
+        216
     """
 
-    def __init__(self, head: Head, side: int = 64, width: int = 8, channels: int = 1, pool: str = "mean"):
+    def __init__(
+        self,
+        head: Head,
+        side: int = 64,
+        width: int = 8,
+        channels: int = 1,
+        pool: str = "mean",
+        view: str = "average",
+    ):
         super().__init__()
         pooled_width = _pooled_width(4 * width, pool)
-        self.side, self.head, self.pool = side, head, pool
+        check_int("side", side, low=5)  # below 5 a stage's norm sees one value per group
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}.")
+        self.side, self.head, self.pool, self.view_kind = side, head, pool, view
         self.stem = nn.Sequential(
             nn.Conv3d(channels, width, 3, 2, 1), nn.GroupNorm(min(8, width), width), nn.ReLU()
         )
@@ -119,7 +163,7 @@ class DenseCNN(_LossMixin, nn.Module):
 
     def view(self, source: VolumeSource) -> Tensor:
         if source.name not in self.views:
-            self.views[source.name] = downsample(source, self.side)
+            self.views[source.name] = VIEWS[self.view_kind](source, self.side)
         return self.views[source.name]
 
     def forward(self, sources: Sequence[VolumeSource]) -> Tensor:

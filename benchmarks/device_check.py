@@ -45,7 +45,6 @@ import torch
 from torch import Tensor
 
 import cpic
-from cpic.tci import CrossInfo
 from cpic.data import blob_field
 from cpic.layout import QTTLayout
 from cpic.nn import (
@@ -56,6 +55,7 @@ from cpic.nn import (
     feature_mean,
     feature_moments,
 )
+from cpic.tci import CrossInfo
 
 PATCH, FEATURES, RANK, SWEEPS = 5, 8, 8, 3
 Result = dict[str, Tensor]

@@ -192,7 +192,8 @@ def metric(task: Task, output: torch.Tensor, targets: torch.Tensor, scale: tuple
 
 
 def train(method: str, args, budget: int | None, seed: int) -> tuple[dict, torch.nn.Module, list]:
-    """Train ``method`` for ``--minutes`` on cohort ``seed``; its score, model and validation sources."""
+    """Train ``method`` for ``--minutes`` (or ``--epochs``) on cohort ``seed``; its score, model and
+    validation sources."""
     task = TASKS[args.task]
     sources, targets, classes = cohort(args, seed)
     n_val = max(len(sources) // 5, 2)
@@ -209,7 +210,11 @@ def train(method: str, args, budget: int | None, seed: int) -> tuple[dict, torch
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     trained, steps, epochs = 0.0, 0, 0
-    while trained < 60 * args.minutes:
+
+    def more() -> bool:  # a budget of epochs (fair on a shared machine) or of wall clock
+        return epochs < args.epochs if args.epochs else trained < 60 * args.minutes
+
+    while more():
         epochs += 1
         started = time.perf_counter()
         if args.refresh and epochs > 1 and (epochs - 1) % args.refresh == 0:
@@ -227,7 +232,7 @@ def train(method: str, args, budget: int | None, seed: int) -> tuple[dict, torch
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             steps += 1
-            if trained + time.perf_counter() - started > 60 * args.minutes:
+            if not args.epochs and trained + time.perf_counter() - started > 60 * args.minutes:
                 break
         trained += time.perf_counter() - started
     for s in val:  # what one prediction reads of a volume it has not seen
@@ -350,7 +355,9 @@ def markdown(args, summary: list[dict], argv: list[str]) -> str:
     volume = args.side**3
     lines = [
         f"### {args.task} at {args.side}^3: {args.count} volumes per cohort (80/20 split), "
-        f"{args.cohorts} cohort(s), {args.minutes:g} min of training per method and cohort",
+        f"{args.cohorts} cohort(s), "
+        + (f"{args.epochs} epochs" if args.epochs else f"{args.minutes:g} min")
+        + " of training per method and cohort",
         "",
         f"Command: `python benchmarks/tasks.py {' '.join(argv)}`; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine(args.device)}.",
@@ -399,6 +406,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=240, help="volumes per cohort")
     parser.add_argument("--cohorts", type=int, default=5, help="cohorts (seeds --seed, --seed + 1, ...)")
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget per method and cohort")
+    parser.add_argument("--epochs", type=int, default=0, help="train this many epochs instead of --minutes")
     parser.add_argument("--methods", default=",".join(METHODS))
     budgets = parser.add_mutually_exclusive_group()
     budgets.add_argument("--read-budget", default="1%", help="voxels read per prediction: '1%%' or a count")

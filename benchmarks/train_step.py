@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 import cpic
-from cpic.tci import CrossInfo
 from cpic.data import blob_field
 from cpic.layout import QTTLayout
 from cpic.nn import PatchFeatures, PatchMLP, feature_mean
+from cpic.tci import CrossInfo
 from cpic.tt import TT
 from cross_peers import Recorder, floor_time, median_time  # a sibling script (its folder is on sys.path)
 

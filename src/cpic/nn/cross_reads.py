@@ -12,10 +12,10 @@ import math
 
 import torch
 
-from cpic.tci import PivotStore, cross, interpolate
-from cpic.tci.info import CrossInfo
 from cpic.nn.latent import PatchFeatures
 from cpic.nn.reads import ReadPolicy, Reads
+from cpic.tci import PivotStore, cross, interpolate
+from cpic.tci.info import CrossInfo
 from cpic.tt import TT
 
 #: what a singular block or a non-finite core raises

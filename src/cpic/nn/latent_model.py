@@ -15,13 +15,13 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import nn
 
-from cpic.tci import PivotStore
 from cpic.layout import Layout, QTTLayout
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import make_encoder
 from cpic.nn.latent import PatchFeatures, lattice
 from cpic.nn.reads import ReadPolicy, Reads
 from cpic.sources import VolumeSource
+from cpic.tci import PivotStore
 from cpic.tt import TT
 from cpic.util.checks import check_int
 from cpic.util.memory import format_bytes, memory_shortfall

@@ -15,8 +15,8 @@ from cpic.tci.cache import NonFiniteValues
 from cpic.tci.engine import cross
 from cpic.tci.info import CrossInfo
 from cpic.tci.interpolation import interpolate
-from cpic.tci.submatrix import maxvol, maxvol_rect
 from cpic.tci.pivots import PivotCounts, PivotStore
+from cpic.tci.submatrix import maxvol, maxvol_rect
 
 __all__ = [
     "CrossInfo",

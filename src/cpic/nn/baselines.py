@@ -23,6 +23,8 @@ from cpic.nn.encoders import make_encoder
 from cpic.nn.heads import Head
 from cpic.nn.latent import PatchFeatures
 from cpic.sources import VolumeSource
+from cpic.util.checks import check_int
+from cpic.util.indexing import c_strides
 
 
 def downsample(source: VolumeSource, side: int) -> Tensor:
@@ -146,8 +148,7 @@ class _PatchSampler(_LossMixin, nn.Module):
     ):
         super().__init__()
         pooled_width = _pooled_width(features, pool)
-        if samples < 1:
-            raise ValueError(f"samples must be a positive number of patches, got {samples!r}.")
+        check_int("samples", samples)
         self.grid_shape, self.samples, self.patch, self.positions = (
             tuple(grid_shape),
             samples,
@@ -248,7 +249,7 @@ class AttentionPatches(_PatchSampler):
         logits = self.attention(low.reshape(-1, 1, *(self.view,) * len(self.grid_shape))).flatten(1)
         attention = logits.softmax(1)  # [B, cells]
         size = torch.tensor(self.grid_shape)
-        strides = torch.tensor([int(size[i + 1 :].prod()) for i in range(len(size))])
+        strides = c_strides(self.grid_shape)
         voxels, weights = [], []
         for b, gen in enumerate(self._generators(sources)):
             cells = torch.multinomial(

@@ -10,7 +10,7 @@ scored on the validation volumes:
 - ``cpic-max``: the same with ``sampled_max=True`` (the max of each feature over the patches the
   cross picked joins the TT projection);
 - ``random``: the same encoder and head on as many patches per volume as C-PIC encodes per
-  step, drawn uniformly at random and mean-pooled (``cpic.nn.baselines.RandomPatches``);
+  step, drawn uniformly at random and mean-pooled (``cpic.nn.RandomPatchModel``);
 - ``random-max``: the same with the mean and the max of the features (as C-PIC with
   ``--sampled-max``);
 - ``attention``: attention sampling with that many patches (``AttentionPatches``);
@@ -39,8 +39,7 @@ import cpic
 from cpic.data import SHAPE_CLASSES, lesion_cohort, shape_cohort
 from cpic.data.lesions import CONTRAST
 from cpic.layout import QTTLayout
-from cpic.nn import Classification, lattice
-from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches
+from cpic.nn import AttentionPatches, Classification, DenseCNN, RandomPatchModel, lattice
 from cpic.train.metrics import roc_auc
 from train_step import saved_bytes  # a sibling script (its folder is on sys.path)
 
@@ -74,9 +73,9 @@ def build(method: str, args, classes: int, samples: int):
             **common,
         )
     if method == "random":
-        return RandomPatches(grid, head, samples, **common)
+        return RandomPatchModel(grid, head, samples, **common)
     if method == "random-max":
-        return RandomPatches(grid, head, samples, pool="mean+max", **common)
+        return RandomPatchModel(grid, head, samples, pool="mean+max", **common)
     if method == "attention":
         return AttentionPatches(grid, head, samples, view=args.view, **common)
     return DenseCNN(head, side=args.dense_side, pool="mean+max" if method == "dense-max" else "mean")

@@ -1,10 +1,13 @@
 """Model layer: patch encoders, the latent feature tensor, read policies, projections, heads,
-:class:`CPIC` (per-volume predictions) and :class:`ImplicitVolume` (a decoder of voxels).
+:class:`CPIC` (per-volume predictions), :class:`ImplicitVolume` (a decoder of voxels) and the
+baselines C-PIC is measured against (:class:`DenseCNN`, :class:`RandomPatchModel`,
+:class:`AttentionPatches`).
 
 Imports the tensor, layout, cross and sources layers; knows nothing of training loops or the
 command line.
 """
 
+from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatchModel
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import PatchConv, PatchMLP, make_encoder
 from cpic.nn.heads import (
@@ -32,13 +35,16 @@ from cpic.nn.projections import (
 from cpic.nn.reads import RandomPatches, ReadPolicy, Reads, read_policy_from_config
 
 __all__ = [
+    "AttentionPatches",
     "CPIC",
     "Classification",
     "CrossPivots",
+    "DenseCNN",
     "ImplicitVolume",
     "LatentModel",
     "PatchLog",
     "Patches",
+    "RandomPatchModel",
     "RandomPatches",
     "ReadPolicy",
     "Reads",

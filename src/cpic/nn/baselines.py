@@ -2,7 +2,7 @@
 
 - :class:`DenseCNN`: a small 3-D ResNet on the whole volume downsampled to ``side^3`` (it has to
   read every voxel to downsample);
-- :class:`RandomPatches`: C-PIC's encoder and head on ``samples`` patches drawn uniformly at
+- :class:`RandomPatchModel`: C-PIC's encoder and head on ``samples`` patches drawn uniformly at
   random, mean-pooled (the ablation of the cross-approximation's choice of samples);
 - :class:`AttentionPatches`: attention sampling (Katharopoulos & Fleuret, ICML 2019): a small
   network on a strided low-resolution view scores cells, ``samples`` patches are drawn from that
@@ -189,13 +189,13 @@ class _PatchSampler(_LossMixin, nn.Module):
         return _pool(features.mT, self.pool)
 
 
-class RandomPatches(_PatchSampler):
+class RandomPatchModel(_PatchSampler):
     """The random-sampling ablation: ``samples`` patch centres uniform over the grid, mean-pooled.
 
     Example:
         >>> import torch, cpic
         >>> from cpic.nn import Classification
-        >>> model = RandomPatches((16, 16, 16), Classification(2), samples=20, features=4, patch=3)
+        >>> model = RandomPatchModel((16, 16, 16), Classification(2), samples=20, features=4, patch=3)
         >>> model([cpic.open_volume(torch.rand(16, 16, 16))]).shape
         torch.Size([1, 2])
     """

@@ -611,6 +611,30 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(world, capsy
         assert sorted(p.name for p in tmp_path.iterdir()) == before, args
 
 
+def test_train_onto_its_manifest_or_a_volume_is_refused_before_any_work(world, capsys, tmp_path):
+    import time
+
+    for name in world.names:
+        shutil.copy(world.root / name, tmp_path / name)
+    manifest = tmp_path / "cohort.csv"
+    shutil.copy(world.root / "cohort.csv", manifest)
+    (tmp_path / "val.csv").write_text("path,label\nv0.npy,a\nv1.npy,b\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    train = ["train", manifest, "--val", "0", *TINY]
+    for extra, named in [
+        (["-o", manifest], manifest),
+        (["-o", tmp_path / "v3.npy"], tmp_path / "v3.npy"),
+        (["-o", tmp_path / "model", "--log-csv", manifest], manifest),
+        (["-o", tmp_path / "model", "--log-csv", tmp_path / "v1.npy"], tmp_path / "v1.npy"),
+        (["-o", tmp_path / "val.csv", "--val-manifest", tmp_path / "val.csv"], tmp_path / "val.csv"),
+    ]:
+        started = time.perf_counter()
+        result = cli(capsys, *train, *extra)
+        refused(result, f"{str(named)!r} is also an input; give another name.")
+        assert time.perf_counter() - started < 2, extra  # before any volume is opened or trained on
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, extra
+
+
 def test_reconstruct_and_predict_onto_an_input_need_overwrite(world, capsys, tmp_path):
     volume = tmp_path / "scan.npy"
     shutil.copy(world.root / "v0.npy", volume)

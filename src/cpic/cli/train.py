@@ -32,11 +32,12 @@ from cpic.cli.common import (
 from cpic.nn import CPIC
 from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit
 from cpic.train.config import read_config
+from cpic.train.dataset import manifest_files
 from cpic.train.launch import launch
 from cpic.train.manifest import QUANTILES, build_model, head_for, manifest_datasets
 from cpic.train.output_lock import training_locks
 from cpic.train.saving import model_files, save_best_and_last
-from cpic.util.outputs import check_writable, write_failure
+from cpic.util.outputs import check_writable, refuse_inputs, write_failure
 from cpic.util.progress import shows_progress
 
 #: the defaults of the options, read from the library functions that own them
@@ -275,6 +276,10 @@ def _check_options(args: argparse.Namespace) -> None:
         check_writable(args.checkpoint_dir, "checkpoint folder (--checkpoint-dir)", folder=True)
     if args.log_csv:
         check_writable(args.log_csv, "log file (--log-csv)")
+    inputs = [p for m in (args.manifest, args.val_manifest) if m for p in manifest_files(m, args.path_column)]
+    outputs = [args.output, *model_files(args.output), *([args.log_csv] if args.log_csv else [])]
+    inputs += [args.config] if args.config else []
+    refuse_inputs(outputs, inputs, "-o/--log-csv", remedy="give another name")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (where the run's checkpoints are).")
     if args.patch % 2 == 0:

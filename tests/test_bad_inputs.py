@@ -635,6 +635,22 @@ def test_train_onto_its_manifest_or_a_volume_is_refused_before_any_work(world, c
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, extra
 
 
+def test_a_config_memory_budget_bounds_loading_as_the_flag_does(capsys, tmp_path):
+    import nibabel as nib
+
+    rows = ["path,label"]
+    for i in range(4):  # 8^3 float32: 2 KiB each, inflated whole from gzip
+        nib.save(nib.Nifti1Image(np.full(bad_corpus.GRID, i, np.float32), np.eye(4)), tmp_path / f"v{i}.nii.gz")
+        rows.append(f"v{i}.nii.gz,{'ab'[i % 2]}")
+    (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "budget.json").write_text(json.dumps({"memory_budget": "1K"}))
+    train = ["train", tmp_path / "cohort.csv", "-o", tmp_path / "model", "--val", "0", *TINY]
+    for budget in (["--config", tmp_path / "budget.json"], ["--memory-budget", "1K"]):
+        refused(cli(capsys, *train, *budget), "v0.nii.gz: loading it needs 2.0 KiB in memory")
+        assert not (tmp_path / "model.safetensors").exists()
+    assert cli(capsys, *train).code == 0  # the default budget loads them
+
+
 def test_reconstruct_and_predict_onto_an_input_need_overwrite(world, capsys, tmp_path):
     volume = tmp_path / "scan.npy"
     shutil.copy(world.root / "v0.npy", volume)

@@ -28,8 +28,10 @@ from cpic.cli.common import (
     one_line_errors,
     positive_int,
     subparser,
+    volume_defaults,
 )
 from cpic.nn import CPIC
+from cpic.sources import open_defaults
 from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit
 from cpic.train.config import read_config
 from cpic.train.dataset import manifest_files
@@ -319,14 +321,16 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         resolve_options(args)
-        if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
-            return _train_in_job(args)
-        _check_options(args)
-        with training_locks(args.output, args.checkpoint_dir, on_stale=_report):
-            if args.nproc > 1:
-                argv = getattr(args, "argv", None) or sys.argv[1:]
-                return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
-            return _train_in_job(args)
+        # a --config file's memory_budget bounds loading too, as the flag does
+        with open_defaults(**volume_defaults(args)):
+            if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
+                return _train_in_job(args)
+            _check_options(args)
+            with training_locks(args.output, args.checkpoint_dir, on_stale=_report):
+                if args.nproc > 1:
+                    argv = getattr(args, "argv", None) or sys.argv[1:]
+                    return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
+                return _train_in_job(args)
     except KeyboardInterrupt:
         folder = getattr(args, "checkpoint_dir", None)
         more = f"; --resume --checkpoint-dir {folder} continues from the last checkpoint" if folder else ""

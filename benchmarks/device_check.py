@@ -56,6 +56,7 @@ from cpic.nn import (
     feature_moments,
 )
 from cpic.tci import CrossInfo
+from cpic.util.norms import relative_error
 
 PATCH, FEATURES, RANK, SWEEPS = 5, 8, 8, 3
 Result = dict[str, Tensor]
@@ -71,9 +72,7 @@ class Check:
 
 def relative(a: Tensor, b: Tensor) -> float:
     """``||a - b|| / ||b||`` in float64 (the absolute difference when ``b`` is zero)."""
-    a, b = a.double(), b.double()
-    ref = float(b.norm())
-    return float((a - b).norm()) / (ref if ref > 0 else 1.0)
+    return float(relative_error(a.double(), b.double()))
 
 
 def on(info: CrossInfo, device: torch.device) -> CrossInfo:

@@ -247,6 +247,74 @@ def test_model_files_that_are_not_regular_files_are_refused(world, capsys, out, 
         refused(cli(capsys, "evaluate", base, world.root / "cohort.csv"), needle)
 
 
+def _volume_and_model_files(world, root: Path, volume: np.ndarray) -> list[Path]:
+    """``volume`` as ``.npy``, ``.nii`` and ``.nii.gz`` in ``root``, and a copy of the model's
+    tensor file (with its ``.json``): the files cpic reads through its own guarded readers."""
+    import nibabel as nib
+
+    np.save(root / "v.npy", volume)
+    for suffix in (".nii", ".nii.gz"):
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / f"v{suffix}")
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(world.model.with_suffix(suffix), root / f"model{suffix}")
+    return [root / "v.npy", root / "v.nii", root / "v.nii.gz", root / "model.safetensors"]
+
+
+def _load(path: Path):
+    from cpic.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device="cpu")[0] if path.suffix == ".safetensors" else open_volume(path)
+
+
+def test_a_file_swapped_for_a_fifo_after_its_check_is_refused_not_waited_on(world, tmp_path, monkeypatch):
+    """The guard decides on the descriptor it opened: a name that is a regular file when it is
+    looked at and a FIFO by the time it is opened is refused at once (no reader opens it again)."""
+    from cpic.train.checkpoint import CheckpointError
+
+    files = _volume_and_model_files(world, tmp_path, np.zeros(bad_corpus.GRID, np.float32))
+    real_open, swapped = os.open, []
+
+    def swap_then_open(path, flags, *args, **kwargs):
+        if Path(path) in files and Path(path) not in swapped:
+            Path(path).unlink()
+            os.mkfifo(path)
+            swapped.append(Path(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swap_then_open)
+    for path in files:
+        with pytest.raises((SourceError, CheckpointError), match=r"FIFO \(named pipe\), not a regular file"):
+            _load(path)
+    assert swapped == files
+
+
+def test_the_file_read_is_the_file_the_guard_opened(world, tmp_path, monkeypatch):
+    """A name renamed over after the guard opened it: the reader reads the opened file, not
+    the newcomer."""
+    volume = np.arange(512, dtype=np.float32).reshape(bad_corpus.GRID)
+    files = _volume_and_model_files(world, tmp_path, volume)
+    expected = {path: _load(path) for path in files}
+    (tmp_path / "other").mkdir()
+    others = _volume_and_model_files(world, tmp_path / "other", -volume)
+    (tmp_path / "other" / "model.safetensors").write_bytes(b"not the checked file")
+    real_open = os.open
+
+    def open_then_replace(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        if Path(path) in files:
+            os.replace(others[files.index(Path(path))], path)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_replace)
+    for path in files:
+        loaded = _load(path)
+        if isinstance(loaded, dict):  # the model's tensors, whose sha256 the .json records
+            assert loaded.keys() == expected[path].keys()
+            assert all(torch.equal(loaded[k], expected[path][k]) for k in loaded)
+        else:
+            np.testing.assert_array_equal(np.asarray(loaded.array), volume)
+
+
 def test_config_that_is_not_a_small_regular_file_is_refused_fast(world, capsys, out, tmp_path, monkeypatch):
     from cpic.cli import train
     from cpic.train import config
@@ -609,6 +677,47 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(world, capsy
         refused(result, needle)
         assert time.perf_counter() - started < 2, args  # refused before training or compressing
         assert sorted(p.name for p in tmp_path.iterdir()) == before, args
+
+
+def test_train_onto_its_manifest_or_a_volume_is_refused_before_any_work(world, capsys, tmp_path):
+    import time
+
+    for name in world.names:
+        shutil.copy(world.root / name, tmp_path / name)
+    manifest = tmp_path / "cohort.csv"
+    shutil.copy(world.root / "cohort.csv", manifest)
+    (tmp_path / "val.csv").write_text("path,label\nv0.npy,a\nv1.npy,b\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    train = ["train", manifest, "--val", "0", *TINY]
+    for extra, named in [
+        (["-o", manifest], manifest),
+        (["-o", tmp_path / "v3.npy"], tmp_path / "v3.npy"),
+        (["-o", tmp_path / "model", "--log-csv", manifest], manifest),
+        (["-o", tmp_path / "model", "--log-csv", tmp_path / "v1.npy"], tmp_path / "v1.npy"),
+        (["-o", tmp_path / "val.csv", "--val-manifest", tmp_path / "val.csv"], tmp_path / "val.csv"),
+    ]:
+        started = time.perf_counter()
+        result = cli(capsys, *train, *extra)
+        refused(result, f"{str(named)!r} is also an input; give another name.")
+        assert time.perf_counter() - started < 2, extra  # before any volume is opened or trained on
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, extra
+
+
+def test_a_config_memory_budget_bounds_loading_as_the_flag_does(capsys, tmp_path):
+    import nibabel as nib
+
+    rows = ["path,label"]
+    for i in range(4):  # 8^3 float32: 2 KiB each, inflated whole from gzip
+        image = nib.Nifti1Image(np.full(bad_corpus.GRID, i, np.float32), np.eye(4))
+        nib.save(image, tmp_path / f"v{i}.nii.gz")
+        rows.append(f"v{i}.nii.gz,{'ab'[i % 2]}")
+    (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "budget.json").write_text(json.dumps({"memory_budget": "1K"}))
+    train = ["train", tmp_path / "cohort.csv", "-o", tmp_path / "model", "--val", "0", *TINY]
+    for budget in (["--config", tmp_path / "budget.json"], ["--memory-budget", "1K"]):
+        refused(cli(capsys, *train, *budget), "v0.nii.gz: loading it needs 2.0 KiB in memory")
+        assert not (tmp_path / "model.safetensors").exists()
+    assert cli(capsys, *train).code == 0  # the default budget loads them
 
 
 def test_reconstruct_and_predict_onto_an_input_need_overwrite(world, capsys, tmp_path):

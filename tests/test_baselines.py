@@ -4,8 +4,16 @@ import pytest
 import torch
 
 import cpic
-from cpic.nn import Classification
-from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatches, downsample, subsample
+from cpic.nn import AttentionPatches, Classification, DenseCNN, RandomPatches, RandomPatchModel, ReadPolicy
+from cpic.nn.baselines import downsample, subsample
+
+
+def test_the_baselines_are_models_exported_by_cpic_nn():
+    import cpic.nn
+
+    assert {"AttentionPatches", "DenseCNN", "RandomPatchModel"} <= set(cpic.nn.__all__)
+    assert issubclass(RandomPatchModel, torch.nn.Module) and not issubclass(RandomPatchModel, ReadPolicy)
+    assert issubclass(RandomPatches, ReadPolicy)  # the read policy of the same idea keeps its name
 
 
 def _bright_or_dark(count: int, side: int = 16, seed: int = 0):
@@ -84,7 +92,7 @@ def test_dense_cnn_refuses_an_unknown_pooling_or_view():
 
 def test_random_patches_read_only_their_patches_and_keep_them_until_refresh():
     sources, labels = _bright_or_dark(8)
-    model = RandomPatches((16, 16, 16), Classification(2), samples=30, features=4, patch=3)
+    model = RandomPatchModel((16, 16, 16), Classification(2), samples=30, features=4, patch=3)
     model(sources[:1])
     first = sources[0].stats.unique_voxels
     assert 0 < first <= 30 * 27
@@ -137,7 +145,7 @@ def test_baselines_run_on_a_tiny_lesion_cohort():
     presence = labels["presence"]
     for model in (
         DenseCNN(Classification(2), side=16, width=4),
-        RandomPatches((32,) * 3, Classification(2), samples=20, features=4, patch=3, positions=True),
+        RandomPatchModel((32,) * 3, Classification(2), samples=20, features=4, patch=3, positions=True),
         AttentionPatches((32,) * 3, Classification(2), samples=20, features=4, patch=3, view=8),
     ):
         loss, pred = model.loss(sources, presence)

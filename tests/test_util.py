@@ -119,3 +119,42 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted():
         assert csv_cell(cell) == "'" + cell
     for cell in ("-1.5", "+2", "tumour", "", 3, -2.5, None):
         assert csv_cell(cell) == cell
+
+
+def test_c_strides_are_torchs_contiguous_strides_and_wrap_past_int64():
+    from cpic.util.indexing import c_strides
+
+    for shape in [(5,), (4, 3, 2), (2, 1, 7, 3)]:
+        assert c_strides(shape).tolist() == list(torch.empty(shape).stride())
+        idx = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
+        assert ((idx * c_strides(shape)).sum(-1) == torch.arange(idx.shape[0])).all()
+    huge = c_strides((3, 2**40, 2**23 + 1))  # 2**63 + 2**40 wraps to -2**63 + 2**40
+    assert huge.dtype == torch.int64 and huge.tolist() == [-(2**63) + 2**40, 2**23 + 1, 1]
+
+
+def test_relative_error_per_row_overall_and_against_zero():
+    from cpic.util.norms import relative_error
+
+    exact = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    approx = torch.tensor([[3.0, 4.5], [1.0, 0.0]])
+    torch.testing.assert_close(relative_error(approx, exact, dim=1), torch.tensor([0.1, 1.0]))
+    torch.testing.assert_close(relative_error(approx, exact), (approx - exact).norm() / exact.norm())
+    big = torch.full((4,), 3e38)  # squares overflow float32; the scaled norm does not
+    torch.testing.assert_close(relative_error(big * 0.5, big), torch.tensor(0.5))
+
+
+def test_check_int_takes_numpy_integers_and_raises_the_owners_error():
+    import numpy as np
+
+    from cpic.util.checks import check_int
+
+    check_int("side", np.int64(8), low=8)
+    for bad in (0, True, 2.0, "3", np.float32(3)):
+        with pytest.raises(ValueError, match=r"^count must be an integer >= 1, got "):
+            check_int("count", bad)
+
+    class OwnError(ValueError):
+        pass
+
+    with pytest.raises(OwnError, match="v.nii: patch must be an odd integer >= 1, got 4"):
+        check_int("v.nii: patch", 4, odd=True, error=OwnError)

@@ -31,15 +31,18 @@ from cpic.cli.common import (
     positive_int,
     read_budget_type,
     subparser,
+    volume_defaults,
 )
 from cpic.nn import CPIC, DEFAULT_READ_BUDGET, SAMPLERS
+from cpic.sources import open_defaults
 from cpic.train import VolumeDataset, checkpoint_paths, class_names, distributed, fit
 from cpic.train.config import read_config
+from cpic.train.dataset import manifest_files
 from cpic.train.launch import launch
 from cpic.train.manifest import QUANTILES, build_model, head_for, manifest_datasets
 from cpic.train.output_lock import training_locks
 from cpic.train.saving import model_files, save_best_and_last
-from cpic.util.outputs import check_writable, write_failure
+from cpic.util.outputs import check_writable, refuse_inputs, write_failure
 from cpic.util.progress import shows_progress
 
 #: the defaults of the options, read from the library functions that own them
@@ -296,6 +299,10 @@ def _check_options(args: argparse.Namespace) -> None:
         check_writable(args.checkpoint_dir, "checkpoint folder (--checkpoint-dir)", folder=True)
     if args.log_csv:
         check_writable(args.log_csv, "log file (--log-csv)")
+    inputs = [p for m in (args.manifest, args.val_manifest) if m for p in manifest_files(m, args.path_column)]
+    outputs = [args.output, *model_files(args.output), *([args.log_csv] if args.log_csv else [])]
+    inputs += [args.config] if args.config else []
+    refuse_inputs(outputs, inputs, "-o/--log-csv", remedy="give another name")
     if args.resume and not args.checkpoint_dir:
         raise ValueError("--resume needs --checkpoint-dir (where the run's checkpoints are).")
     if args.patch % 2 == 0:
@@ -346,14 +353,16 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         resolve_options(args)
-        if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
-            return _train_in_job(args)
-        _check_options(args)
-        with training_locks(args.output, args.checkpoint_dir, on_stale=_report):
-            if args.nproc > 1:
-                argv = getattr(args, "argv", None) or sys.argv[1:]
-                return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
-            return _train_in_job(args)
+        # a --config file's memory_budget bounds loading too, as the flag does
+        with open_defaults(**volume_defaults(args)):
+            if distributed.in_distributed_env():  # a worker: the launcher (or torchrun's caller) locks
+                return _train_in_job(args)
+            _check_options(args)
+            with training_locks(args.output, args.checkpoint_dir, on_stale=_report):
+                if args.nproc > 1:
+                    argv = getattr(args, "argv", None) or sys.argv[1:]
+                    return launch([sys.executable, "-m", "cpic.cli.main", *argv], args.nproc)
+                return _train_in_job(args)
     except KeyboardInterrupt:
         folder = getattr(args, "checkpoint_dir", None)
         more = f"; --resume --checkpoint-dir {folder} continues from the last checkpoint" if folder else ""

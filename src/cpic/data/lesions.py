@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 from torch import Tensor
 
 from cpic.data.real import MRICRON, colin27, head_ct, mean_head, mni152
 from cpic.sources import ProceduralSource, SpatialInfo
+from cpic.util.checks import check_int
 
 #: anatomies a cohort can be built on, and the loader of each (all from installed packages)
 ANATOMIES = ("colin27", "mni152", "mean_head", "head_ct")
@@ -260,11 +260,6 @@ class LesionVolume:
         return sum(4 / 3 * math.pi * math.prod(lesion.radii) for lesion in self.lesions) / self.scale**3
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-
-
 def _check_radius(radius) -> tuple[float, float]:
     """``radius`` as ``(low, high)``: two finite millimetre values with ``0 < low <= high``.
 
@@ -305,8 +300,8 @@ def lesion_source(
         >>> len(src.function.lesions), src.shape                         # doctest: +SKIP
         (2, (64, 64, 64))
     """
-    _check_int("side", side, 8)
-    _check_int("lesions", lesions, 0)
+    check_int("side", side, 8)
+    check_int("lesions", lesions, 0)
     function = LesionVolume(anatomy, int(side), seed, int(lesions), bool(oedema), _check_radius(radius))
     source = ProceduralSource(function, (int(side),) * 3, name=f"{anatomy}-lesions")
     source.spatial = function.spatial
@@ -337,9 +332,9 @@ def lesion_cohort(
         >>> labels["presence"].tolist()                            # doctest: +SKIP
         [0, 1, 0, 1]
     """
-    _check_int("count", count, 0)
-    _check_int("side", side, 8)
-    _check_int("max_lesions", max_lesions, 1)
+    check_int("count", count, 0)
+    check_int("side", side, 8)
+    check_int("max_lesions", max_lesions, 1)
     sources, presence, counts, volumes, regions = [], [], [], [], []
     for index in range(count):
         item_seed = (seed * 1_000_003 + index) % 2**63

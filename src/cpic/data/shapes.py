@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 from torch import Tensor
 
 from cpic.sources import ProceduralSource
+from cpic.util.checks import check_int
 
 SHAPE_CLASSES: tuple[str, ...] = (
     "sphere",
@@ -184,11 +184,6 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown shape kind {kind!r}; valid kinds are {', '.join(SHAPE_CLASSES)}.")
 
 
-def _check_side(side: int) -> None:
-    if not isinstance(side, Integral) or side < MIN_SIDE:
-        raise ValueError(f"side must be an integer >= {MIN_SIDE}, got {side!r}.")
-
-
 def _occupancy(kind: str, side: int, pose: _Pose) -> Callable[[Tensor], Tensor]:
     """``coords: LongTensor[K, 3] -> float32 [K]`` soft occupancy of the posed shape."""
     sdf = _SDF[kind]
@@ -225,7 +220,7 @@ def shape_source(kind: str, side: int = 64, seed: int = 0) -> ProceduralSource:
         (True, True)
     """
     _check_kind(kind)
-    _check_side(side)
+    check_int("side", side, MIN_SIDE)
     side = int(side)
     pose = _Pose.draw(torch.Generator().manual_seed(seed % 2**63))
     return ProceduralSource(_occupancy(kind, side, pose), (side,) * 3, name=kind)

@@ -1,10 +1,13 @@
 """Model layer: patch encoders, the latent feature tensor, read policies, projections, heads,
-:class:`CPIC` (per-volume predictions) and :class:`ImplicitVolume` (a decoder of voxels).
+:class:`CPIC` (per-volume predictions), :class:`ImplicitVolume` (a decoder of voxels) and the
+baselines C-PIC is measured against (:class:`DenseCNN`, :class:`RandomPatchModel`,
+:class:`AttentionPatches`).
 
 Imports the tensor, layout, tci and sources layers; knows nothing of training loops or the
 command line.
 """
 
+from cpic.nn.baselines import AttentionPatches, DenseCNN, RandomPatchModel
 from cpic.nn.cross_reads import CrossPivots
 from cpic.nn.encoders import PatchConv, PatchMLP, make_encoder
 from cpic.nn.explore_exploit import ExploreExploit
@@ -43,6 +46,7 @@ from cpic.nn.reads import (
 )
 
 __all__ = [
+    "AttentionPatches",
     "CPIC",
     "Classification",
     "CrossPivots",
@@ -52,10 +56,12 @@ __all__ = [
     "LatticePatches",
     "PatchBudget",
     "SAMPLERS",
+    "DenseCNN",
     "ImplicitVolume",
     "LatentModel",
     "PatchLog",
     "Patches",
+    "RandomPatchModel",
     "RandomPatches",
     "ReadPolicy",
     "Reads",

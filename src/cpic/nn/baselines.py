@@ -2,7 +2,7 @@
 
 - :class:`DenseCNN`: a small 3-D ResNet on the whole volume downsampled to ``side^3`` (it has to
   read every voxel to downsample), or on a strided ``side^3`` subsample (it reads those voxels);
-- :class:`RandomPatches`: C-PIC's encoder and head on ``samples`` patches drawn uniformly at
+- :class:`RandomPatchModel`: C-PIC's encoder and head on ``samples`` patches drawn uniformly at
   random, mean-pooled (the ablation of the cross-approximation's choice of samples);
 - :class:`AttentionPatches`: attention sampling (Katharopoulos & Fleuret, ICML 2019): a small
   network on a strided low-resolution view scores cells, ``samples`` patches are drawn from that
@@ -24,6 +24,7 @@ from cpic.nn.heads import Head
 from cpic.nn.latent import PatchFeatures
 from cpic.sources import VolumeSource
 from cpic.util.checks import check_int
+from cpic.util.indexing import c_strides
 
 
 def downsample(source: VolumeSource, side: int) -> Tensor:
@@ -190,8 +191,7 @@ class _PatchSampler(_LossMixin, nn.Module):
     ):
         super().__init__()
         pooled_width = _pooled_width(features, pool)
-        if samples < 1:
-            raise ValueError(f"samples must be a positive number of patches, got {samples!r}.")
+        check_int("samples", samples)
         self.grid_shape, self.samples, self.patch, self.positions = (
             tuple(grid_shape),
             samples,
@@ -232,13 +232,13 @@ class _PatchSampler(_LossMixin, nn.Module):
         return _pool(features.mT, self.pool)
 
 
-class RandomPatches(_PatchSampler):
+class RandomPatchModel(_PatchSampler):
     """The random-sampling ablation: ``samples`` patch centres uniform over the grid, mean-pooled.
 
     Example:
         >>> import torch, cpic
         >>> from cpic.nn import Classification
-        >>> model = RandomPatches((16, 16, 16), Classification(2), samples=20, features=4, patch=3)
+        >>> model = RandomPatchModel((16, 16, 16), Classification(2), samples=20, features=4, patch=3)
         >>> model([cpic.open_volume(torch.rand(16, 16, 16))]).shape
         torch.Size([1, 2])
     """
@@ -292,7 +292,7 @@ class AttentionPatches(_PatchSampler):
         logits = self.attention(low.reshape(-1, 1, *(self.view,) * len(self.grid_shape))).flatten(1)
         attention = logits.softmax(1)  # [B, cells]
         size = torch.tensor(self.grid_shape)
-        strides = torch.tensor([int(size[i + 1 :].prod()) for i in range(len(size))])
+        strides = c_strides(self.grid_shape)
         voxels, weights = [], []
         for b, gen in enumerate(self._generators(sources)):
             cells = torch.multinomial(

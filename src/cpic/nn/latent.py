@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from cpic.layout import Layout
 from cpic.sources import VolumeSource, check_same_grid
+from cpic.util.indexing import c_strides
 
 
 class Patches(NamedTuple):
@@ -101,7 +102,7 @@ class PatchFeatures:
         self.encoded = 0
         self._logs: list[PatchLog] = []  # the open :meth:`log` blocks, shared with subset copies
         self._grid = torch.tensor(layout.grid_shape)
-        self._strides = _strides(layout.grid_shape)
+        self._strides = c_strides(layout.grid_shape)
         self._volume = torch.tensor(self.volume_shape)
 
     @property
@@ -272,13 +273,6 @@ def lattice(shape: Sequence[int], stride: int) -> tuple[int, ...]:
         (64, 63, 1)
     """
     return tuple(-(-int(n) // stride) for n in shape)
-
-
-def _strides(shape: Sequence[int]) -> Tensor:
-    strides = [1]
-    for n in reversed(shape[1:]):
-        strides.insert(0, strides[0] * n)
-    return torch.tensor(strides)
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from cpic.nn.latent import Patches
 from cpic.nn.reads import PatchBudget, Reads, sparse_tt
+from cpic.util.indexing import c_strides
 
 
 def strata_counts(shape: Sequence[int], count: int) -> tuple[int, ...]:
@@ -83,10 +84,7 @@ def linear_ids(coords: Tensor, shape: Sequence[int]) -> Tensor:
         >>> linear_ids(torch.tensor([[1, 2, 3]]), (4, 5, 6)).tolist()
         [45]
     """
-    ids = torch.zeros(coords.shape[:-1], dtype=torch.long, device=coords.device)
-    for d, n in enumerate(shape):
-        ids = ids * int(n) + coords[..., d]
-    return ids
+    return (coords * c_strides(shape, coords.device)).sum(-1)
 
 
 class LatticePatches(PatchBudget):

@@ -15,6 +15,8 @@ from torch import Tensor
 
 from cpic.sources.spatial import SpatialInfo
 from cpic.util import KeyStore
+from cpic.util.checks import check_int
+from cpic.util.indexing import c_strides
 
 BORDERS = ("reflect", "edge", "zero")
 NONFINITE_POLICIES = ("raise", "zero")
@@ -202,7 +204,7 @@ class VolumeSource(ABC):
         self.normalization = Normalization()
         self.stats = ReadStats()
         self.cache: KeyStore | None = None
-        self._strides = torch.tensor([int(np.prod(self.shape[k + 1 :])) for k in range(len(self.shape))])
+        self._strides = c_strides(self.shape)
 
     # ------------------------------------------------------------------ description
     @property
@@ -308,8 +310,7 @@ class VolumeSource(ABC):
         """
         started = time.perf_counter()
         centres = self._check_centres(centres)
-        if not isinstance(patch, int) or patch < 1 or patch % 2 == 0:
-            raise SourceError(f"{self.name}: patch must be an odd positive integer, got {patch!r}.")
+        check_int(f"{self.name}: patch", patch, odd=True, error=SourceError)
         if border not in BORDERS:
             raise SourceError(f"{self.name}: border must be one of {BORDERS}, got {border!r}.")
         K, D = centres.shape

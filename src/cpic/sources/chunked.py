@@ -223,7 +223,7 @@ def _blocks_within(shape: tuple[int, ...], itemsize: int, budget: int | None) ->
 
 def _check_store(root: Path, limits: LoadLimits) -> None:
     """Refuse a local Zarr store holding a FIFO, device or socket, or (unless external files
-    are allowed) a symlink whose target lies outside the store; nothing is opened."""
+    are allowed) a symlink whose target lies outside the store; no chunk is read."""
     base = root.resolve()
     outside, pending = [], [root]
     while pending:

@@ -7,9 +7,11 @@ import gzip
 import io
 import logging
 import math
+import os
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -17,7 +19,7 @@ from cpic.sources.array import ArraySource
 from cpic.sources.base import SourceError
 from cpic.sources.limits import LoadLimits
 from cpic.sources.spatial import SpatialInfo
-from cpic.util.guard import check_path
+from cpic.util.guard import check_path, open_file
 
 
 @contextlib.contextmanager
@@ -54,28 +56,28 @@ def require_file(path: Path) -> None:
     check_path(path, "volume file", error=SourceError)
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
-    """``(shape, dtype, fortran_order, data offset)`` of a ``.npy`` file, checked against its size."""
-    size = path.stat().st_size
+def _npy_header(path: Path, fh: BinaryIO) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """``(shape, dtype, fortran_order, data offset)`` of the ``.npy`` file ``fh`` (opened from
+    ``path``), checked against its size."""
+    size = os.fstat(fh.fileno()).st_size
     if size == 0:
         raise SourceError(f"{path}: the file is empty (0 bytes), expected a .npy array.")
-    with open(path, "rb") as fh:
-        try:
-            version = np.lib.format.read_magic(fh)
-        except ValueError:
-            raise SourceError(
-                f"{path}: not a .npy file (it does not start with the .npy magic bytes)."
-            ) from None
-        try:
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read(fh, max_header_size=1 << 16)
-        except Exception as err:  # numpy's header parser raises many kinds of error on garbage
-            raise SourceError(f"{path}: the .npy header is corrupt ({type(err).__name__}: {err}).") from None
-        offset = fh.tell()
+    try:
+        version = np.lib.format.read_magic(fh)
+    except ValueError:
+        raise SourceError(
+            f"{path}: not a .npy file (it does not start with the .npy magic bytes)."
+        ) from None
+    try:
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read(fh, max_header_size=1 << 16)
+    except Exception as err:  # numpy's header parser raises many kinds of error on garbage
+        raise SourceError(f"{path}: the .npy header is corrupt ({type(err).__name__}: {err}).") from None
+    offset = fh.tell()
     if dtype.hasobject:
         raise SourceError(f"{path}: holds Python objects (a pickle); cpic never unpickles input files.")
     if any(n < 0 for n in shape):
@@ -92,16 +94,17 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
 
 def open_npy(path: Path, channel_axis: int | None = None, nonfinite: str = "raise") -> ArraySource:
     """A ``.npy`` file, memory-mapped (never loaded whole); its header is checked against its size."""
-    require_file(path)
-    shape, dtype, _, _ = _npy_header(path)
-    if dtype.fields is not None:
-        raise SourceError(f"{path}: holds {dtype} values; expected a numeric array.")
-    if 0 in shape or not shape:
-        raise SourceError(f"{path}: shape {shape} has no voxels.")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise SourceError(f"{path}: not a readable .npy array ({err}).") from None
+    with open_file(path, "volume file", error=SourceError) as fh:
+        shape, dtype, fortran, offset = _npy_header(path, fh)
+        if dtype.fields is not None:
+            raise SourceError(f"{path}: holds {dtype} values; expected a numeric array.")
+        if 0 in shape or not shape:
+            raise SourceError(f"{path}: shape {shape} has no voxels.")
+        order = "F" if fortran else "C"
+        try:
+            array = np.memmap(fh, dtype=dtype, mode="r", shape=shape, order=order, offset=offset)
+        except (ValueError, OSError) as err:
+            raise SourceError(f"{path}: not a readable .npy array ({err}).") from None
     return ArraySource(array, name=str(path), channel_axis=channel_axis, nonfinite=nonfinite)
 
 
@@ -116,7 +119,6 @@ def open_raw(
     nonfinite: str = "raise",
 ) -> ArraySource:
     """A headerless binary file of ``shape`` and ``dtype`` (``order`` C or F), memory-mapped."""
-    require_file(path)
     if shape is None or dtype is None:
         raise SourceError(
             f"{path}: a raw file needs shape= and dtype= (e.g. shape=(512, 512, 512), dtype='uint16')."
@@ -131,12 +133,14 @@ def open_raw(
     if order not in ("C", "F"):
         raise SourceError(f"{path}: order must be 'C' or 'F', got {order!r}.")
     expected = math.prod(shape) * dtype.itemsize + offset
-    actual = path.stat().st_size
-    if actual != expected:
-        raise SourceError(
-            f"{path}: holds {actual} bytes, but shape {shape} of {dtype} at offset {offset} needs {expected}."
-        )
-    array = np.memmap(path, dtype=dtype, mode="r", shape=shape, order=order, offset=offset)
+    with open_file(path, "volume file", error=SourceError) as fh:
+        actual = os.fstat(fh.fileno()).st_size
+        if actual != expected:
+            raise SourceError(
+                f"{path}: holds {actual} bytes, but shape {shape} of {dtype} at offset {offset} "
+                f"needs {expected}."
+            )
+        array = np.memmap(fh, dtype=dtype, mode="r", shape=shape, order=order, offset=offset)
     return ArraySource(array, name=str(path), channel_axis=channel_axis, spacing=spacing, nonfinite=nonfinite)
 
 
@@ -152,28 +156,25 @@ def open_nifti(
     checked against ``limits``' memory budget, and no further than that size (a gzip bomb behind
     a small header inflates no more than the header says).
     """
-    require_file(path)
     try:
         import nibabel as nib
     except ImportError:
         raise SourceError(f"{path}: reading NIfTI needs nibabel: pip install 'cpic[io]'.") from None
+    with open_file(path, "volume file", error=SourceError) as fh:
+        return _nifti_source(path, fh, nib, channel_axis, nonfinite, limits)
+
+
+def _nifti_source(path: Path, fh: BinaryIO, nib, channel_axis, nonfinite, limits) -> ArraySource:
+    """:func:`open_nifti` of the file ``fh``, opened from ``path``."""
     gz = str(path).endswith(".gz")
     failures = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, EOFError, OSError)
     try:
         with quiet("nibabel"):
-            if gz:
-                header = _gz_header(path, nib)
-                dataobj = None
-            else:
-                image = nib.load(str(path), mmap=True)
-                header, dataobj = image.header, image.dataobj
+            header = _nifti_header(gzip.GzipFile(fileobj=fh, mode="rb") if gz else fh, nib)
             shape = tuple(int(n) for n in header.get_data_shape())
             dtype = header.get_data_dtype()
-            offset = int(getattr(dataobj, "offset", header.get_data_offset()))
-            if gz:
-                slope, inter = header.get_slope_inter()
-            else:
-                slope, inter = getattr(dataobj, "slope", 1.0), getattr(dataobj, "inter", 0.0)
+            offset = int(header.get_data_offset())
+            slope, inter = header.get_slope_inter()
     except (*failures, gzip.BadGzipFile, zlib.error, ValueError, OverflowError) as err:
         raise SourceError(f"{path}: not a readable NIfTI image ({err}).") from None
     if not shape or any(n < 1 for n in shape):
@@ -192,15 +193,16 @@ def open_nifti(
             f"the header declares shape {shape} of {dtype}, decompressed",
             "; decompress it to .nii, which is read through a memory map, or raise the budget",
         )
-        array = _inflate(path, shape, dtype, offset)
+        array = _inflate(path, fh, shape, dtype, offset)
     else:
         needed = offset + math.prod(shape) * dtype.itemsize
-        if path.stat().st_size < needed:
+        size = os.fstat(fh.fileno()).st_size
+        if size < needed:
             raise SourceError(
                 f"{path}: the header declares shape {shape} of {dtype} ({needed} bytes with the header), "
-                f"but the file holds only {path.stat().st_size} bytes."
+                f"but the file holds only {size} bytes."
             )
-        array = np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F", offset=offset)
+        array = np.memmap(fh, dtype=dtype, mode="r", shape=shape, order="F", offset=offset)
     axes = len(shape) - (0 if channel_axis is None else 1)
     source = ArraySource(
         array,
@@ -218,26 +220,31 @@ def open_nifti(
     return source
 
 
-def _gz_header(path: Path, nib):
-    """The NIfTI-1 or -2 header at the start of a ``.nii.gz``, read without inflating the rest."""
-    with gzip.open(path, "rb") as fh:
-        block = fh.read(540)
+def _nifti_header(stream: BinaryIO, nib):
+    """The NIfTI-1 or -2 header at the start of ``stream`` (a ``.nii`` file, or a ``.nii.gz``
+    being decompressed: the rest is not inflated); a single-file image's magic is required."""
+    block = stream.read(540)
     if len(block) < 348:
-        raise ValueError(f"it holds {len(block)} bytes once decompressed, less than a NIfTI header")
+        raise ValueError(f"it holds {len(block)} bytes (decompressed), less than a NIfTI header")
     sizes = {int.from_bytes(block[:4], order) for order in ("little", "big")}  # sizeof_hdr, either byte order
     if not sizes & {348, 540}:
         raise ValueError("its first 4 bytes are not a NIfTI header size (348 or 540)")
     klass, size = (nib.Nifti1Header, 348) if 348 in sizes else (nib.Nifti2Header, 540)
-    return klass.from_fileobj(io.BytesIO(block[:size]))
+    header = klass.from_fileobj(io.BytesIO(block[:size]))
+    if bytes(header["magic"]).rstrip(b"\0") not in (b"n+1", b"n+2"):
+        raise ValueError(f"its magic {bytes(header['magic'])!r} is not a single-file NIfTI's (n+1, n+2)")
+    return header
 
 
-def _inflate(path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
-    """The voxels of a ``.nii.gz``: the stream after ``offset`` decompressed into one array of
-    exactly the declared size (never more), Fortran order as NIfTI stores them."""
+def _inflate(path: Path, file: BinaryIO, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> np.ndarray:
+    """The voxels of the ``.nii.gz`` ``file`` (opened from ``path``): the stream after ``offset``
+    decompressed into one array of exactly the declared size (never more), Fortran order as
+    NIfTI stores them."""
     array = np.empty(shape, dtype=dtype, order="F")
     view = memoryview(array.reshape(-1, order="A").view(np.uint8))
     try:
-        with gzip.open(path, "rb") as fh:
+        file.seek(0)
+        with gzip.GzipFile(fileobj=file, mode="rb") as fh:
             fh.seek(offset)
             got = 0
             while got < len(view):

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from cpic.tci.fibers import linear_strides
 from cpic.util import KeyStore
+from cpic.util.indexing import c_strides
 
 #: ``f(idx: LongTensor[B, P, d]) -> Tensor[B, P]``
 BatchedFunction = Callable[[Tensor], Tensor]
@@ -72,7 +72,7 @@ class EvaluationCache:
         self._item_bits = _KEY_BITS - batch_bits
         total = math.prod(self.shape)
         self.exact = total <= 2**self._item_bits
-        self._strides = linear_strides(self.shape if self.exact else (), self.device)
+        self._strides = c_strides(self.shape if self.exact else (), self.device)
         self._store = KeyStore(dtype, self.device)
         self.evaluations = 0
         self.unique_evaluations = 0

@@ -18,12 +18,14 @@ from cpic.tci.fibers import (
     extend_right,
     fiber_indices,
     left_row_keys,
-    linear_strides,
     right_row_keys,
 )
 from cpic.tci.info import CrossInfo
 from cpic.tci.submatrix import first_of_duplicates, maxvol_rect
 from cpic.tt import TT
+from cpic.util.checks import check_int
+from cpic.util.indexing import c_strides
+from cpic.util.norms import relative_error
 
 _DEFAULT_RANK = 10
 _DEFAULT_SWEEPS = 4
@@ -53,14 +55,6 @@ class _Plan:
     tau: float  # maxvol's bound on its coefficients
     dtype: torch.dtype
     device: torch.device
-
-
-def _positive_int(name: str, value, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
 
 
 def _validation_set(
@@ -104,16 +98,13 @@ def _plan(
         raise ValueError(f"shape must be a sequence of mode sizes, got {shape!r}.") from None
     if not shape or any(n < 1 for n in shape):
         raise ValueError(f"shape must be a non-empty sequence of sizes >= 1, got {shape}.")
-    batch = _positive_int("batch", batch, allow_none=False)
-    rank = _positive_int("rank", rank)
-    max_rank = _positive_int("max_rank", max_rank)
-    sweeps = _positive_int("sweeps", sweeps)
-    budget = _positive_int("budget", budget)
-    kick = _positive_int("kick", kick, allow_none=False)
+    for name, value in (("rank", rank), ("max_rank", max_rank), ("sweeps", sweeps), ("budget", budget)):
+        check_int(name, value, optional=True)
+    check_int("batch", batch)
+    check_int("kick", kick)
     if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol must be a positive number, got {tol!r}.")
-    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0:
-        raise ValueError(f"n_test must be a non-negative integer, got {n_test!r}.")
+    check_int("n_test", n_test, low=0)
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 1):
         raise ValueError(f"tau must be a number >= 1 (maxvol's bound on its coefficients), got {tau!r}.")
     if rank is not None and max_rank is not None and max_rank < rank:
@@ -221,7 +212,7 @@ class _Sweeper:
         self.right = list(right)
         self.cores: list[Tensor | None] = [None] * d
         self.grow = plan.adaptive
-        self.strides = linear_strides(plan.shape, plan.device)  # keys of identical rows
+        self.strides = c_strides(plan.shape, plan.device)  # keys of identical rows
 
     def fiber(self, k: int) -> Tensor:
         left, right = self.left[k], self.right[k + 1]
@@ -288,18 +279,6 @@ def _stalled(history: list[Tensor], sweeper: _Sweeper, patience: int = 6) -> boo
     best_before = torch.stack(history[:-patience]).min(dim=0).values
     recent = torch.stack(history[-patience:]).min(dim=0).values
     return bool((recent > 0.5 * best_before).any())
-
-
-def _relative_error(approx: Tensor, exact: Tensor) -> Tensor:
-    """``||approx - exact|| / ||exact||`` per item ``[B]``, scaled first so float32 cannot overflow.
-
-    An all-zero ``exact`` gives the absolute error of ``approx``.
-    """
-    scale = exact.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    diff = ((approx - exact) / scale).norm(dim=1)
-    ref = (exact / scale).norm(dim=1)
-    return torch.where(ref > 0, diff / torch.where(ref > 0, ref, torch.ones_like(ref)), diff)
 
 
 def _change(current: TT, previous: TT) -> Tensor:
@@ -426,7 +405,7 @@ def cross(
             return False
         current = TT(sweeper.cores)
         if test_idx is not None:
-            errors.append(_relative_error(current.eval(test_idx), test_values))
+            errors.append(relative_error(current.eval(test_idx), test_values, dim=1))
             if best is None or bool(errors[-1].max() < best[1].max()):
                 best = (snapshot, errors[-1])
         else:  # without a held-out set, the change between passes measures convergence
@@ -489,5 +468,5 @@ def cross(
         snapshot = best[0]  # the error has stopped falling: return the best pass, not the last
         errors.append(best[1])
     if stop == "budget" and test_idx is not None:  # measure the TT actually returned
-        errors.append(_relative_error(TT(snapshot[0]).eval(test_idx), test_values))
+        errors.append(relative_error(TT(snapshot[0]).eval(test_idx), test_values, dim=1))
     return record(stop), info

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -56,28 +53,16 @@ def extend_right(right: Tensor, n: int, rows: Tensor) -> Tensor:
     return torch.cat([(rows // r)[:, :, None], suffix], dim=2)
 
 
-def linear_strides(shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
-    """C-order strides of ``shape``, int64 on ``device``: ``multi_index @ strides`` is the
-    linear index (wrapping around past ``2**63``, where two multi-indices may share one).
-
-    Example:
-        >>> linear_strides((4, 3, 2)).tolist()
-        [6, 2, 1]
-    """
-    strides = [math.prod(shape[k + 1 :]) % 2**64 for k in range(len(shape))]
-    wrapped = [s - 2**64 if s >= 2**63 else s for s in strides]
-    return torch.tensor(wrapped, dtype=torch.long, device=device)
-
-
 def left_row_keys(left: Tensor, n: int, strides: Tensor) -> Tensor:
     """Keys of the rows of ``left x range(n)``, the rows of a fiber block unfolded for a
     left-to-right step, ``[B, r_left * n]``: their linear indices with the later modes at 0,
-    so keys order rows as their multi-indices. ``strides``: :func:`linear_strides` of the
-    tensor, up to and with ``n``'s mode.
+    so keys order rows as their multi-indices. ``strides``: the tensor's
+    :func:`~cpic.util.indexing.c_strides`, up to and with ``n``'s mode.
 
     Example:
         >>> import torch
-        >>> left_row_keys(torch.tensor([[[3], [1]]]), 2, linear_strides((4, 2, 5))[:2]).tolist()
+        >>> from cpic.util.indexing import c_strides
+        >>> left_row_keys(torch.tensor([[[3], [1]]]), 2, c_strides((4, 2, 5))[:2]).tolist()
         [[30, 35, 10, 15]]
     """
     base = (left * strides[:-1]).sum(-1)
@@ -87,12 +72,13 @@ def left_row_keys(left: Tensor, n: int, strides: Tensor) -> Tensor:
 def right_row_keys(n: int, right: Tensor, strides: Tensor) -> Tensor:
     """Keys of the rows of ``range(n) x right``, the rows of a fiber block unfolded for a
     right-to-left step, ``[B, n * r_right]``: their linear indices with the earlier modes at
-    0, so keys order rows as their multi-indices. ``strides``: :func:`linear_strides` of the
-    tensor, from ``n``'s mode on.
+    0, so keys order rows as their multi-indices. ``strides``: the tensor's
+    :func:`~cpic.util.indexing.c_strides`, from ``n``'s mode on.
 
     Example:
         >>> import torch
-        >>> right_row_keys(2, torch.tensor([[[3], [1]]]), linear_strides((5, 2, 4))[1:]).tolist()
+        >>> from cpic.util.indexing import c_strides
+        >>> right_row_keys(2, torch.tensor([[[3], [1]]]), c_strides((5, 2, 4))[1:]).tolist()
         [[3, 1, 7, 5]]
     """
     base = (right * strides[1:]).sum(-1)

@@ -18,6 +18,7 @@ from torch import Tensor
 from cpic.tci.cache import BatchedFunction
 from cpic.tci.engine import cross
 from cpic.tci.info import CrossInfo
+from cpic.util.checks import check_int
 
 
 @dataclass
@@ -89,10 +90,8 @@ class PivotStore:
         n_test: int = 0,
     ):
         for name, value in (("rank", rank), ("sweeps", sweeps), ("refresh_sweeps", refresh_sweeps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if refresh_every is not None and (not isinstance(refresh_every, int) or refresh_every < 1):
-            raise ValueError(f"refresh_every must be a positive integer or None, got {refresh_every!r}.")
+            check_int(name, value)
+        check_int("refresh_every", refresh_every, optional=True)
         self.rank, self.sweeps, self.refresh_sweeps = rank, sweeps, refresh_sweeps
         self.refresh_every, self.seed, self.n_test = refresh_every, seed, n_test
         self.counts = PivotCounts()

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from cpic.train.seal import SEAL, canonical_json, check_seal
 from cpic.util import new_temp_file
-from cpic.util.guard import check_path, read_bytes
+from cpic.util.guard import open_file, read_bytes
 
 FORMAT = "cpic-checkpoint"
 #: 2: the metadata is sealed in the safetensors header
@@ -227,23 +227,40 @@ def load_checkpoint(
     record = _read_record(json_path)
     if not st_path.exists():
         raise CheckpointError(f"checkpoint tensors {st_path} do not exist")
-    check_path(st_path, "checkpoint tensor file (.safetensors)", error=CheckpointError)
-    digest = _sha256(st_path)
-    if digest != record["sha256"]:
+    data = _tensor_bytes(st_path)  # read once, through the guard: what is hashed is what is loaded
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
         backup = _backup_path(st_path)  # a save killed between its two renames: the previous pair
-        if not (backup.is_file() and _sha256(backup) == record["sha256"]):
+        data = _tensor_bytes(backup) if backup.is_file() else b""
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
             raise CheckpointError(
                 f"{st_path} does not match the sha256 recorded in {json_path} (truncated or replaced?)"
             )
         st_path = backup
     try:
-        tensors = safetensors.torch.load_file(st_path, device=str(torch.device(device)))
-        with safetensors.safe_open(st_path, framework="pt") as f:
-            sealed = (f.metadata() or {}).get(SEAL)
+        loaded = safetensors.torch.load(data)
+        header = _safetensors_header(data)
+        sealed = (header.get("__metadata__") or {}).get(SEAL)
+        # in the file's order, as safetensors.torch.load_file gives them; copies, as load()
+        # views the immutable bytes it parsed and an optimiser updates its state in place
+        order = sorted(loaded, key=lambda k: (header[k]["data_offsets"], k))
+        tensors = {k: loaded[k].to(torch.device(device), copy=True) for k in order}
     except (safetensors.SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"{st_path} is not a readable safetensors file: {e}") from None
     check_seal(json_path, st_path, record["meta"], sealed, CheckpointError)
     return tensors, record["meta"]
+
+
+def _tensor_bytes(path: Path) -> bytes:
+    """The bytes of a ``.safetensors`` file, read through :func:`cpic.util.guard.open_file`."""
+    with open_file(path, "checkpoint tensor file (.safetensors)", error=CheckpointError) as fh:
+        return fh.read()
+
+
+def _safetensors_header(data: bytes) -> dict:
+    """The JSON header of safetensors ``data`` that ``safetensors.torch.load`` accepted (an
+    8-byte little-endian length, then the header: each tensor's dtype, shape, data offsets)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size])
 
 
 def _flatten(value: Any, path: tuple[str, ...], tensors: dict[str, Tensor]) -> Any:

@@ -196,6 +196,27 @@ class VolumeDataset:
         return cls(sources, targets, extras, names=names, classes=classes, open_kwargs=open_kwargs)
 
 
+def manifest_files(manifest: str | Path, path_column: str = "path") -> list[Path]:
+    """The files a run on ``manifest`` reads: the manifest, then the volume paths it lists
+    (resolved as :meth:`VolumeDataset.from_csv` resolves them; nothing is opened), so that an
+    output can be checked against them before any work.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "m.csv").write_text("path,label\\na.npy,x\\n/data/b.npy,y\\n")
+        ...     [p.relative_to(tmp).as_posix() if p.is_relative_to(tmp) else p.as_posix()
+        ...      for p in manifest_files(Path(tmp) / "m.csv")]
+        ['m.csv', 'a.npy', '/data/b.npy']
+    """
+    path = Path(manifest)
+    rows = _read_rows(path)
+    if path_column not in rows[0]:
+        raise ValueError(f"manifest {str(path)!r} lacks the column {path_column!r}; it has {list(rows[0])}.")
+    _check_cells(path, rows, [path_column])
+    return [path, *(_resolve(path.parent, row[path_column]) for row in rows)]
+
+
 def _read_rows(path: Path) -> list[dict]:
     """The rows of a CSV manifest; a clear error for an empty file, text that is not UTF-8 or
     CSV, and rows with fewer or more fields than the header."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from cpic.nn import heads
+from cpic.util import norms
 
 
 def _check_labels(labels: Tensor, n: int, num_classes: int) -> None:
@@ -166,10 +167,11 @@ def psnr(pred: Tensor, target: Tensor, peak: float = 1.0) -> float:
 
 
 def relative_error(approx: Tensor, truth: Tensor) -> float:
-    """``||approx - truth|| / ||truth||`` (the denominator kept above 1e-12).
+    """``||approx - truth|| / ||truth||`` over all elements, as a float (``||approx||`` where
+    ``truth`` is all zero; :func:`cpic.util.norms.relative_error`).
 
     Example:
         >>> round(relative_error(torch.tensor([3.0, 4.5]), torch.tensor([3.0, 4.0])), 6)
         0.1
     """
-    return float((approx - truth).norm() / truth.norm().clamp_min(1e-12))
+    return float(norms.relative_error(approx, truth)) if truth.numel() else math.nan

@@ -6,6 +6,7 @@ import torch
 
 from cpic.nn import CPIC
 from cpic.sources import VolumeSource
+from cpic.util.checks import check_int
 from cpic.util.progress import counter
 
 
@@ -28,8 +29,7 @@ def predict(
         >>> predict(model, vols, batch_size=2).shape
         torch.Size([3])
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    check_int("batch_size", batch_size)
     outputs = []
     with counter(progress, "predict", total=len(sources), unit="volume") as bar:
         for start in range(0, len(sources), batch_size):

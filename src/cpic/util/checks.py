@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 
-def check_int(name: str, value, low: int = 1, *, odd: bool = False, optional: bool = False) -> None:
-    """Refuse ``value`` unless it is an integer ``>= low`` (odd with ``odd``; ``None`` allowed
-    with ``optional``), with one message naming ``name`` and what was expected.
+
+def check_int(
+    name: str,
+    value,
+    low: int = 1,
+    *,
+    odd: bool = False,
+    optional: bool = False,
+    error: type[ValueError] = ValueError,
+) -> None:
+    """Refuse ``value`` unless it is an integer ``>= low`` (Python or NumPy; odd with ``odd``;
+    ``None`` allowed with ``optional``), raising ``error`` with one message naming ``name`` and
+    what was expected.
 
     Example:
         >>> check_int("rank", 3)
@@ -17,6 +28,6 @@ def check_int(name: str, value, low: int = 1, *, odd: bool = False, optional: bo
     """
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (odd and value % 2 == 0):
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (odd and value % 2 == 0):
         what = f"an odd integer >= {low}" if odd else f"an integer >= {low}"
-        raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}.")
+        raise error(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cpic.util.checks import check_int
+
 #: the share of the available memory a load may take when no budget is given
 DEFAULT_FRACTION = 0.5
 
@@ -38,8 +40,7 @@ def memory_budget(budget: int | None = None) -> tuple[int | None, str]:
         (1073741824, 'the memory budget')
     """
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"memory_budget must be a positive number of bytes or None, got {budget!r}.")
+        check_int("memory_budget (bytes)", budget)
         return budget, "the memory budget"
     have = available_memory()
     if have is None:

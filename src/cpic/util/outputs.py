@@ -88,9 +88,11 @@ def refuse_inputs(
     inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     flag: str,
     overwrite: bool = False,
+    remedy: str = "give another name or --overwrite",
 ) -> None:
     """Refuse an output that is one of the ``inputs`` (the same file, by any name) unless
-    ``overwrite``; ``flag`` names the output option in the message.
+    ``overwrite``; ``flag`` names the output option in the message, ``remedy`` what to do
+    (for a command without ``--overwrite``: ``"give another name"``).
 
     Example:
         >>> import tempfile
@@ -107,7 +109,7 @@ def refuse_inputs(
             continue
         for source in sources:
             if os.path.samefile(out, source):
-                raise ValueError(f"{flag} {str(out)!r} is also an input; give another name or --overwrite.")
+                raise ValueError(f"{flag} {str(out)!r} is also an input; {remedy}.")
 
 
 def temp_sibling(final: str | os.PathLike[str]) -> Path:

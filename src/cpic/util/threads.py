@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cpic.util.checks import check_int
+
 #: the environment variables through which a user sets torch's intra-op threads
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: torch's own choice (its physical cores), read once so that a count set later does not lower it
@@ -65,8 +67,7 @@ def choose_threads(requested: int | None = None, environ: Mapping[str, str] | No
     """
     environ = os.environ if environ is None else environ
     if requested is not None:
-        if requested < 1:
-            raise ValueError(f"--threads must be a positive integer, got {requested}.")
+        check_int("--threads", requested)
         return Threads(requested, "--threads")
     for name in THREAD_VARIABLES:
         if environ.get(name, "").strip():

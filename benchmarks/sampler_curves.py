@@ -1,0 +1,114 @@
+"""Samplers at equal reads, by learning curve: lesion presence, a fixed number of epochs each.
+
+The same ``cpic.CPIC`` (3^3 patches + position, 8 features, mean projection, ``sampled_max``)
+reads with ``LatticePatches``, ``RandomPatches`` or ``ExploreExploit`` at one read budget per
+prediction; the ``strided`` baseline is ``DenseCNN`` (mean and max pooled) on the ``n^3``
+strided view with ``n^3`` at most the budget. Every method trains ``--epochs`` epochs (a budget
+that a shared machine cannot skew, unlike wall clock) on the cohort's last 3/4 and is scored
+after every epoch on its first 1/4; the result is the mean validation ROC AUC of the last 3
+epochs (one epoch's AUC on 40 volumes swings by about 0.05). ``benchmarks/tasks.py`` runs the
+wider protocol (wall-clock budgets, cross pivots, attention sampling, the dense ceiling,
+regression and needle tasks, figures).
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/sampler_curves.py --side 128 --count 160 --epochs 30
+--read-budget 0.5% --seed 0`` (one cohort per seed; prints one ``RESULT`` line per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import cpic
+from cpic.data import lesion_cohort
+from cpic.nn import Classification, DenseCNN, ExploreExploit, LatticePatches, RandomPatches
+from cpic.train.metrics import roc_auc
+from cpic.util.units import voxel_budget
+
+METHODS = ("lattice", "random", "explore-exploit", "strided")
+
+
+def build(method: str, args, budget: int):
+    grid = (args.side,) * 3
+    if method == "strided":
+        return DenseCNN(Classification(2), side=int(budget ** (1 / 3) + 1e-9), pool="mean+max", view="strided")
+    policy = {
+        "lattice": lambda: LatticePatches(budget),
+        "random": lambda: RandomPatches(budget),
+        "explore-exploit": lambda: ExploreExploit(budget, features=args.features, explore=args.explore),
+    }[method]()
+    return cpic.CPIC(
+        grid,
+        Classification(2),
+        features=args.features,
+        patch=args.patch,
+        positions=True,
+        sampled_max=True,
+        reads=policy,
+        seed=args.seed,
+    )
+
+
+def scores(model, sources, batch: int = 8) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(sources[i : i + batch]) for i in range(0, len(sources), batch)])
+    model.train()
+    return out.softmax(1)[:, 1]
+
+
+def run(method: str, args, sources, labels, budget: int) -> dict:
+    torch.manual_seed(args.seed)
+    model = build(method, args, budget)
+    n_val = len(sources) // 4
+    train, val = list(range(n_val, len(sources))), sources[:n_val]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(args.seed)
+    aucs, started = [], time.perf_counter()
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for i in range(0, len(order), 8):
+            items = [train[j] for j in order[i : i + 8]]
+            part = [sources[j] for j in items]
+            opt.zero_grad(set_to_none=True)
+            loss, _ = model.loss(part, labels[items], keys=part)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        for s in val:
+            s.stats.reset()
+        aucs.append(roc_auc(scores(model, val), labels[:n_val]))
+        read = model.side**3 if method == "strided" else max(s.stats.voxels_read for s in val)  # views kept
+        print(f"  {method} epoch {epoch + 1}: auc {aucs[-1]:.3f}, read {read} voxels", flush=True)
+    return {"auc": sum(aucs[-3:]) / 3, "best": max(aucs), "read": read, "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", type=int, default=128)
+    parser.add_argument("--count", type=int, default=160)
+    parser.add_argument("--seed", type=int, default=0, help="the cohort")
+    parser.add_argument("--read-budget", default="0.5%")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--explore", type=float, default=0.5, help="explore-exploit: the view's share")
+    parser.add_argument("--patch", type=int, default=3)
+    parser.add_argument("--features", type=int, default=8)
+    args = parser.parse_args()
+    sources, labels = lesion_cohort(args.count, side=args.side, seed=args.seed)
+    labels = torch.as_tensor(labels["presence"]).long()
+    budget = voxel_budget(args.read_budget, args.side**3)
+    for method in args.methods.split(","):
+        r = run(method, args, sources, labels, budget)
+        print(
+            f"RESULT {method} side {args.side} seed {args.seed} budget {args.read_budget} ({budget} voxels): "
+            f"mean-last-3 {r['auc']:.3f} best {r['best']:.3f} read {r['read']} voxels "
+            f"({100 * r['read'] / args.side**3:.2f}%) time {r['seconds']:.0f}s",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

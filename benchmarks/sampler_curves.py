@@ -84,7 +84,8 @@ def run(method: str, args, sources, labels, budget: int) -> dict:
         # the dense CNN keeps its views: a prediction reads them once
         read = model.side**3 if method == "strided" else max(s.stats.voxels_read for s in val)
         print(f"  {method} epoch {epoch + 1}: auc {aucs[-1]:.3f}, read {read} voxels", flush=True)
-    return {"auc": sum(aucs[-3:]) / 3, "best": max(aucs), "read": read, "seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    return {"auc": sum(aucs[-3:]) / 3, "best": max(aucs), "read": read, "seconds": seconds}
 
 
 def main() -> None:

@@ -244,7 +244,10 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if args.figure:
         figures.require_matplotlib()
     outputs = [p for p in (args.output, args.figure) if p]
-    check_writable(outputs)
+    zarr = bool(args.output) and args.output.lower().rstrip("/").endswith(".zarr")
+    check_writable(outputs[1:] if zarr else outputs)
+    if zarr:
+        check_writable(args.output, "Zarr output (-o)", folder=Path(args.output).is_dir())
     volume = implicit.load_compressed(args.file, device_of(args))
     inputs = [args.file, *filter(None, [volume.source_volume])]
     refuse_inputs(outputs, inputs, "-o/--figure", args.overwrite)

@@ -129,11 +129,12 @@ def _register_reconstruct(commands) -> None:
 def run_compress(args: argparse.Namespace) -> int:
     check_writable([args.output], "compressed volume (-o)")
     refuse_inputs([args.output], [args.volume], "-o", args.overwrite)
+    device = device_of(args)
     src = open_volume(args.volume, ndim=3)
     settings = {}
     if args.method == "implicit":
         settings = {"rank": args.rank, "features": args.features, "steps": args.steps,
-                    "device": device_of(args), "memory_budget": args.memory_budget,
+                    "device": device, "memory_budget": args.memory_budget,
                     "progress": shows_progress(args)}  # fmt: skip
     try:
         result = implicit.compress(

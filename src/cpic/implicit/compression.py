@@ -81,7 +81,7 @@ def compress(
         >>> src = cpic.open_volume(torch.rand(16, 16, 16))
         >>> result = compress(src, budget=0.1)
         >>> result.voxels_read, result.error["voxels"] > 0, sorted(result.baseline)[:2]
-        (410, True, ['foreground_psnr_db', 'foreground_voxels'])
+        (324, True, ['foreground_psnr_db', 'foreground_voxels'])
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -89,9 +89,16 @@ def compress(
         raise ValueError(
             f"{source.name}: has {source.channels} channels; compress takes one-channel volumes."
         )
-    if source.ndim != 3 or min(source.shape) < 2:
-        raise ValueError(f"{source.name}: grid {source.shape} must be 3-D with 2+ voxels per axis.")
+    if source.ndim != 3:
+        raise ValueError(f"{source.name}: grid {source.shape} is not 3-D; compress takes 3-D volumes.")
+    if min(source.shape) < 2:
+        raise ValueError(f"{source.name}: grid {source.shape} is too thin; compress needs 2+ voxels per axis.")
     count = read_budget(budget, source.size)
+    if method != "implicit" and count < 2**source.ndim:
+        raise ValueError(
+            f"{source.name}: a read budget of {count} voxels is below the {2**source.ndim} corners a "
+            "lattice reads; give a larger read budget."
+        )
     source.stats.reset()
     started = time.perf_counter()
     meta = {"grid": list(source.shape), "dtype": str(source.dtype), "spatial": source.spatial.to_dict()}

@@ -7,7 +7,7 @@ method's settings, the provenance, and the sha256 of the tensors, so that an edi
 file is refused. Tensors: ``coords`` (int32 ``[K, 3]``) and ``values`` (float32 ``[K]``) of the
 voxels read for ``lattice`` and ``refine``; the model's tensors (``model.*``) and the latent TT
 cores (``latent.core_k``, each ``[r_k, n_k, r_{k+1}]``) for ``implicit``. The file is written
-under a temporary name and moved into place (:func:`cpic.util.atomic_path`).
+under a hidden temporary name and moved into place (:func:`cpic.util.outputs.staged`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cpic.nn import ImplicitVolume
 from cpic.sources import SpatialInfo
 from cpic.train import CheckpointError, model_from_config
 from cpic.tt import TT
-from cpic.util import atomic_path
+from cpic.util.outputs import staged
 
 FORMAT, VERSION = "cpic-compressed-volume", 2
 METHODS = ("refine", "lattice", "implicit")
@@ -104,7 +104,7 @@ def save_compressed(file: str | Path, volume: CompressedVolume) -> int:
         meta["config"] = volume.model.config
     else:
         meta["strides"] = volume.reads.strides
-    with atomic_path(file) as temp:
+    with staged(file, lambda base: [base]) as temp:  # staged: a killed run's leftover is removed next time
         safetensors.torch.save_file(tensors, str(temp), metadata={"cpic": json.dumps(meta)})
     return Path(file).stat().st_size
 
@@ -120,7 +120,7 @@ def load_compressed(file: str | Path, device: str | torch.device = "cpu") -> Com
         >>> with tempfile.TemporaryDirectory() as d:
         ...     _ = save_compressed(f"{d}/v.cpic", volume)
         ...     load_compressed(f"{d}/v.cpic").reads.strides
-        [4]
+        [[3, 4, 4]]
     """
     import safetensors
     import safetensors.torch
@@ -150,10 +150,21 @@ def load_compressed(file: str | Path, device: str | torch.device = "cpu") -> Com
         if method in ("refine", "lattice"):
             reads = LatticeReads(tuple(meta["grid"]), list(meta["strides"]), tensors["coords"].long(),
                                  tensors["values"].float())  # fmt: skip
+            _check_reads(file, reads)
             return CompressedVolume(method, meta, reads=reads, file=str(file))
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
         raise CheckpointError(f"{file}: its contents are inconsistent ({err}).") from None
     raise CheckpointError(f"{file}: unknown method {method!r}; expected one of {METHODS}.")
+
+
+def _check_reads(file, reads: LatticeReads) -> None:
+    coords, values = reads.coords, reads.values
+    if coords.ndim != 2 or coords.shape != (len(values), len(reads.grid)) or values.ndim != 1:
+        raise CheckpointError(f"{file}: coords {tuple(coords.shape)} and values {tuple(values.shape)} do not pair.")
+    if len(coords) and ((coords < 0) | (coords >= torch.tensor(reads.grid))).any():
+        raise CheckpointError(f"{file}: voxel coordinates outside the grid {reads.grid}.")
+    if not bool(torch.isfinite(values).all()):
+        raise CheckpointError(f"{file}: the values read hold NaN or Inf.")
 
 
 def _implicit(file: str, meta: dict, tensors: dict, device) -> CompressedVolume:

@@ -30,14 +30,27 @@ def lattice_nodes(n: int, stride: int) -> Tensor:
     return nodes if nodes[-1] == n - 1 else torch.cat([nodes, torch.tensor([n - 1])])
 
 
-def lattice_size(shape: Sequence[int], stride: int) -> int:
-    """Voxels a lattice of ``stride`` reads on ``shape``.
+def axis_strides(shape: Sequence[int], stride: int | Sequence[int]) -> list[int]:
+    """``stride`` for each axis of ``shape`` (one int: the same on every axis).
 
     Example:
-        >>> lattice_size((10, 10, 10), 4)
-        64
+        >>> axis_strides((4, 5, 6), 2), axis_strides((4, 5, 6), [2, 3, 3])
+        ([2, 2, 2], [2, 3, 3])
     """
-    return math.prod(len(lattice_nodes(n, stride)) for n in shape)
+    strides = [stride] * len(shape) if isinstance(stride, int) else [int(s) for s in stride]
+    if len(strides) != len(shape):
+        raise ValueError(f"strides {strides} do not match a {len(shape)}-D grid.")
+    return strides
+
+
+def lattice_size(shape: Sequence[int], stride: int | Sequence[int]) -> int:
+    """Voxels a lattice of ``stride`` (one, or one per axis) reads on ``shape``.
+
+    Example:
+        >>> lattice_size((10, 10, 10), 4), lattice_size((10, 10, 10), [4, 4, 2])
+        (64, 96)
+    """
+    return math.prod(len(lattice_nodes(n, s)) for n, s in zip(shape, axis_strides(shape, stride)))
 
 
 def lattice_stride(shape: Sequence[int], budget: int) -> int:
@@ -52,6 +65,24 @@ def lattice_stride(shape: Sequence[int], budget: int) -> int:
     while lattice_size(shape, stride) > budget and stride < max(shape):
         stride += 1
     return stride
+
+
+def lattice_strides(shape: Sequence[int], budget: int) -> list[int]:
+    """Per-axis strides of the densest lattice within ``budget`` voxels: :func:`lattice_stride`
+    on every axis, then one less on the longest axes while the budget allows.
+
+    Example:
+        >>> lattice_strides((64, 64, 64), 5000), lattice_size((64, 64, 64), [4, 4, 4])
+        ([4, 4, 4], 4913)
+        >>> lattice_strides((64, 64, 64), 6400), lattice_size((64, 64, 64), [3, 4, 4])
+        ([3, 4, 4], 6358)
+    """
+    strides = [lattice_stride(shape, budget)] * len(shape)
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        finer = [s - (a == axis) for a, s in enumerate(strides)]
+        if strides[axis] > 1 and lattice_size(shape, finer) <= budget:
+            strides = finer
+    return strides
 
 
 def interpolation_matrix(nodes: Tensor, queries: Tensor, kind: str = "cubic") -> Tensor:

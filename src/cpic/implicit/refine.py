@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpic.implicit.lattice import lattice_nodes, lattice_stride, upsample
+from cpic.implicit.lattice import axis_strides, lattice_nodes, lattice_size, lattice_strides, upsample
 from cpic.sources import VolumeSource
 from cpic.util.checks import check_int
 
+#: the finer level's full lattice reads at least this many times the budget (measured in
+#: benchmarks/reconstruct.py against 1.5 and 3)
+OVERSAMPLING = 2.0
 #: share of the remaining budget each refinement level spends (the last level spends the rest)
 LEVEL_SHARE = 0.5
 
@@ -25,10 +28,10 @@ LEVEL_SHARE = 0.5
 @dataclass
 class LatticeReads:
     """The voxels a lattice method read: ``coords [K, D]``, raw ``values [K]``, the grid, and the
-    strides of its levels (coarsest first; a plain lattice has one)."""
+    strides of its levels (coarsest first, each one int or one per axis; a plain lattice has one)."""
 
     grid: tuple[int, ...]
-    strides: list[int]
+    strides: list[int | list[int]]
     coords: Tensor
     values: Tensor
 
@@ -37,8 +40,8 @@ class LatticeReads:
         return len(self.coords)
 
 
-def _level_nodes(grid: Sequence[int], stride: int) -> list[Tensor]:
-    return [lattice_nodes(n, stride) for n in grid]
+def _level_nodes(grid: Sequence[int], stride: int | Sequence[int]) -> list[Tensor]:
+    return [lattice_nodes(n, s) for n, s in zip(grid, axis_strides(grid, stride))]
 
 
 def _overwrite(lattice: Tensor, nodes: Sequence[Tensor], coords: Tensor, values: Tensor) -> Tensor:
@@ -69,17 +72,22 @@ def _cell_spread(lattice: Tensor, nodes: Sequence[Tensor], finer: Sequence[Tenso
     return spread[torch.meshgrid(*cell, indexing="ij")]
 
 
-def refine_strides(grid: Sequence[int], budget: int) -> list[int]:
-    """The strides, coarsest first, of a refinement within ``budget`` reads: a lattice of twice
-    the stride ``f`` whose full lattice would read about three times the budget, then ``f``
-    where the indicator is largest (the coarse lattice takes about 3/8 of the budget; measured
-    in benchmarks/reconstruct.py against other depths and shares).
+def refine_strides(grid: Sequence[int], budget: int, oversampling: float = OVERSAMPLING) -> list[int]:
+    """The strides, coarsest first, of a refinement within ``budget`` reads: ``[2 f, f]`` with
+    ``f`` the largest stride whose full lattice would read at least ``oversampling`` times the
+    budget, so that the finer level is read where the indicator is largest, not everywhere; the
+    plain lattice (:func:`~cpic.implicit.lattice.lattice_strides`) where ``2 f`` would not fit.
 
     Example:
-        >>> refine_strides((64, 64, 64), 3000)
-        [8, 4]
+        >>> refine_strides((64, 64, 64), 3000), refine_strides((16, 16, 16), 400)
+        ([6, 3], [[2, 3, 3]])
     """
-    fine = lattice_stride(grid, 3 * budget)
+    check_int("budget", budget)
+    fine = 1
+    while fine < max(grid) and lattice_size(grid, fine + 1) >= oversampling * budget:
+        fine += 1
+    if lattice_size(grid, 2 * fine) > budget:  # no room to refine: the plain lattice
+        return [lattice_strides(grid, budget)]
     return [2 * fine, fine]
 
 
@@ -127,15 +135,16 @@ def refine(
 
 
 def read_lattice(source: VolumeSource, budget: int) -> LatticeReads:
-    """Read the regular lattice of the smallest stride within ``budget`` voxels (raw values).
+    """Read the densest regular lattice within ``budget`` voxels (raw values; per-axis strides
+    of :func:`~cpic.implicit.lattice.lattice_strides`).
 
     Example:
         >>> import cpic
         >>> reads = read_lattice(cpic.open_volume(torch.rand(16, 16, 16)), 300)
         >>> reads.strides, reads.count
-        ([3], 216)
+        ([[3, 3, 3]], 216)
     """
-    stride = lattice_stride(source.shape, budget)
+    stride = lattice_strides(source.shape, budget)
     coords = _grid_coords(_level_nodes(source.shape, stride))
     return LatticeReads(tuple(source.shape), [stride], coords, _read(source, coords).float())
 

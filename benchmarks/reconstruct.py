@@ -112,8 +112,8 @@ def rows_of(name: str, fractions: list[float], implicit_steps: int | None) -> li
         model, latent = fit_implicit(src, steps=implicit_steps)
         read = src.voxels_read()
         norm = src.normalization
-        volume = CompressedVolume("implicit", {"grid": list(src.shape), "normalization":
-                                  {"low": norm.low, "high": norm.high}}, model=model, latent=latent)  # fmt: skip
+        meta = {"grid": list(src.shape), "normalization": {"low": norm.low, "high": norm.high}}
+        volume = CompressedVolume("implicit", meta, model=model, latent=latent)
         coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in src.shape], indexing="ij"), -1)
         estimate = values_at(volume, coords.reshape(-1, 3)).reshape(src.shape)
         db, fg = score(estimate, read)
@@ -123,9 +123,12 @@ def rows_of(name: str, fractions: list[float], implicit_steps: int | None) -> li
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| volume | fraction read | voxels read | method | PSNR dB | fg PSNR dB |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['volume']} | {100 * r['fraction']:.3f}% | {r['reads']:,} | {r['method']} | {r['psnr']:.2f} | "
-              f"{r['fg']:.2f} |" for r in rows]  # fmt: skip
+    lines = [
+        "| volume | fraction read | voxels read | method | PSNR dB | fg PSNR dB |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['volume']} | {100 * r['fraction']:.3f}% | {r['reads']:,} | {r['method']} | "
+              f"{r['psnr']:.2f} | {r['fg']:.2f} |" for r in rows]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -149,7 +152,9 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--volumes", default=",".join(VOLUMES), help=f"comma list of {', '.join(VOLUMES)}")
     parser.add_argument("--fractions", default="0.1,0.5,2,5", help="percentages of the voxels read")
     parser.add_argument("--implicit", type=int, metavar="STEPS", help="also the implicit model, STEPS steps")

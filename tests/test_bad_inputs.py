@@ -193,8 +193,8 @@ def test_volume_beyond_its_file_or_budget_is_refused_by_every_command(world, cas
     path, needle = world.hostile[case]
     refused(cli(capsys, "inspect", path), needle)  # inspect's own budget: 256M
     refused(cli(capsys, "predict", world.model, path, "-o", out / "p.csv", *BUDGET), needle, out)
-    compress = ["compress", path, "-o", out / "c", "--method", "implicit", "--steps", 2, "--rank", 2, "--quiet",
-                *BUDGET]  # fmt: skip
+    compress = ["compress", path, "-o", out / "c", "--method", "implicit", "--steps", 2, "--rank", 2,
+                "--quiet", *BUDGET]  # fmt: skip
     refused(cli(capsys, *compress), needle, out)
     manifest = manifest_with(world, path, tmp_path)
     refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY, *BUDGET), needle, out)
@@ -684,8 +684,8 @@ def test_sigterm_is_an_interrupt_in_train_compress_and_cohort(world, tmp_path):
     cases = {
         "train": (["train", world.root / "cohort.csv", "-o", tmp_path / "m", "--val", "0", *TINY,
                    "--epochs", "500", "--checkpoint-dir", ckpt], ckpt / "last.json"),
-        "compress": (["compress", volume, "-o", tmp_path / "c", "--method", "implicit", "--steps", "100000", "-q"],
-                     None),
+        "compress": (["compress", volume, "-o", tmp_path / "c", "--method", "implicit", "--steps", "100000",
+                      "-q"], None),
         "cohort": (["cohort", "shapes", tmp_path / "shapes", "--count", "400", "--side", "24", "-q"],
                    tmp_path / "shapes" / "sphere-0000.npy"),
     }  # fmt: skip

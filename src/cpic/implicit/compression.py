@@ -92,7 +92,9 @@ def compress(
     if source.ndim != 3:
         raise ValueError(f"{source.name}: grid {source.shape} is not 3-D; compress takes 3-D volumes.")
     if min(source.shape) < 2:
-        raise ValueError(f"{source.name}: grid {source.shape} is too thin; compress needs 2+ voxels per axis.")
+        raise ValueError(
+            f"{source.name}: grid {source.shape} is too thin; compress needs 2+ voxels per axis."
+        )
     count = read_budget(budget, source.size)
     if method != "implicit" and count < 2**source.ndim:
         raise ValueError(

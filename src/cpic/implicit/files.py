@@ -160,7 +160,9 @@ def load_compressed(file: str | Path, device: str | torch.device = "cpu") -> Com
 def _check_reads(file, reads: LatticeReads) -> None:
     coords, values = reads.coords, reads.values
     if coords.ndim != 2 or coords.shape != (len(values), len(reads.grid)) or values.ndim != 1:
-        raise CheckpointError(f"{file}: coords {tuple(coords.shape)} and values {tuple(values.shape)} do not pair.")
+        raise CheckpointError(
+            f"{file}: coords {tuple(coords.shape)} and values {tuple(values.shape)} do not pair."
+        )
     if len(coords) and ((coords < 0) | (coords >= torch.tensor(reads.grid))).any():
         raise CheckpointError(f"{file}: voxel coordinates outside the grid {reads.grid}.")
     if not bool(torch.isfinite(values).all()):

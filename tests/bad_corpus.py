@@ -361,10 +361,10 @@ def broken_compressed(root: Path, file: Path) -> dict[str, tuple[Path, str]]:
             safetensors.torch.save_file(t, str(path), metadata={"cpic": json.dumps(m)})
         out[name] = (path, needle)
 
-    values, coords = tensors["values"], tensors["coords"]
+    values, ids = tensors["values"], tensors["ids"]
     write("values with NaN", "NaN", {**tensors, "values": torch.full_like(values, float("nan"))})
-    write("coords outside the grid", "outside the grid", {**tensors, "coords": coords + 100})
-    write("coords missing", "inconsistent", {"values": values})
+    write("ids outside the grid", "outside the grid", {**tensors, "ids": ids + 10**6})
+    write("ids missing", "inconsistent", {"values": values})
     write("values of the wrong length", "do not pair", {**tensors, "values": values[:-1].contiguous()})
     write("another version", "version", new_meta={**meta, "version": 7})
     write("unknown method", "unknown method", new_meta={**meta, "method": "fft"})

@@ -265,8 +265,9 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         )  # fmt: skip
     else:
         span = None
+    source_read = False
     if args.figure:
-        shown = _figure(args, volume, cut, box)
+        shown, source_read = _figure(args, volume, cut, box)
         span = span or shown
     seconds = time.perf_counter() - started
     summary = {
@@ -282,6 +283,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         "max": span["max"],
         "output": args.output,
         "figure": args.figure,
+        "figure_reads_source": source_read,
         "seconds": seconds,
     }
     emit(args, summary, _reconstruct_lines(summary))
@@ -307,7 +309,8 @@ def _source_slices(volume, boxes, normalized: bool):
 
 def _figure(args, volume, cut, box) -> dict:
     """Slices of the reconstruction (the slice, else three mid slices of the box), beside the
-    source's and the difference when the source is there; returns the min and max shown."""
+    source's and the difference when the source is there; returns the min and max shown and
+    whether the source was read."""
     if cut is not None:
         boxes, axes = [box], [cut[0]]
     else:
@@ -322,7 +325,8 @@ def _figure(args, volume, cut, box) -> dict:
     truth = None if source is None else [s.select(a, 0).numpy() for s, a in zip(source, axes)]
     titles = [f"axis {a} = {b[a][0]}" for a, b in zip(axes, boxes)]
     figures.reconstruction_slices(decoded, truth, titles, args.figure, f"{args.file} ({volume.method})")
-    return {"min": float(min(d.min() for d in decoded)), "max": float(max(d.max() for d in decoded))}
+    shown = {"min": float(min(d.min() for d in decoded)), "max": float(max(d.max() for d in decoded))}
+    return shown, truth is not None
 
 
 def _reconstruct_lines(s: dict) -> list[str]:
@@ -333,7 +337,8 @@ def _reconstruct_lines(s: dict) -> list[str]:
     )
     lines = [
         f"cpic reconstruct: {s['file']} ({s['method']}, {'x'.join(map(str, s['grid']))}), {what}",
-        f"  voxels decoded       {s['voxels_decoded']:,} in {s['seconds']:.2f} s (no source voxel read)",
+        f"  voxels decoded       {s['voxels_decoded']:,} in {s['seconds']:.2f} s ("
+        + ("the figure read the source's slices)" if s["figure_reads_source"] else "no source voxel read)"),
         f"  values               {s['min']:.4g} .. {s['max']:.4g} ({s['scale']} scale)",
     ]
     if s["output"]:

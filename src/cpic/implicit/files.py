@@ -4,9 +4,10 @@ The metadata (the safetensors header's ``"cpic"`` entry) records the format and 
 the method, the grid, the source's dtype, a normalisation (the 0.5th..99.5th percentiles of the
 values read), the source's voxel-to-world frame (affine, NIfTI transform codes and units), the
 method's settings, the provenance, and the sha256 of the tensors, so that an edited or truncated
-file is refused. Tensors: ``coords`` (int32 ``[K, 3]``) and ``values`` (float32 ``[K]``) of the
-voxels read for ``lattice`` and ``refine``; the model's tensors (``model.*``) and the latent TT
-cores (``latent.core_k``, each ``[r_k, n_k, r_{k+1}]``) for ``implicit``. The file is written
+file is refused. Tensors: ``ids`` (C-order linear voxel ids ``[K]``, int32 below 2^31 voxels,
+else int64) and ``values`` (float32 ``[K]``) of the voxels read for ``lattice`` and ``refine``;
+the model's tensors (``model.*``) and the latent TT cores (``latent.core_k``, each
+``[r_k, n_k, r_{k+1}]``) for ``implicit``. The file is written
 under a hidden temporary name and moved into place (:func:`cpic.util.outputs.staged`).
 """
 
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cpic.implicit.refine import LatticeReads
@@ -73,7 +76,10 @@ class CompressedVolume:
                 f"latent.core_{k}": c[0].detach().cpu().contiguous() for k, c in enumerate(self.latent.cores)
             }
             return {**state, **cores}
-        return {"coords": self.reads.coords.to(torch.int32).contiguous(), "values": self.reads.values.float()}
+        grid = self.reads.grid
+        ids = torch.from_numpy(np.ravel_multi_index(tuple(self.reads.coords.T.numpy()), grid))
+        dtype = torch.int32 if math.prod(grid) < 2**31 else torch.int64
+        return {"ids": ids.to(dtype).contiguous(), "values": self.reads.values.float().contiguous()}
 
 
 def _sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -148,8 +154,12 @@ def load_compressed(file: str | Path, device: str | torch.device = "cpu") -> Com
         if method == "implicit":
             return _implicit(str(file), meta, tensors, device)
         if method in ("refine", "lattice"):
-            reads = LatticeReads(tuple(meta["grid"]), list(meta["strides"]), tensors["coords"].long(),
-                                 tensors["values"].float())  # fmt: skip
+            grid = tuple(meta["grid"])
+            ids = tensors["ids"].long()
+            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= math.prod(grid)):
+                raise CheckpointError(f"{file}: voxel ids outside the grid {grid}.")
+            coords = torch.stack(torch.unravel_index(ids, grid), -1).reshape(-1, len(grid))
+            reads = LatticeReads(grid, list(meta["strides"]), coords.long(), tensors["values"].float())
             _check_reads(file, reads)
             return CompressedVolume(method, meta, reads=reads, file=str(file))
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
@@ -159,12 +169,9 @@ def load_compressed(file: str | Path, device: str | torch.device = "cpu") -> Com
 
 def _check_reads(file, reads: LatticeReads) -> None:
     coords, values = reads.coords, reads.values
-    if coords.ndim != 2 or coords.shape != (len(values), len(reads.grid)) or values.ndim != 1:
-        raise CheckpointError(
-            f"{file}: coords {tuple(coords.shape)} and values {tuple(values.shape)} do not pair."
-        )
-    if len(coords) and ((coords < 0) | (coords >= torch.tensor(reads.grid))).any():
-        raise CheckpointError(f"{file}: voxel coordinates outside the grid {reads.grid}.")
+    if values.ndim != 1 or len(coords) != len(values):
+        pairs = f"{len(coords)} voxel ids and values {tuple(values.shape)}"
+        raise CheckpointError(f"{file}: {pairs} do not pair.")
     if not bool(torch.isfinite(values).all()):
         raise CheckpointError(f"{file}: the values read hold NaN or Inf.")
 

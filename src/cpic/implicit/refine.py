@@ -1,7 +1,7 @@
 """Adaptive dyadic lattice refinement: read a coarse lattice, then, level by level, the points of
-the next finer lattice (half the stride) where a cubic and a linear prediction from the level
-above disagree most, until the read budget is spent exactly. Decoding upsamples level by level,
-measured values overwriting interpolated ones; one level with no refinement is the plain lattice.
+the next finer lattice (half the stride) in the cells whose corner values spread most, until the
+read budget is spent exactly. Decoding upsamples level by level by cubic splines, measured values
+overwriting interpolated ones; one level with no refinement is the plain lattice.
 """
 
 from __future__ import annotations

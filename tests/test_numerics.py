@@ -305,7 +305,8 @@ def test_cli_reports_numerical_failure_and_memory_refusal_with_what_to_change(tm
     assert code == 1 and "needs about" in err and "1.0 KiB is the memory budget" in err, err
     assert "lower the rank" in err and len(err.strip().splitlines()) == 1
     code, err = _cli(
-        capsys, "compress", tmp_path / "v0.npy", "-o", tmp_path / "c", "--memory-budget", "1K", "-q"
+        capsys, "compress", tmp_path / "v0.npy", "-o", tmp_path / "c", "--method", "implicit",
+        "--memory-budget", "1K", "-q",
     )
     assert code == 1 and "refused before starting" in err, err
     volume, budget = tmp_path / "v0.npy", ["--memory-budget", "1K"]

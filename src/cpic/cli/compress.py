@@ -1,8 +1,9 @@
-"""``cpic compress`` and ``cpic reconstruct``: one volume as a C-PIC implicit representation.
+"""``cpic compress`` and ``cpic reconstruct``: one volume from a read budget, in one file.
 
-``compress`` is :func:`cpic.implicit.compress` + :func:`cpic.implicit.save_compressed` (the
-files are described there); ``reconstruct`` is :func:`cpic.implicit.load_compressed` +
-:func:`cpic.implicit.reconstruct`, from those files alone: the source volume is not needed.
+``compress`` is :func:`cpic.implicit.compress` + :func:`cpic.implicit.save_compressed`;
+``reconstruct`` is :func:`cpic.implicit.load_compressed` + :func:`cpic.implicit.write_reconstruction`,
+from that file alone: the source volume is not needed (but ``--figure`` compares with it when it
+is still there).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from cpic.cli import figures
 from cpic.cli.common import (
     EXIT_FAILED,
     add_common,
-    default,
     device_of,
     emit,
     fail,
     memory_budget_option,
+    positive_int,
     subparser,
 )
 from cpic.sources import open_volume
-from cpic.train import checkpoint_paths
 from cpic.util.outputs import check_writable, refuse_inputs
 from cpic.util.progress import shows_progress
 from cpic.util.units import human_bytes
@@ -38,32 +38,61 @@ def register(commands) -> None:
     _register_reconstruct(commands)
 
 
+def read_budget_arg(text: str) -> int | float:
+    """``"0.5%"`` -> 0.005 (a fraction of the voxels), ``"20000"`` -> 20000 voxels.
+
+    Example:
+        >>> read_budget_arg("0.5%"), read_budget_arg("20000")
+        (0.005, 20000)
+    """
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            fraction = float(value[:-1]) / 100
+            if not 0 < fraction <= 1:
+                raise ValueError
+            return fraction
+        count = int(value)
+        if count < 1:
+            raise ValueError
+        return count
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a percentage in (0, 100] such as 0.5% or a voxel count >= 1, got {text!r}"
+        ) from None
+
+
 def _register_compress(commands) -> None:
     p = subparser(
         commands,
         "compress",
-        help="fit an implicit representation of one volume, reading a small fraction of it",
+        help="store one volume from a small fraction of its voxels, measured against interpolation",
         description=(
-            "Fit a C-PIC reconstruction model (encoder -> latent TT by cross -> decoder) to one volume, "
-            "reading only the voxels at its cross pivots, and save the model plus the volume's latent "
-            "TT. Intensities are learnt after normalisation (--normalize); reconstruct maps them back "
-            "with the stored affine (low, high)."
+            "Read a budget of voxels of one volume and store what reconstructs it: 'refine' (default) "
+            "reads a coarse lattice, then the finer lattice where its cells' values spread most, and "
+            "decodes by cubic splines level by level; 'lattice' reads a regular lattice (cubic "
+            "splines); 'implicit' fits a neural implicit model on the voxels its cross pivots read "
+            "(--rank, --features, --steps). Every run prints held-out PSNR on voxels never read "
+            "(peak: the 0.5-99.5 percentile spread of their values), a foreground PSNR (voxels above "
+            "an Otsu threshold) and the same figures for cubic interpolation of a regular lattice "
+            "reading at most as many voxels."
         ),
-        example="cpic compress brain.nii.gz -o brain.cpic --rank 12 --steps 300",
+        example="cpic compress brain.nii.gz -o brain.cpic --read-budget 0.5%",
     )
     p.add_argument("volume", metavar="VOLUME", help="a volume: .npy, .nii/.nii.gz, .zarr, .h5:/dataset, .tif")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output base name (FILE.* files)")
-    for name, what in (("rank", "TT rank of the latent"), ("features", "latent features per voxel"),
-                       ("steps", "training steps")):  # fmt: skip
-        value = default(implicit.compress, name)
-        p.add_argument(f"--{name}", type=int, default=value, help=f"{what} (default {value})")
-    p.add_argument("--memory-budget", **memory_budget_option("to start a step"))
-    p.add_argument(
-        "--normalize",
-        choices=("range", "percentile", "none"),
-        default="range",
-        help="intensity normalisation before fitting (default range)",
-    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the compressed volume (one file)")
+    p.add_argument("--method", choices=implicit.METHODS, default=implicit.DEFAULT_METHOD,
+                   help=f"how to read and decode (default {implicit.DEFAULT_METHOD})")  # fmt: skip
+    p.add_argument("--read-budget", type=read_budget_arg, default=implicit.DEFAULT_BUDGET, metavar="B",
+                   help=f"voxels to read: a percentage (0.5%%) or a count (default "
+                   f"{100 * implicit.DEFAULT_BUDGET:g}%%; refine and lattice)")  # fmt: skip
+    implicit_flags = (("rank", "TT rank of the latent", 12), ("features", "latent features per voxel", 16),
+                      ("steps", "training steps", 300))  # fmt: skip
+    for name, what, value in implicit_flags:
+        p.add_argument(
+            f"--{name}", type=positive_int, default=value, help=f"implicit: {what} (default {value})"
+        )
+    p.add_argument("--memory-budget", **memory_budget_option("to start a step (implicit)"))
     add_common(p)
     p.set_defaults(handler=run_compress)
 
@@ -74,14 +103,18 @@ def _register_reconstruct(commands) -> None:
         "reconstruct",
         help="decode a volume, a region or a slice from a compress FILE (no source volume)",
         description=(
-            "Decode intensities from the files 'cpic compress' wrote (FILE.* and FILE.latent.*): the "
-            "whole volume, a region or one slice, to .npy or NIfTI (needs nibabel), and/or a PNG of a "
-            "slice. A --slice is written to .npy as a 2-D array, to NIfTI as a one-voxel-thick volume."
+            "Decode intensities from the file 'cpic compress' wrote: the whole volume, a region or one "
+            "slice, to .npy, NIfTI in the source's frame (needs nibabel) or a Zarr array decoded slab "
+            "by slab (needs tensorstore), and/or a PNG of slices of the source (when it can still be "
+            "read), the reconstruction and their difference. A --slice is written to .npy as a 2-D "
+            "array, to NIfTI and Zarr as a one-voxel-thick volume."
         ),
         example="cpic reconstruct brain.cpic -o brain_decoded.nii.gz --figure brain.png",
     )
     p.add_argument("file", metavar="FILE", help="what 'cpic compress -o FILE' wrote")
-    p.add_argument("-o", "--output", metavar="OUT", help="write the decoded voxels: OUT.npy, .nii or .nii.gz")
+    p.add_argument(
+        "-o", "--output", metavar="OUT", help="write the decoded voxels: OUT.npy, .nii, .nii.gz, .zarr"
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--slice", metavar="AXIS:INDEX", help="one slice, e.g. 2:90 or z:90")
     where.add_argument("--region", metavar="X0:X1,Y0:Y1,Z0:Z1", help="a box, e.g. 0:64,:,10:20")
@@ -89,105 +122,88 @@ def _register_reconstruct(commands) -> None:
     p.add_argument(
         "--normalized",
         action="store_true",
-        help="keep the model's normalised scale (default: original units)",
+        help="map values by the stored 0.5-99.5 percentiles to about [0, 1] (default: original units)",
     )
-    p.add_argument(
-        "--chunk",
-        type=int,
-        default=implicit.CHUNK,
-        help=f"voxels decoded per query (default {implicit.CHUNK})",
-    )
+    p.add_argument("--chunk", type=positive_int, default=implicit.CHUNK,
+                   help=f"voxels decoded per slab (default {implicit.CHUNK})")  # fmt: skip
     add_common(p, seed=False)
     p.set_defaults(handler=run_reconstruct)
 
 
 # ------------------------------------------------------------------ compress
 def run_compress(args: argparse.Namespace) -> int:
-    outputs = implicit.compressed_files(args.output)
-    check_writable(outputs, "compressed volume (-o)")
-    refuse_inputs(outputs, [args.volume], "-o", args.overwrite)
+    check_writable([args.output], "compressed volume (-o)")
+    refuse_inputs([args.output], [args.volume], "-o", args.overwrite)
     device = device_of(args)
-    src = open_volume(args.volume, normalize=None if args.normalize == "none" else args.normalize, ndim=3)
+    src = open_volume(args.volume, ndim=3)
+    settings = {}
+    if args.method == "implicit":
+        settings = {"rank": args.rank, "features": args.features, "steps": args.steps,
+                    "device": device, "memory_budget": args.memory_budget,
+                    "progress": shows_progress(args)}  # fmt: skip
     try:
         result = implicit.compress(
-            src,
-            rank=args.rank,
-            features=args.features,
-            steps=args.steps,
-            seed=args.seed,
-            device=device,
-            memory_budget=args.memory_budget,
-            progress=shows_progress(args),
+            src, method=args.method, budget=args.read_budget, seed=args.seed, **settings
         )
     except implicit.RefusedToStart as err:
         return fail("compress", f"refused before starting: {err}", EXIT_FAILED)
     except implicit.FIT_FAILURES as err:
         return fail("compress", f"the fit failed: {err}", EXIT_FAILED)
-    files = implicit.save_compressed(
-        args.output,
-        result.model,
-        result.latent,
-        src,
-        volume=str(args.volume),
-        normalize=args.normalize,
-        steps=args.steps,
-    )
-    summary = _compress_summary(args, src, result, files)
+    result.volume.meta["provenance"] = {"volume": str(args.volume), **{k: v for k, v in settings.items()
+                                        if k in ("rank", "features", "steps")}}  # fmt: skip
+    size = implicit.save_compressed(args.output, result.volume)
+    summary = _compress_summary(args, src, result, size)
     emit(args, summary, _compress_lines(summary))
     return 0
 
 
-def _compress_summary(args, src, result: implicit.CompressResult, files: dict[str, int]) -> dict:
-    model_bytes = sum(list(files.values())[:2])
-    total = sum(files.values())
+def _compress_summary(args, src, result: implicit.CompressResult, size: int) -> dict:
     volume_bytes = src.size * src.itemsize
     path = Path(str(args.volume))
-    on_disk = path.stat().st_size if path.is_file() else None
-    norm = src.normalization
     return {
         "volume": str(args.volume),
-        "output": str(checkpoint_paths(args.output)[0].with_suffix("")),
+        "output": str(args.output),
+        "method": result.volume.method,
         "grid": list(src.shape),
         "dtype": str(src.dtype),
-        "normalization": {"method": norm.method, "low": norm.low, "high": norm.high},
-        "rank": args.rank,
-        "features": args.features,
-        "steps": args.steps,
+        "normalization": result.volume.normalization,
         "voxels": src.size,
         "voxels_read": result.voxels_read,
         "fraction_read": result.fraction_read,
-        "held_out_voxels": result.error["voxels"],
-        "held_out_psnr_db": result.error["psnr_db"],
-        "held_out_relative_error": result.error["relative_error"],
-        "files": files,
-        "model_bytes": model_bytes,
-        "latent_bytes": total - model_bytes,
-        "file_bytes": total,
+        "held_out": result.error,
+        "baseline": result.baseline,
+        "file_bytes": size,
         "volume_bytes": volume_bytes,
-        "input_file_bytes": on_disk,
-        "compression": volume_bytes / total,
+        "input_file_bytes": path.stat().st_size if path.is_file() else None,
+        "compression": volume_bytes / size,
         "seconds": result.seconds,
     }
 
 
+def _db(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} dB"
+
+
 def _compress_lines(s: dict) -> list[str]:
-    norm = s["normalization"]
-    psnr = "n/a" if s["held_out_psnr_db"] is None else f"{s['held_out_psnr_db']:.1f} dB"
-    rel = "n/a" if s["held_out_relative_error"] is None else f"{s['held_out_relative_error']:.2e}"
-    peak = "normalised, peak 1" if norm["method"] != "none" else "peak = value range"
+    e, b, norm = s["held_out"], s["baseline"], s["normalization"]
+    rel = "n/a" if e["relative_error"] is None else f"{e['relative_error']:.2e}"
+    base_rel = "n/a" if b["relative_error"] is None else f"{b['relative_error']:.2e}"
     disk = "" if s["input_file_bytes"] is None else f", {human_bytes(s['input_file_bytes'])} on disk"
+    peak = "n/a" if e["peak"] is None else f"{e['peak']:.4g}"
     return [
-        f"cpic compress: {s['volume']} ({'x'.join(map(str, s['grid']))}, {s['dtype']}, "
-        f"normalize={norm['method']} [{norm['low']:.4g}, {norm['high']:.4g}])",
-        f"  voxels read          {s['voxels_read']:,} of {s['voxels']:,} ({100 * s['fraction_read']:.2f}%)",
-        f"  held-out PSNR        {psnr} on {s['held_out_voxels']:,} voxels not trained on ({peak})",
-        f"  held-out rel. error  {rel}",
-        f"  model file           {human_bytes(s['model_bytes'])} (encoder + decoder weights)",
-        f"  latent file          {human_bytes(s['latent_bytes'])} (TT cores, ranks <= {s['rank']})",
-        f"  volume               {human_bytes(s['volume_bytes'])} as {s['dtype']}{disk} "
-        f"({s['compression']:,.1f}x the files)",
-        f"  time                 {s['seconds']:.1f} s ({s['steps']} steps)",
-        f"  wrote                {s['output']}.{{safetensors,json}} and {s['output']}.latent.*",
+        f"cpic compress: {s['volume']} ({'x'.join(map(str, s['grid']))}, {s['dtype']}; values read span "
+        f"{norm['low']:.4g}..{norm['high']:.4g} at the 0.5/99.5 percentiles)",
+        f"  method               {s['method']}",
+        f"  voxels read          {s['voxels_read']:,} of {s['voxels']:,} ({100 * s['fraction_read']:.3f}%)",
+        f"  held-out PSNR        {_db(e['psnr_db'])}, foreground {_db(e['foreground_psnr_db'])}, "
+        f"rel. error {rel} ({e['voxels']:,} voxels never read, {e['foreground_voxels']:,} foreground; "
+        f"peak {peak})",
+        f"  cubic lattice        {_db(b['psnr_db'])}, foreground {_db(b['foreground_psnr_db'])}, "
+        f"rel. error {base_rel} (baseline: {b['voxels_read']:,} voxels read, same held-out voxels)",
+        f"  file                 {human_bytes(s['file_bytes'])}; volume {human_bytes(s['volume_bytes'])} as "
+        f"{s['dtype']}{disk} ({s['compression']:,.1f}x the file)",
+        f"  time                 {s['seconds']:.1f} s",
+        f"  wrote                {s['output']}",
     ]
 
 
@@ -226,62 +242,96 @@ def parse_region(text: str, shape: tuple[int, ...]) -> list[tuple[int, int]]:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     if args.output is None and args.figure is None:
-        raise ValueError("nothing to do: give -o OUT (.npy, .nii, .nii.gz) and/or --figure PNG.")
-    writer = implicit.block_writer(args.output) if args.output else None
+        raise ValueError("nothing to do: give -o OUT (.npy, .nii, .nii.gz, .zarr) and/or --figure PNG.")
+    if args.output:
+        implicit.check_output(args.output)
     if args.figure and not args.figure.lower().endswith(".png"):
         raise ValueError(f"--figure must be a .png path, got {args.figure!r}.")
     if args.figure:
         figures.require_matplotlib()
     outputs = [p for p in (args.output, args.figure) if p]
-    check_writable(outputs)
+    zarr = bool(args.output) and args.output.lower().rstrip("/").endswith(".zarr")
+    check_writable(outputs[1:] if zarr else outputs)
+    if zarr:
+        check_writable(args.output, "Zarr output (-o)", folder=Path(args.output).is_dir())
     volume = implicit.load_compressed(args.file, device_of(args))
-    inputs = [*implicit.compressed_files(args.file), *filter(None, [volume.source_volume])]
+    inputs = [args.file, *filter(None, [volume.source_volume])]
     refuse_inputs(outputs, inputs, "-o/--figure", args.overwrite)
-    spatial = volume.spatial
     shape = volume.grid
     cut = parse_slice(args.slice, shape) if args.slice else None
     box = parse_region(args.region, shape) if args.region else [(0, n) for n in shape]
     if cut is not None:
         box[cut[0]] = (cut[1], cut[1] + 1)
     started = time.perf_counter()
-    block = implicit.reconstruct(
-        volume, box, chunk=args.chunk, normalized=args.normalized, progress=shows_progress(args)
-    )
-    seconds = time.perf_counter() - started
-    if writer is not None:
-        writer(
-            args.output,
-            block,
-            spatial.resampled((1, 1, 1), [lo for lo, _ in box]),
-            None if cut is None else cut[0],
-        )
+    if args.output:
+        span = implicit.write_reconstruction(
+            volume, args.output, box, squeeze=None if cut is None else cut[0], normalized=args.normalized,
+            chunk=args.chunk, progress=shows_progress(args),
+        )  # fmt: skip
+    else:
+        span = None
+    source_read = False
     if args.figure:
-        _figure(args, block, cut, box)
+        shown, source_read = _figure(args, volume, cut, box)
+        span = span or shown
+    seconds = time.perf_counter() - started
     summary = {
         "file": str(args.file),
+        "method": volume.method,
         "grid": list(shape),
         "region": [list(b) for b in box],
         "slice": None if cut is None else list(cut),
-        "voxels_decoded": block.numel(),
+        "voxels_decoded": int(torch.tensor([hi - lo for lo, hi in box]).prod()),
         "scale": "normalised" if args.normalized else "original",
         "normalization": volume.normalization,
-        "min": float(block.min()),
-        "max": float(block.max()),
+        "min": span["min"],
+        "max": span["max"],
         "output": args.output,
         "figure": args.figure,
+        "figure_reads_source": source_read,
         "seconds": seconds,
     }
     emit(args, summary, _reconstruct_lines(summary))
     return 0
 
 
-def _figure(args, block: torch.Tensor, cut, box) -> None:
-    where = ", ".join(f"{lo}:{hi}" for lo, hi in box)
+def _source_slices(volume, boxes, normalized: bool):
+    """The source's voxels of ``boxes`` when its file can still be opened (uncounted), else ``None``."""
+    try:
+        src = open_volume(volume.source_volume, ndim=3)
+    except (OSError, ValueError, TypeError):
+        return None
+    if tuple(src.shape) != volume.grid:
+        return None
+    blocks = []
+    for box in boxes:
+        axes = [torch.arange(lo, hi) for lo, hi in box]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        values = src.read(coords, normalize=False).float().reshape([len(a) for a in axes])
+        blocks.append(implicit.normalised(volume, values) if normalized else values)
+    return blocks
+
+
+def _figure(args, volume, cut, box) -> dict:
+    """Slices of the reconstruction (the slice, else three mid slices of the box), beside the
+    source's and the difference when the source is there; returns the min and max shown and
+    whether the source was read."""
     if cut is not None:
-        image = block.select(cut[0], 0)
-        figures.slice_figure(image.numpy(), args.figure, f"{args.file}: axis {cut[0]} = {cut[1]}")
+        boxes, axes = [box], [cut[0]]
     else:
-        figures.orthogonal_slices([block.numpy()], args.figure, [f"{args.file} [{where}]"])
+        boxes, axes = [], [0, 1, 2]
+        for axis in axes:
+            mid = (box[axis][0] + box[axis][1]) // 2
+            boxes.append([b if a != axis else (mid, mid + 1) for a, b in enumerate(box)])
+    decoded = [
+        implicit.decode_box(volume, b, args.normalized).select(a, 0).numpy() for b, a in zip(boxes, axes)
+    ]
+    source = None if volume.source_volume is None else _source_slices(volume, boxes, args.normalized)
+    truth = None if source is None else [s.select(a, 0).numpy() for s, a in zip(source, axes)]
+    titles = [f"axis {a} = {b[a][0]}" for a, b in zip(axes, boxes)]
+    figures.reconstruction_slices(decoded, truth, titles, args.figure, f"{args.file} ({volume.method})")
+    shown = {"min": float(min(d.min() for d in decoded)), "max": float(max(d.max() for d in decoded))}
+    return shown, truth is not None
 
 
 def _reconstruct_lines(s: dict) -> list[str]:
@@ -291,8 +341,9 @@ def _reconstruct_lines(s: dict) -> list[str]:
         else "region " + ",".join(f"{lo}:{hi}" for lo, hi in s["region"])
     )
     lines = [
-        f"cpic reconstruct: {s['file']} ({'x'.join(map(str, s['grid']))}), {what}",
-        f"  voxels decoded       {s['voxels_decoded']:,} in {s['seconds']:.2f} s (no source voxel read)",
+        f"cpic reconstruct: {s['file']} ({s['method']}, {'x'.join(map(str, s['grid']))}), {what}",
+        f"  voxels decoded       {s['voxels_decoded']:,} in {s['seconds']:.2f} s ("
+        + ("the figure read the source's slices)" if s["figure_reads_source"] else "no source voxel read)"),
         f"  values               {s['min']:.4g} .. {s['max']:.4g} ({s['scale']} scale)",
     ]
     if s["output"]:

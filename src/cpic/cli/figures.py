@@ -126,3 +126,32 @@ def sampling_scale(rows: Sequence[dict], path: str | Path, title: str) -> str:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def reconstruction_slices(
+    decoded: Sequence[np.ndarray],
+    truth: Sequence[np.ndarray] | None,
+    titles: Sequence[str],
+    path: str | Path,
+    title: str,
+) -> str:
+    """One row per slice: the reconstruction, and with ``truth`` the source and the difference
+    (reconstruction - source, symmetric colour scale)."""
+    plt = pyplot()
+    columns = 1 if truth is None else 3
+    size = (3.6 * columns, 3.3 * len(decoded))
+    fig, axes = plt.subplots(len(decoded), columns, figsize=size, squeeze=False)
+    for row, image in enumerate(decoded):
+        panels = [(image, "reconstruction", "gray", None)]
+        if truth is not None:
+            diff = image - truth[row]
+            limit = float(np.abs(diff).max()) or 1.0
+            panels = [(truth[row], "source", "gray", None), panels[0], (diff, "error", "coolwarm", limit)]
+        low, high = float(min(p[0].min() for p in panels[:2])), float(max(p[0].max() for p in panels[:2]))
+        for ax, (data, name, cmap, limit) in zip(axes[row], panels):
+            vmin, vmax = (-limit, limit) if limit is not None else (low, high)
+            shown = ax.imshow(np.asarray(data).T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax)
+            fig.colorbar(shown, ax=ax, shrink=0.8)
+            ax.set(title=f"{name}, {titles[row]}", xticks=[], yticks=[])
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -394,7 +394,7 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(cohort):
             *["--read-budget", "1%"],
         ],
         "the cross sampler reads what its rank needs": [
-            *["train", "cohort.csv", "-o", "m9", "--read-budget", "5%"],
+            *["train", "cohort.csv", "-o", "m9", "--sampler", "cross", "--read-budget", "5%"],
         ],
         "--read-budget 20: a read budget of 20 voxels is below the 27 that the lattice sampler": [
             *["predict", "model", "v0.npy", "--extra", "61", "--sampler", "lattice", "--read-budget", "20"],
@@ -414,7 +414,7 @@ def test_samplers_train_and_predict_within_their_read_budget(cohort):
     trained = run_all(
         *[
             ["train", "cohort.csv", "-o", f"s-{name}", "--extra", "age", *SMALL, "--sampler", name]
-            + ["--read-budget", "10%", "--sampled-max", "--json"]
+            + ["--read-budget", "15%", "--sampled-max", "--json"]
             for name in ("random", "lattice", "explore-exploit")
         ],
         cwd=root,
@@ -425,13 +425,13 @@ def test_samplers_train_and_predict_within_their_read_budget(cohort):
         ["evaluate", "s-random", "cohort.csv", "--json"],
         ["evaluate", "s-lattice", "cohort.csv", "--json"],
         ["evaluate", "s-explore-exploit", "cohort.csv", "--json"],
-        ["evaluate", "s-explore-exploit", "cohort.csv", "--read-budget", "20%", "--json"],
+        ["evaluate", "s-explore-exploit", "cohort.csv", "--read-budget", "40%", "--json"],
         ["evaluate", "s-lattice", "cohort.csv", "--sampler", "random", "--read-budget", "2000", "--json"],
         cwd=root,
     )
     reads = [json.loads(ok(out).stdout)["fraction_read"] for out in evaluated]
-    assert all(0 < r <= 0.10 for r in reads[:3]), reads  # per prediction, within the budget
-    assert 0.10 < reads[3] <= 0.20  # the trained scorer reads the new budget
+    assert all(0 < r <= 0.15 for r in reads[:3]), reads  # per prediction, within the budget
+    assert 0.15 < reads[3] <= 0.40  # the trained view CNN reads the new budget
     assert reads[4] <= 2000 / 16**3
 
 

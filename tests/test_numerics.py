@@ -293,6 +293,7 @@ def test_cli_reports_numerical_failure_and_memory_refusal_with_what_to_change(tm
         rows.append(f"v{i}.npy,{i % 2}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     small = ["--rank", "2", "--features", "2", "--patch", "3", "--epochs", "1", "--val", "0", "--quiet"]
+    small += ["--sampler", "cross"]  # its singular blocks are the failure reported
     code, err = _cli(capsys, "train", tmp_path / "m.csv", "-o", tmp_path / "raw", *small)
     assert code == 1 and "--normalize" in err and len(err.strip().splitlines()) == 1, err
     code, err = _cli(

@@ -281,7 +281,10 @@ def make_sampler(
                 "the cross sampler reads what its rank needs."
             )
         return CrossPivots(**cross_settings)
-    budget = voxel_budget(DEFAULT_READ_BUDGET if read_budget is None else read_budget, math.prod(shape))
+    if isinstance(read_budget, int) and not isinstance(read_budget, bool):
+        budget = read_budget  # a count as is (a sampler's minimum may exceed a tiny volume)
+    else:
+        budget = voxel_budget(DEFAULT_READ_BUDGET if read_budget is None else read_budget, math.prod(shape))
     same = like is not None and like.config().get("type") == name
     config = {**like.config(), "budget": budget} if same else {"type": name, "budget": budget}
     policy = read_policy_from_config(config, {"features": features, "channels": channels})

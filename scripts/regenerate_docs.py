@@ -170,9 +170,11 @@ def wrap_json(line: str) -> list[str]:
 
 
 def shape(lines: list[str]) -> str:
-    """The text with every number replaced by ``#`` and all white space (line breaks included:
-    JSON is wrapped) by one space."""
-    return re.sub(r"\s+", " ", NUMBER.sub("#", " ".join(lines))).strip()
+    """The text with every number replaced by ``#``, the reason for a thread count (it depends
+    on the environment: ``OMP_NUM_THREADS`` or the machine's load) by ``(...)``, and all white
+    space (line breaks included: JSON is wrapped) by one space."""
+    text = re.sub(r"(threads +#) \([^)]*\)", r"\1 (...)", NUMBER.sub("#", " ".join(lines)))
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def regenerate(

@@ -559,6 +559,14 @@ def test_lattice_patches_read_one_patch_per_stratum_within_the_budget():
     torch.testing.assert_close(model(sources), model(sources))  # predictions draw from each volume's seed
     training = model.read(sources, keys=[0, 1]).patches.ids
     assert not torch.equal(training, reads.patches.ids)  # training draws afresh
+    # a budget between two lattices: the strata (4^3) and 6 more patches, in 6 strata
+    fuller = CPIC((16,) * 3, Classification(2), features=3, patch=3, reads=LatticePatches(70 * patch_voxels))
+    assert fuller.read(_volumes(1)).voxels.tolist() == [70 * patch_voxels]
+    flat = cpic.open_volume(torch.full((16, 16, 16), 0.25))
+    policy = LatticePatches(70 * patch_voxels)
+    ones = CPIC((16,) * 3, Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
+    with torch.no_grad():  # the weights share each stratum: they sum to the grid's cells
+        torch.testing.assert_close(feature_mean(ones.read([flat]).tt, ones.layout), torch.full((1, 2), 0.25))
 
 
 def test_a_lattice_estimates_a_smooth_volume_better_than_random_patches_at_equal_reads():

@@ -91,8 +91,10 @@ class LatticePatches(PatchBudget):
     """Patches on a jittered regular lattice of cells, as many as ``budget`` voxels allow.
 
     The grid of patch cells is cut into :func:`strata_counts` strata and one patch is read at
-    a uniformly drawn cell of each; each patch stands for its stratum in the latent TT (weight:
-    the stratum's cells), an unbiased stratified estimate of the whole latent tensor.
+    a uniformly drawn cell of each; the patches the budget leaves over go, one each, to
+    strata drawn at random. Each patch stands for its share of its stratum in the latent TT
+    (weight: the stratum's cells over its patches), an unbiased stratified estimate of the
+    whole latent tensor.
     Predictions draw from each volume's seed; training (``keys`` given) draws afresh each step.
 
     Example:
@@ -109,12 +111,22 @@ class LatticePatches(PatchBudget):
 
     def select(self, f, keys, seeds, generator, peaks=False) -> Reads:
         grid = tuple(f.layout.grid_shape)
-        counts = strata_counts(grid, self.patches(f.patch ** len(grid)))
-        lo, hi = strata_bounds(torch.zeros(len(grid), dtype=torch.long), torch.tensor(grid), counts)
+        count = min(self.patches(f.patch ** len(grid)), math.prod(grid))
+        lo, hi = strata_bounds(
+            torch.zeros(len(grid), dtype=torch.long), torch.tensor(grid), strata_counts(grid, count)
+        )
+        size, extra = (hi - lo).prod(-1).to(torch.float64), count - len(lo)
         ids, weights = [], []
         for b, gen in enumerate(self.generators(keys, seeds, generator)):
-            ids.append(linear_ids(jitter(lo, hi, gen), grid) + b * math.prod(grid))
-            weights.append((hi - lo).prod(-1).to(torch.float64))
+            first = linear_ids(jitter(lo, hi, gen), grid)
+            # the patches the strata leave over: a second one in as many strata, drawn at random
+            pick = torch.randperm(len(lo), generator=gen)[:extra]
+            second = linear_ids(jitter(lo[pick], hi[pick], gen), grid)
+            pick, second = pick[second != first[pick]], second[second != first[pick]]
+            weight = size.clone()
+            weight[pick] /= 2  # a stratum's cells shared by its two patches
+            ids.append(torch.cat([first, second]) + b * math.prod(grid))
+            weights.append(torch.cat([weight, weight[pick]]))
         ids, weights = torch.cat(ids), torch.cat(weights)
         order = torch.argsort(ids)
         patches = Patches(ids[order], f.encode(ids[order]))

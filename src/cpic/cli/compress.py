@@ -24,6 +24,7 @@ from cpic.cli.common import (
     fail,
     memory_budget_option,
     positive_int,
+    read_budget_type,
     subparser,
 )
 from cpic.sources import open_volume
@@ -39,27 +40,15 @@ def register(commands) -> None:
 
 
 def read_budget_arg(text: str) -> int | float:
-    """``"0.5%"`` -> 0.005 (a fraction of the voxels), ``"20000"`` -> 20000 voxels.
+    """``"0.5%"`` -> 0.005 (a fraction of the voxels), ``"20000"`` -> 20000 voxels; checked as
+    every command's ``--read-budget`` (:func:`cpic.cli.common.read_budget_type`).
 
     Example:
         >>> read_budget_arg("0.5%"), read_budget_arg("20000")
         (0.005, 20000)
     """
-    value = text.strip()
-    try:
-        if value.endswith("%"):
-            fraction = float(value[:-1]) / 100
-            if not 0 < fraction <= 1:
-                raise ValueError
-            return fraction
-        count = int(value)
-        if count < 1:
-            raise ValueError
-        return count
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a percentage in (0, 100] such as 0.5% or a voxel count >= 1, got {text!r}"
-        ) from None
+    raw = read_budget_type(text)
+    return float(raw[:-1]) / 100 if raw.endswith("%") else int(float(raw))
 
 
 def _register_compress(commands) -> None:

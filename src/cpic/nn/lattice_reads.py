@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from cpic.nn.latent import Patches
-from cpic.nn.reads import PatchBudget, Reads, sparse_tt
+from cpic.nn.reads import PatchBudget, Reads, patch_reads
 from cpic.util.indexing import c_strides
 
 
@@ -130,5 +130,4 @@ class LatticePatches(PatchBudget):
         ids, weights = torch.cat(ids), torch.cat(weights)
         order = torch.argsort(ids)
         patches = Patches(ids[order], f.encode(ids[order]))
-        top = f.sampled_max(patches)[0] if peaks else None
-        return Reads(sparse_tt(f, patches, weights[order]), patches, top)
+        return patch_reads(f, patches, weights[order], peaks)

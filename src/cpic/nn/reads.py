@@ -167,8 +167,20 @@ class RandomPatches(PatchBudget):
             drawn.append(picked + b * cells)
         ids = torch.cat(drawn)
         patches = Patches(ids, f.encode(ids))
-        top = f.sampled_max(patches)[0] if peaks else None
-        return Reads(sparse_tt(f, patches), patches, top)
+        return patch_reads(f, patches, peaks=peaks)
+
+
+def patch_reads(
+    f: PatchFeatures,
+    patches: Patches,
+    weights: Tensor | None = None,
+    peaks: bool = False,
+    summary: Tensor | None = None,
+) -> Reads:
+    """The :class:`Reads` of a policy that read ``patches``: their :func:`sparse_tt` with
+    ``weights``, and with ``peaks`` each feature's largest value over them."""
+    top = f.sampled_max(patches)[0] if peaks else None
+    return Reads(sparse_tt(f, patches, weights), patches, top, summary=summary)
 
 
 def sparse_tt(f: PatchFeatures, patches: Patches, weights: Tensor | None = None) -> TT:

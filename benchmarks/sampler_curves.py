@@ -38,7 +38,13 @@ def build(method: str, args, budget: int):
     policy = {
         "lattice": lambda: LatticePatches(budget),
         "random": lambda: RandomPatches(budget),
-        "explore-exploit": lambda: ExploreExploit(budget, features=args.features, explore=args.explore),
+        "explore-exploit": lambda: ExploreExploit(
+            budget,
+            features=args.features,
+            explore=args.explore,
+            exploration=args.exploration,
+            stage2=args.stage2,
+        ),
     }[method]()
     return cpic.CPIC(
         grid,
@@ -97,6 +103,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--explore", type=float, default=0.5, help="explore-exploit: the view's share")
+    parser.add_argument(
+        "--exploration", type=float, default=1.0, help="explore-exploit: Gumbel noise scale in training"
+    )
+    parser.add_argument(
+        "--stage2", default="patches", help="explore-exploit: patches (jittered) or cross in the chosen cells"
+    )
     parser.add_argument("--patch", type=int, default=3)
     parser.add_argument("--features", type=int, default=8)
     args = parser.parse_args()

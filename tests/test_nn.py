@@ -627,6 +627,86 @@ def test_explore_exploit_refines_the_strata_its_scorer_ranks_highest():
     assert refined * float(sizes.min()) - 1e-6 <= covered <= refined * float(sizes.max()) + 1e-6
 
 
+def _corner_policy(**settings):
+    """An explore-exploit policy whose view CNN scores a cell by its intensity (times 5), and a
+    32^3 volume whose bright corner is 1/64 of it."""
+    from cpic.nn import ExploreExploit
+
+    policy = ExploreExploit(27 * 160, features=2, **settings)
+    with torch.no_grad():
+        for conv in (policy.view_net.body[0], policy.view_net.body[2], policy.view_net.score):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[(0, 0) + (conv.weight.shape[-1] // 2,) * 3] = 5.0
+    volume = torch.zeros(32, 32, 32)
+    volume[:8, :8, :8] = 1.0
+    return policy, volume
+
+
+def _in_corner(ids) -> int:
+    return int((torch.stack([ids // 1024, ids // 32 % 32, ids % 32], -1) < 8).all(-1).sum())
+
+
+def test_explore_exploit_training_draws_cells_beyond_the_top_k_and_predictions_do_not():
+    greedy, volume = _corner_policy(exploration=0.0)
+    noisy, _ = _corner_policy(exploration=100.0)
+    corner = []
+    for policy in (greedy, noisy):
+        model = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
+        source = cpic.open_volume(volume)
+        trained = model.read([source], keys=["a"]).patches.ids  # a training read: keys, gradients on
+        predicted = model.read([cpic.open_volume(volume)]).patches.ids
+        corner.append((_in_corner(trained), _in_corner(predicted), len(trained)))
+    (greedy_train, greedy_pred, n), (noisy_train, noisy_pred, _) = corner
+    assert greedy_train == greedy_pred == n  # every refined cell in the corner
+    assert noisy_pred == n  # predictions take the top cells whatever the training noise
+    assert noisy_train < n / 2  # near-uniform draws: the corner is 1/64 of the cells
+
+
+def test_explore_exploit_cross_stage_reads_only_inside_the_chosen_cells():
+    policy, volume = _corner_policy(exploration=0.0, stage2="cross")
+    model = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
+    source = cpic.open_volume(volume)
+    reads = model.read([source])
+    ids = reads.patches.ids
+    assert int(reads.voxels[0]) <= policy.budget and source.stats.voxels_read == int(reads.voxels[0])
+    assert _in_corner(ids) == len(ids) > 0  # the top cells are the corner's
+    from cpic.nn import ExploreExploit
+
+    learning = ExploreExploit(27 * 160, features=2, stage2="cross")  # an untrained, unsaturated scorer
+    model = CPIC((32, 32, 32), Regression(), features=2, patch=3, reads=learning)
+    model.loss([cpic.open_volume(torch.rand(32, 32, 32))], torch.tensor([1.0]))[0].backward()
+    assert float(learning.view_net.score.weight.grad.abs().sum()) > 0  # through the gate
+
+
+def test_box_features_read_each_patch_once_up_to_the_cap_and_answer_its_features():
+    from cpic.nn import PatchMLP
+    from cpic.nn.box_cross import BoxFeatures, cross_in_boxes
+    from cpic.nn.latent import PatchFeatures
+
+    source = cpic.open_volume(torch.rand(16, 16, 16))
+    f = PatchFeatures([source], PlainLayout(source.shape, features=3), PatchMLP(patch=3, features=3), patch=3)
+    low = torch.tensor([[0, 0, 0], [8, 4, 4]])
+    box = BoxFeatures(f, low, torch.tensor([0, 0]), cap=5)
+    idx = torch.tensor(
+        [[[0, 0, 0, 1], [1, 2, 3, 2], [0, 0, 0, 0]], [[3, 3, 3, 0], [0, 1, 0, 2], [2, 2, 2, 1]]]
+    )
+    with torch.no_grad():
+        values = box(idx)
+        read = source.stats.voxels_read
+        coords = low[:, None] + idx[..., :3]
+        expected = f.encode(torch.unique(coords[..., 0] * 256 + coords[..., 1] * 16 + coords[..., 2]))
+    ids = (coords[..., 0] * 256 + coords[..., 1] * 16 + coords[..., 2]).flatten()
+    rows = torch.searchsorted(box.ids, ids)
+    assert torch.allclose(values.flatten(), expected[rows, idx[..., 3].flatten()])
+    assert box.read.tolist() == [2, 3] and read == 5 * 27
+    before = source.stats.voxels_read
+    box(idx)  # nothing new: no read
+    assert source.stats.voxels_read == before
+    read = cross_in_boxes(f, low, low + 4, torch.tensor([0, 0]), cap=7, seeds=[0, 1])
+    assert read.read.tolist() == [7, 7] and bool((read.ids[read.box == 1] // 256 >= 8).all())
+
+
 def test_sampler_budgets_below_their_minimum_are_refused_naming_it():
     from cpic.nn import ExploreExploit, LatticePatches
 
@@ -640,3 +720,25 @@ def test_sampler_budgets_below_their_minimum_are_refused_naming_it():
         CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=ExploreExploit(need, features=3))
     with pytest.raises(ValueError, match="explore must be a share"):
         ExploreExploit(need, features=2, explore=1.0)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_projections_of_a_sparse_latent_equal_those_of_its_tt(group):
+    from cpic.nn.sparse_latent import SparseLatent
+
+    gen = torch.Generator().manual_seed(0)
+    layout = QTTLayout((13, 10, 7), features=3, group=group)  # padded: the validity mask counts
+    cells = torch.randperm(2 * 13 * 10 * 7, generator=gen)[:50]  # distinct cells of 2 volumes, unsorted
+    volume, within = cells // 910, cells % 910
+    coords = torch.stack([within // 70, within // 7 % 10, within % 7], 1)
+    values = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    sparse = SparseLatent(layout, 2, coords, volume, values)
+    tt = sparse.to_tt()
+    dense = tt.full()  # the TT holds each value at its cell
+    assert torch.allclose(dense[(volume, *layout.to_index(coords, feature=0)[:, :-1].T)], values)
+    assert torch.allclose(dense.abs().sum(), values.abs().sum())
+    assert torch.allclose(feature_mean(sparse, layout), feature_mean(tt, layout))
+    assert torch.allclose(feature_moments(sparse, layout), feature_moments(tt, layout))
+    for level in range(1, layout.levels):
+        expected = coarse_feature_grid(tt, layout, level)
+        assert torch.allclose(coarse_feature_grid(sparse, layout, level), expected)

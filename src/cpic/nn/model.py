@@ -129,7 +129,7 @@ class CPIC(LatentModel):
     def _embed(self, sources, keys, extra):
         sources = as_sources(sources)
         reads = self.read(sources, keys, peaks=self.sampled_max)
-        z = self.projection(reads.tt, self.layout)
+        z = self.projection(reads.latent, self.layout)
         if reads.peaks is not None:
             z = torch.cat([z, reads.peaks], 1)
         if reads.summary is not None:

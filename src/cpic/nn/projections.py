@@ -1,7 +1,9 @@
 """Gauge-invariant projections of a latent TT (features in the last mode) to per-volume vectors.
 
 All are contractions in TT format, weighted by the exact TT of the layout's validity mask so
-that the padding of non-power-of-two grids never counts; none expands the tensor.
+that the padding of non-power-of-two grids never counts; none expands the tensor. Each also
+takes the :class:`~cpic.nn.sparse_latent.SparseLatent` of a patch sampler and computes the
+same values from its patches.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cpic.layout import Layout, QTTLayout
+from cpic.nn.sparse_latent import SparseLatent
 from cpic.tt import TT
 
 
@@ -34,7 +37,7 @@ def _check(latent: TT, layout: Layout) -> None:
         )
 
 
-def feature_mean(latent: TT, layout: Layout) -> Tensor:
+def feature_mean(latent: TT | SparseLatent, layout: Layout) -> Tensor:
     """Mean feature vector over the grid's voxels -> ``[B, F]``.
 
     Example:
@@ -51,6 +54,8 @@ def feature_mean(latent: TT, layout: Layout) -> Tensor:
         >>> torch.allclose(feature_mean(latent, layout)[0], ref)
         True
     """
+    if isinstance(latent, SparseLatent):
+        return latent.mean()
     _check(latent, layout)
     carry = latent.cores[0].new_ones(latent.batch, 1, 1)  # [B, m, r]
     for mask, core in zip(validity_cores(layout, carry), latent.cores[:-1]):
@@ -58,7 +63,7 @@ def feature_mean(latent: TT, layout: Layout) -> Tensor:
     return torch.einsum("br,brf->bf", carry[:, 0], latent.cores[-1][..., 0]) / math.prod(layout.grid_shape)
 
 
-def feature_moments(latent: TT, layout: Layout) -> Tensor:
+def feature_moments(latent: TT | SparseLatent, layout: Layout) -> Tensor:
     """Second moments ``E[f f^T]`` of the feature vectors over the grid's voxels -> ``[B, F, F]``.
 
     Example:
@@ -73,6 +78,8 @@ def feature_moments(latent: TT, layout: Layout) -> Tensor:
         >>> torch.allclose(feature_moments(latent, layout)[0], e.T @ e / 18)
         True
     """
+    if isinstance(latent, SparseLatent):
+        return latent.moments()
     _check(latent, layout)
     carry = latent.cores[0].new_ones(latent.batch, 1, 1, 1)  # [B, m, r, q]
     for mask, core in zip(validity_cores(layout, carry), latent.cores[:-1]):
@@ -83,7 +90,7 @@ def feature_moments(latent: TT, layout: Layout) -> Tensor:
     return last.mT @ carry[:, 0] @ last / math.prod(layout.grid_shape)
 
 
-def coarse_feature_grid(latent: TT, layout: QTTLayout, level: int) -> Tensor:
+def coarse_feature_grid(latent: TT | SparseLatent, layout: QTTLayout, level: int) -> Tensor:
     """Features averaged over the blocks of the ``level`` coarsest Morton levels ->
     ``[B, F, *cells]``, about ``2**level`` cells per axis; cells wholly in the padding are 0.
 
@@ -100,6 +107,8 @@ def coarse_feature_grid(latent: TT, layout: QTTLayout, level: int) -> Tensor:
         >>> grid.shape, torch.allclose(grid[0], ref)
         (torch.Size([1, 3, 2, 2, 2]), True)
     """
+    if isinstance(latent, SparseLatent):
+        return latent.coarse_grid(level)
     _check(latent, layout)
     if not isinstance(layout, QTTLayout):
         raise ValueError(f"a coarse grid needs a QTTLayout, got {type(layout).__name__}.")
@@ -146,7 +155,7 @@ class MeanPooling(nn.Module):
     def out_features(self, features: int) -> int:
         return features
 
-    def forward(self, latent: TT, layout: Layout) -> Tensor:
+    def forward(self, latent: TT | SparseLatent, layout: Layout) -> Tensor:
         return feature_mean(latent, layout)
 
 
@@ -156,7 +165,7 @@ class CovariancePooling(nn.Module):
     def out_features(self, features: int) -> int:
         return features + features * (features + 1) // 2
 
-    def forward(self, latent: TT, layout: Layout) -> Tensor:
+    def forward(self, latent: TT | SparseLatent, layout: Layout) -> Tensor:
         mean = feature_mean(latent, layout)
         cov = feature_moments(latent, layout) - mean[:, :, None] * mean[:, None, :]
         rows, cols = torch.triu_indices(cov.shape[1], cov.shape[2], device=cov.device)
@@ -183,7 +192,7 @@ class GridPooling(nn.Module):
     def out_features(self, features: int) -> int:
         return self.width
 
-    def forward(self, latent: TT, layout: Layout) -> Tensor:
+    def forward(self, latent: TT | SparseLatent, layout: Layout) -> Tensor:
         return self.net(coarse_feature_grid(latent, layout, self.level))
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from cpic.nn.latent import Patches, PatchFeatures
+from cpic.nn.sparse_latent import SparseLatent
 from cpic.tci import PivotStore
 from cpic.tt import TT
 from cpic.util.checks import check_int
@@ -35,17 +36,26 @@ DEFAULT_READ_BUDGET = "1%"
 
 @dataclass
 class Reads:
-    """What one prediction read: the latent TT ``[B, *tensor_shape]``, the patches behind it
-    (``None`` where the TT was built without a differentiable pass), each feature's largest
-    value over them ``[B, F]`` (when asked for), the voxels read per volume ``[B]`` and, from a
-    policy with :attr:`ReadPolicy.summary_features`, a summary ``[B, summary_features]`` of
-    what else it read (the head sees it too)."""
+    """What one prediction read: the latent tensor ``[B, *tensor_shape]`` (a TT, or the
+    :class:`~cpic.nn.sparse_latent.SparseLatent` of a patch sampler; :attr:`tt` gives it as a
+    TT either way), the patches behind it (``None`` where the TT was built without a
+    differentiable pass), each feature's largest value over them ``[B, F]`` (when asked for),
+    the voxels read per volume ``[B]`` and, from a policy with
+    :attr:`ReadPolicy.summary_features`, a summary ``[B, summary_features]`` of what else it
+    read (the head sees it too)."""
 
-    tt: TT
+    latent: TT | SparseLatent
     patches: Patches | None = None
     peaks: Tensor | None = None
     voxels: Tensor | None = None
     summary: Tensor | None = None
+
+    @property
+    def tt(self) -> TT:
+        """The latent tensor as a TT (built from a sparse latent on first use, then kept)."""
+        if isinstance(self.latent, SparseLatent):
+            self.latent = self.latent.to_tt()
+        return self.latent
 
 
 class ReadPolicy(ABC):
@@ -177,39 +187,23 @@ def patch_reads(
     peaks: bool = False,
     summary: Tensor | None = None,
 ) -> Reads:
-    """The :class:`Reads` of a policy that read ``patches``: their :func:`sparse_tt` with
+    """The :class:`Reads` of a policy that read ``patches``: their :func:`sparse_latent` with
     ``weights``, and with ``peaks`` each feature's largest value over them."""
     top = f.sampled_max(patches)[0] if peaks else None
-    return Reads(sparse_tt(f, patches, weights), patches, top, summary=summary)
+    return Reads(sparse_latent(f, patches, weights), patches, top, summary=summary)
 
 
-def sparse_tt(f: PatchFeatures, patches: Patches, weights: Tensor | None = None) -> TT:
-    """The TT ``[B, *f.shape]`` that holds each patch's features at its cell, times its weight
-    (``weights [U]``; default: the cells over the patches of its volume), and zero elsewhere:
-    rank = most patches of a volume."""
+def sparse_latent(f: PatchFeatures, patches: Patches, weights: Tensor | None = None) -> SparseLatent:
+    """The tensor ``[B, *f.shape]`` that holds each patch's features at its cell, times its
+    weight (``weights [U]``; default: the cells over the patches of its volume), and zero
+    elsewhere."""
     cells = math.prod(f.layout.grid_shape)
     volume = patches.ids // cells
-    counts = torch.bincount(volume, minlength=f.batch)
-    rank = int(counts.max())
-    slot = torch.arange(len(volume)) - (torch.cumsum(counts, 0) - counts)[volume]
-    coords = f.cell_coords(patches.ids % cells)
-    index = torch.zeros(f.batch, rank, len(f.shape) - 1, dtype=torch.long)
-    index[volume, slot] = f.layout.to_index(coords, feature=0)[:, :-1]
-    values = patches.features.new_zeros(f.batch, rank, patches.features.shape[1])
     if weights is None:
+        counts = torch.bincount(volume, minlength=f.batch)
         weights = (cells / counts.clamp_min(1))[volume]
     weighted = patches.features * weights.to(patches.features)[:, None]
-    values = values.index_put((volume.to(values.device), slot.to(values.device)), weighted)
-    cores = []
-    for k, n in enumerate(f.shape[:-1]):
-        hot = torch.nn.functional.one_hot(index[..., k], n).to(values)  # [B, R, n]
-        cores.append(
-            hot.transpose(1, 2)[:, None]
-            if k == 0
-            else torch.diag_embed(hot.transpose(1, 2)).permute(0, 2, 1, 3)
-        )
-    cores.append(values[..., None])
-    return TT(cores)
+    return SparseLatent(f.layout, f.batch, f.cell_coords(patches.ids % cells), volume, weighted)
 
 
 def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPolicy:
@@ -251,6 +245,9 @@ def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPoli
             zoom=config.get("zoom", 2),
             channels=config.get("channels", model_config.get("channels", 1)),
             width=config.get("width", 8),
+            exploration=config.get("exploration", 1.0),
+            stage2=config.get("stage2", "patches"),
+            cross_rank=config.get("cross_rank", 2),
         )
     raise ValueError(f"unknown read policy {config!r} in the model configuration.")
 

@@ -319,11 +319,11 @@ class VolumeSource(ABC):
             },
         }
 
-    def add_levels(self, sources: Sequence[VolumeSource], labels: Sequence[str] | None = None) -> None:
+    def add_levels(self, sources: Sequence[VolumeSource]) -> None:
         """Make ``sources`` (finest first) this grid's coarser :attr:`levels`, their reads
         counted in this source's ``stats``; each must be this grid divided, rounding down or
         up, by an integer factor per axis (:func:`~cpic.sources.pyramid.level_factors`), and
-        have its channels. ``labels`` name them in errors (default: their names).
+        have its channels; an error names the level (its ``name``).
 
         Example:
             >>> import numpy as np, torch
@@ -338,12 +338,11 @@ class VolumeSource(ABC):
         """
         from cpic.sources.pyramid import level_factors
 
-        labels = list(labels) if labels is not None else [s.name for s in sources]
-        factors = level_factors(self.name, self.shape, [s.shape for s in sources], labels)
-        for label, source in zip(labels, sources):
+        factors = level_factors(self.name, self.shape, [s.shape for s in sources], [s.name for s in sources])
+        for source in sources:
             if source.channels != self.channels:
                 raise SourceError(
-                    f"{label}: a level of {self.name} with {source.channels or 1} channel(s), "
+                    f"{source.name}: a level of {self.name} with {source.channels or 1} channel(s), "
                     f"the base has {self.channels or 1}."
                 )
         levels = []

@@ -190,8 +190,16 @@ def hdf5_level_names(path: Path, group: str | None) -> list[str] | None:
 
 
 def with_levels(name: str, sources: Sequence[VolumeSource]) -> VolumeSource:
-    """``sources[0]``, named ``name``, with the others as its :attr:`~VolumeSource.levels`."""
+    """``sources[0]``, named ``name``, with the others as its :attr:`~VolumeSource.levels`.
+
+    Example:
+        >>> import numpy as np
+        >>> from cpic.sources import ArraySource
+        >>> src = with_levels("scan.zarr", [ArraySource(np.zeros((8, 6))), ArraySource(np.zeros((4, 3)))])
+        >>> src.name, [level.factors for level in src.levels]
+        ('scan.zarr', [(2, 2)])
+    """
     base = sources[0]
     base.name = name
-    base.add_levels(sources[1:], [s.name for s in sources[1:]])
+    base.add_levels(sources[1:])
     return base

@@ -705,6 +705,63 @@ def test_box_features_read_each_patch_once_up_to_the_cap_and_answer_its_features
     assert source.stats.voxels_read == before
     read = cross_in_boxes(f, low, low + 4, torch.tensor([0, 0]), cap=7, seeds=[0, 1])
     assert read.read.tolist() == [7, 7] and bool((read.ids[read.box == 1] // 256 >= 8).all())
+def _with_levels(volume: torch.Tensor) -> cpic.sources.VolumeSource:
+    """``volume`` opened with two levels of block means (factors 2 and 4)."""
+    source = cpic.open_volume(volume)
+    n = volume.shape[0]
+    half = volume.reshape(n // 2, 2, n // 2, 2, n // 2, 2).mean((1, 3, 5))
+    quarter = half.reshape(n // 4, 2, n // 4, 2, n // 4, 2).mean((1, 3, 5))
+    source.add_levels([ArraySource(half), ArraySource(quarter)])
+    return source
+
+
+def test_explore_exploit_views_the_finest_pyramid_level_that_fits_and_counts_it():
+    from cpic.nn import ExploreExploit
+
+    volume = torch.zeros(32, 32, 32)
+    volume[4:6, 4:6, 4:6] = 1.0  # between the voxels a strided view of 11^3 reads (1, 3, 6, 9, ...)
+    policy = ExploreExploit(27 * 160, features=2)  # explore share 2160: level 2 (8^3) fits, 16^3 not
+    with torch.no_grad():  # the view CNN passes the voxel through, times 5: the bright cell scores highest
+        for conv in (policy.view_net.body[0], policy.view_net.body[2], policy.view_net.score):
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[(0, 0) + (conv.weight.shape[-1] // 2,) * 3] = 1.0
+        policy.view_net.score.weight.mul_(5.0)
+    model = CPIC((32, 32, 32), Regression(), features=2, patch=3, encoder=_MeanIntensity(2), reads=policy)
+    source = _with_levels(volume)
+    reads = model.read([source])
+    patches = len(reads.patches.ids)
+    assert source.stats.level_voxels == 8**3 and source.stats.voxels_read == 8**3 + patches * 27
+    assert int(reads.voxels[0]) == 8**3 + patches * 27 <= policy.budget
+    assert patches == (policy.budget - 8**3) // 27 // 8 * 8  # 17 cells of the 8^3 view, 8 patches each
+
+    def over_cube(ids):  # patches in the box of the level voxel over the cube, [4, 8)^3
+        coords = torch.stack([ids // 1024, ids // 32 % 32, ids % 32], -1)
+        return int(((coords >= 4) & (coords < 8)).all(-1).sum())
+
+    assert over_cube(reads.patches.ids) == 8  # that level voxel is refined, 8 patches
+    # the strided view of the same volume never sees the cube: it is not refined
+    assert over_cube(model.read([cpic.open_volume(volume)]).patches.ids) < 8
+    assert bool(torch.isfinite(model([_with_levels(volume)])).all())
+
+
+def test_explore_exploit_reads_a_volume_alike_alone_or_beside_one_without_levels():
+    from cpic.nn import ExploreExploit
+
+    model = CPIC((16, 16, 16), Regression(), features=2, patch=3, reads=ExploreExploit(1200, features=2))
+    volume = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(0))
+    alone = [model.read([_with_levels(volume)]), model.read([cpic.open_volume(volume)])]
+    mixed = model.read([_with_levels(volume), cpic.open_volume(volume)])
+    assert mixed.voxels.tolist() == [int(r.voxels[0]) for r in alone]
+    cells = 16**3
+    for b, reads in enumerate(alone):
+        own = mixed.patches.ids[mixed.patches.ids // cells == b] % cells
+        assert torch.equal(own, reads.patches.ids)
+        torch.testing.assert_close(mixed.summary[b], reads.summary[0])
+    with torch.no_grad():
+        together = model([_with_levels(volume), cpic.open_volume(volume)])
+        apart = torch.cat([model([_with_levels(volume)]), model([cpic.open_volume(volume)])])
+    torch.testing.assert_close(together, apart)
 
 
 def test_sampler_budgets_below_their_minimum_are_refused_naming_it():

@@ -334,6 +334,109 @@ def test_voxel_cache_serves_repeated_patches(volume, files):
     assert tiny.cache.nbytes <= 64 or len(tiny.cache) == 0
 
 
+def downsample(array, factor):
+    """Means of ``factor^3`` blocks, the last block per axis padded by its edge (ceil shapes)."""
+    pad = [(0, -n % factor) for n in array.shape]
+    padded = np.pad(array.astype(np.float64), pad, mode="edge")
+    m = [n // factor for n in padded.shape]
+    return padded.reshape(m[0], factor, m[1], factor, m[2], factor).mean((1, 3, 5)).astype(np.float32)
+
+
+def write_pyramids(root, levels):
+    """The arrays ``levels`` (base first) as an OME-Zarr 0.4 and 0.5 image, a Zarr group of
+    levels and an HDF5 group of levels; returns {kind: location}."""
+    import json
+
+    import h5py
+    import tensorstore as ts
+
+    def array(path, values, driver):
+        meta = {"shape": list(values.shape)}
+        meta.update({"dtype": "<f4"} if driver == "zarr" else {"data_type": "float32"})
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": str(path)}, "metadata": meta}
+        ts.open(spec, create=True, delete_existing=True).result().write(values).result()
+
+    names = [f"s{k}" for k in range(len(levels))]
+    multiscales = [{"version": "0.4", "axes": [], "datasets": [{"path": n} for n in names]}]
+    ome = root / "ome.zarr"
+    ome.mkdir()
+    (ome / ".zgroup").write_text('{"zarr_format": 2}')
+    (ome / ".zattrs").write_text(json.dumps({"multiscales": multiscales}))
+    ome3 = root / "ome3.zarr"
+    ome3.mkdir()
+    attributes = {"ome": {"version": "0.5", "multiscales": multiscales}}
+    group_v3 = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+    (ome3 / "zarr.json").write_text(json.dumps(group_v3))
+    group = root / "levels.zarr"
+    group.mkdir()
+    (group / ".zgroup").write_text('{"zarr_format": 2}')
+    with h5py.File(root / "p.h5", "w") as h5:
+        for k, (name, values) in enumerate(zip(names, levels)):
+            array(ome / name, values, "zarr")
+            array(ome3 / name, values, "zarr3")
+            array(group / str(k), values, "zarr")
+            h5.create_dataset(f"image/{k}", data=values)
+    hdf5 = f"{root / 'p.h5'}:/image"
+    return {"ome-zarr": str(ome), "ome-zarr 0.5": str(ome3), "zarr group": str(group), "hdf5 group": hdf5}
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory, volume):
+    pytest.importorskip("tensorstore")
+    pytest.importorskip("h5py")
+    levels = [volume.astype(np.float32), downsample(volume, 2), downsample(volume, 4)]
+    return levels, write_pyramids(tmp_path_factory.mktemp("pyramids"), levels)
+
+
+@pytest.mark.parametrize("kind", ["ome-zarr", "ome-zarr 0.5", "zarr group", "hdf5 group"])
+def test_a_multi_level_volume_opens_as_its_base_with_its_levels(kind, pyramid, volume):
+    levels, locations = pyramid
+    src = open_volume(locations[kind])
+    assert src.shape == SHAPE and src.name == locations[kind]
+    centres = centres_with_borders()
+    got = src.gather(torch.from_numpy(centres)).numpy()[:, 0]
+    np.testing.assert_array_equal(got, volume[tuple(centres.T)])
+    assert [lv.factors for lv in src.levels] == [(2, 2, 2), (4, 4, 4)]
+    assert [lv.shape for lv in src.levels] == [(7, 9, 6), (4, 5, 3)]  # 13 x 17 x 11 / 2 and / 4, rounded up
+    before = src.stats.voxels_read
+    for level, expected in zip(src.levels, levels[1:]):
+        np.testing.assert_array_equal(level.source.read_planes(0, level.shape[0]).numpy(), expected)
+    # every voxel of a level counts in the base's statistics, not as a base voxel
+    level_voxels = 7 * 9 * 6 + 4 * 5 * 3
+    assert src.stats.level_voxels == level_voxels and src.stats.voxels_read - before == level_voxels
+    assert src.stats.unique_voxels == len(centres) and src.stats.requests == 3
+    assert src.stats.fraction(src.size) == pytest.approx((len(centres) + level_voxels) / src.size)
+    assert src.describe()["levels"][1] == {"shape": [4, 5, 3], "factors": [4, 4, 4]}
+
+
+def test_inspect_lists_a_volume_s_levels(pyramid):
+    from cpic.cli.inspect import _volume_lines
+    from cpic.train import describe
+
+    lines = _volume_lines(describe(pyramid[1]["ome-zarr"]))
+    assert "  levels         (7, 9, 6) (/2x2x2), (4, 5, 3) (/4x4x4)" in lines
+
+
+@pytest.mark.parametrize("kind", ["zarr group", "hdf5 group"])
+def test_a_level_that_does_not_divide_the_base_is_refused_naming_it(kind, tmp_path, volume):
+    pytest.importorskip("tensorstore")
+    pytest.importorskip("h5py")
+    bad = np.zeros((8, 9, 6), np.float32)  # no integer divides 13 into 8, rounding either way
+    location = write_pyramids(tmp_path, [volume.astype(np.float32), bad])[kind]
+    with pytest.raises(SourceError) as err:
+        open_volume(location)
+    message = str(err.value)
+    assert message.startswith(f"{location}/1: a level of shape (8, 9, 6)") and "(13, 17, 11)" in message
+    assert "\n" not in message
+
+
+def test_a_zarr_group_with_no_levels_is_refused(tmp_path):
+    (tmp_path / "g.zarr").mkdir()
+    (tmp_path / "g.zarr" / ".zgroup").write_text('{"zarr_format": 2}')
+    with pytest.raises(SourceError, match="a Zarr group with no 'multiscales' attribute and no array nam"):
+        open_volume(str(tmp_path / "g.zarr"))
+
+
 def test_zarr_by_url(volume, files):
     location = "file://" + files["zarr3"][0]  # the same code path as gs://, s3:// and http(s)://
     src = open_volume(location)

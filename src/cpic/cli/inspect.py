@@ -97,9 +97,14 @@ def _volume_lines(info: dict) -> list[str]:
         f"  dtype          {info['dtype']}",
         f"  channels       {info['channels'] or 1}",
         f"  spacing        {tuple(info['spacing']) if info['spacing'] else 'not recorded'}",
+        f"  levels         {', '.join(_level(lv) for lv in info['levels'])}" if info["levels"] else None,
         f"  sample         {s['voxels']:,} random voxels: min {s['min']:.4g}, max {s['max']:.4g}, "
         f"mean {s['mean']:.4g}",
     ]
     if s["nonfinite"]:
         lines.append(f"  non-finite     {s['nonfinite']} of the sampled voxels are NaN or Inf")
-    return lines
+    return [line for line in lines if line is not None]
+
+
+def _level(level: dict) -> str:
+    return f"{tuple(level['shape'])} (/{'x'.join(str(f) for f in level['factors'])})"

@@ -4,7 +4,7 @@ Imports only cpic.util: sources know volumes, not tensor trains.
 """
 
 from cpic.sources.array import ArraySource
-from cpic.sources.base import Normalization, ReadStats, SourceError, VolumeSource, check_same_grid
+from cpic.sources.base import Level, Normalization, ReadStats, SourceError, VolumeSource, check_same_grid
 from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource
 from cpic.sources.limits import LoadLimits, open_defaults
 from cpic.sources.open import FORMATS, detect_format, open_volume
@@ -16,6 +16,7 @@ __all__ = [
     "FORMATS",
     "ArraySource",
     "HDF5Source",
+    "Level",
     "LoadLimits",
     "Normalization",
     "ProceduralSource",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,8 +76,12 @@ class ReadStats:
     cache_hits: int = 0
     #: seconds spent in ``gather``
     seconds: float = 0.0
+    #: distinct voxels read of the source's coarser :attr:`~VolumeSource.levels` (their reads
+    #: count in ``requests``, ``voxels_read`` and ``bytes_read`` too)
+    level_voxels: int = 0
     _voxels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
     _chunks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
+    _levels: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def reset(self) -> None:
         """Zero every counter."""
@@ -89,13 +94,23 @@ class ReadStats:
         return view
 
     def fraction(self, total_voxels: int) -> float:
-        """Fraction of the grid's voxels read so far."""
-        return self.unique_voxels / max(total_voxels, 1)
+        """Voxels read so far (of the grid and of its levels) over the grid's ``total_voxels``."""
+        return (self.unique_voxels + self.level_voxels) / max(total_voxels, 1)
 
     def add_voxels(self, linear: np.ndarray) -> None:
         """Count the voxel ids ``linear`` (sorted and distinct) as read."""
         self._voxels, _ = _insert_sorted(self._voxels, linear, distinct=True)
         self.unique_voxels = len(self._voxels)
+
+    def add_level_read(self, level: int, linear: np.ndarray, delivered: int, fetched: int) -> None:
+        """Count a request to the source's level ``level``: ``delivered`` voxels, the distinct
+        ones of ids ``linear`` (sorted, on the level's grid), ``fetched`` bytes."""
+        known = self._levels.get(level, np.empty(0, np.int64))
+        self._levels[level], new = _insert_sorted(known, linear, distinct=True)
+        self.level_voxels += new
+        self.requests += 1
+        self.voxels_read += delivered
+        self.bytes_read += fetched
 
     def add_chunks(self, chunk_ids: np.ndarray, chunk_bytes: int) -> None:
         self._chunks, new = _insert_sorted(self._chunks, chunk_ids)
@@ -129,6 +144,31 @@ class Normalization:
     def apply(self, values: Tensor) -> Tensor:
         scale = self.high - self.low
         return (values - self.low) / (scale if scale != 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class Level:
+    """A coarser copy of a source's grid (a pyramid level), read by ``source``: its voxel ``k``
+    stands for the base voxels ``k * factors`` to ``(k + 1) * factors - 1`` (the last one per
+    axis also for any base voxels beyond). ``index`` is its place in the pyramid (the base is 0).
+    Its reads count in the base source's ``stats`` (``ReadStats.level_voxels``).
+
+    Example:
+        >>> import numpy as np
+        >>> from cpic.sources import ArraySource
+        >>> base = ArraySource(np.zeros((8, 8)))
+        >>> base.add_levels([ArraySource(np.zeros((4, 4)))])
+        >>> base.levels[0].factors, base.levels[0].source.shape
+        ((2, 2), (4, 4))
+    """
+
+    index: int
+    factors: tuple[int, ...]
+    source: VolumeSource
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.shape
 
 
 def check_same_grid(sources, shape: tuple[int, ...], whose: str) -> None:
@@ -205,6 +245,9 @@ class VolumeSource(ABC):
         self.stats = ReadStats()
         self.cache: KeyStore | None = None
         self._strides = c_strides(self.shape)
+        #: coarser copies of the grid, finest first (a pyramid's levels; empty for most sources)
+        self.levels: tuple[Level, ...] = ()
+        self._level_of: tuple[weakref.ref, int] | None = None  # (base, index) of a level
 
     # ------------------------------------------------------------------ description
     @property
@@ -268,12 +311,45 @@ class VolumeSource(ABC):
             "channels": self.channels,
             "dtype": str(self.dtype),
             "spacing": None if self.spacing is None else list(self.spacing),
+            "levels": [{"shape": list(lv.shape), "factors": list(lv.factors)} for lv in self.levels],
             "normalization": {
                 "method": self.normalization.method,
                 "low": self.normalization.low,
                 "high": self.normalization.high,
             },
         }
+
+    def add_levels(self, sources: Sequence[VolumeSource]) -> None:
+        """Make ``sources`` (finest first) this grid's coarser :attr:`levels`, their reads
+        counted in this source's ``stats``; each must be this grid divided, rounding down or
+        up, by an integer factor per axis (:func:`~cpic.sources.pyramid.level_factors`), and
+        have its channels; an error names the level (its ``name``).
+
+        Example:
+            >>> import numpy as np, torch
+            >>> from cpic.sources import ArraySource
+            >>> base = ArraySource(np.zeros((9, 8)))
+            >>> base.add_levels([ArraySource(np.ones((5, 4))), ArraySource(np.ones((3, 2)))])
+            >>> [level.factors for level in base.levels]
+            [(2, 2), (4, 4)]
+            >>> _ = base.levels[1].source.read_planes(0, 3)
+            >>> base.stats.voxels_read, base.stats.level_voxels, base.stats.unique_voxels
+            (6, 6, 0)
+        """
+        from cpic.sources.pyramid import level_factors
+
+        factors = level_factors(self.name, self.shape, [s.shape for s in sources], [s.name for s in sources])
+        for source in sources:
+            if source.channels != self.channels:
+                raise SourceError(
+                    f"{source.name}: a level of {self.name} with {source.channels or 1} channel(s), "
+                    f"the base has {self.channels or 1}."
+                )
+        levels = []
+        for index, (source, f) in enumerate(zip(sources, factors), start=1):
+            source._level_of = (weakref.ref(self), index)  # no cycle: files close with the base
+            levels.append(Level(index, f, source))
+        self.levels = tuple(levels)
 
     # ------------------------------------------------------------------ reading
     @abstractmethod
@@ -477,6 +553,7 @@ class VolumeSource(ABC):
     def _account(self, unique: Tensor, read_coords: Tensor, delivered: int) -> None:
         """Count a request: ``unique`` voxels delivered, ``read_coords`` fetched from storage."""
         stats = self.stats
+        fetched = stats.bytes_read
         stats.requests += 1
         stats.voxels_read += delivered
         stats.add_voxels(unique.numpy())
@@ -485,6 +562,10 @@ class VolumeSource(ABC):
             stats.add_chunks(chunks, self.chunk_bytes)
         elif not self.chunk_bytes:
             stats.bytes_read += len(read_coords) * self.itemsize
+        if self._level_of is not None:  # a pyramid level: its reads are the base's too
+            base, index = self._level_of[0](), self._level_of[1]
+            if base is not None:
+                base.stats.add_level_read(index, unique.numpy(), delivered, stats.bytes_read - fetched)
 
     @property
     def itemsize(self) -> int:

@@ -14,6 +14,7 @@ from cpic.sources.chunked import HDF5Source, TiffSource, ZarrSource, split_datas
 from cpic.sources.files import open_nifti, open_npy, open_raw, quiet, require_file
 from cpic.sources.limits import LoadLimits
 from cpic.sources.procedural import ProceduralSource
+from cpic.sources.pyramid import hdf5_level_names, with_levels, zarr_level_paths
 
 FORMATS = ("array", "npy", "raw", "nifti", "zarr", "hdf5", "tiff", "procedural")
 _SUFFIXES = {
@@ -48,7 +49,7 @@ def detect_format(location: str) -> str:
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if lower.endswith(suffix):
             return _SUFFIXES[suffix]
-    if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists()):
+    if path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zarray", ".zgroup")):
         return "zarr"
     if not path.exists():
         raise SourceError(f"{location}: no such file or directory.")
@@ -145,16 +146,34 @@ def _open(x, format, shape, dtype, order, offset, channel_axis, spacing, nonfini
     if fmt == "nifti":
         return open_nifti(path, channel_axis, nonfinite, limits)
     if fmt == "zarr":
-        return ZarrSource(location, channel_axis, nonfinite, limits)
+        levels = _zarr_levels(location)
+        if levels is None:
+            return ZarrSource(location, channel_axis, nonfinite, limits)
+        return with_levels(location, [ZarrSource(p, channel_axis, nonfinite, limits) for p in levels])
     if fmt == "hdf5":
         file, dataset = split_dataset(location)
         require_file(Path(file))
-        return HDF5Source(Path(file), dataset, channel_axis, nonfinite, limits)
+        levels = hdf5_level_names(Path(file), dataset)
+        if levels is None:
+            return HDF5Source(Path(file), dataset, channel_axis, nonfinite, limits)
+        sources = [HDF5Source(Path(file), name, channel_axis, nonfinite, limits) for name in levels]
+        return with_levels(location, sources)
     if fmt == "tiff":
         require_file(path)
         with quiet("tifffile"):
             return TiffSource(path, nonfinite, limits)
     raise SourceError(f"{location}: format {fmt!r} needs a function, not a path.")
+
+
+def _zarr_levels(location: str) -> list[str] | None:
+    """The levels of a Zarr group at ``location`` (None: an array, or a store not there)."""
+    if "://" not in location and not Path(location).is_dir():
+        return None  # ZarrSource names what is missing
+    try:
+        import tensorstore  # noqa: F401
+    except ImportError:
+        return None  # ZarrSource names the package to install
+    return zarr_level_paths(location)
 
 
 __all__ = ["FORMATS", "detect_format", "open_volume"]

@@ -116,6 +116,7 @@ def describe_volume(path: str, sample: int, seed: int) -> dict:
         "dtype": described["dtype"],
         "spacing": described["spacing"],
         "channels": described["channels"],
+        "levels": described["levels"],
         "voxels": source.size,
         "sample": {
             "voxels": count,

@@ -161,5 +161,8 @@ def test_the_choice_keeps_every_voxel_it_read_and_refuses_a_bad_budget():
     assert choice.method == "refine" and len(ids.unique()) == len(ids) == src.stats.unique_voxels <= 900
     volume = _head_in_air(32)
     assert torch.equal(choice.reads.values, volume[tuple(choice.reads.coords.T)])
+    for budget in (8, 30, 100, 400, 2000, 10_000):  # never past the budget, whichever it picks
+        src = cpic.open_volume(_head_in_air(24))
+        assert choose_reads(src, budget).reads.count == src.stats.unique_voxels <= budget
     with pytest.raises(ValueError, match="budget"):
         choose_reads(src, 0.5)

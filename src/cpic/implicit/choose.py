@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cpic.implicit.lattice import axis_strides, lattice_nodes, lattice_strides
+from cpic.implicit.lattice import axis_strides, lattice_nodes, lattice_size, lattice_strides
 from cpic.implicit.refine import LatticeReads, _grid_coords, _read, read_lattice, refine, refine_strides
 from cpic.sources import VolumeSource
 from cpic.util.checks import check_int
 from cpic.util.indexing import c_strides
 
 #: pilot kurtosis above which refinement is chosen: a Gaussian field gives 3 (measured 2.6-3.2
-#: on band-limited fields); the real MRI and CT of benchmarks/reconstruct.py gave 7.8-20
+#: on band-limited fields); the real MRI and CT of benchmarks/reconstruct.py gave 7.5-16.6
 EDGE_KURTOSIS = 5.0
 #: the pilot takes every k-th node of the regular lattice, k the largest of these that leaves
 #: every axis :data:`PILOT_NODES` nodes (else the last), so that it reads 1/64 to 1/8 of it
@@ -68,7 +68,8 @@ def difference_kurtosis(lattice: Tensor) -> float:
         >>> round(difference_kurtosis(step), 1), difference_kurtosis(torch.ones(4, 4))
         (19.0, 0.0)
     """
-    d = torch.cat([lattice.double().diff(dim=a).reshape(-1) for a in range(lattice.ndim) if lattice.shape[a] > 1])
+    values = lattice.double()
+    d = torch.cat([values.diff(dim=a).reshape(-1) for a in range(values.ndim) if values.shape[a] > 1])
     d = d - d.mean()
     variance = float(d.square().mean()) if len(d) else 0.0
     return float(d.pow(4).mean()) / variance**2 if variance > 0 else 0.0
@@ -128,7 +129,7 @@ def choose_reads(source: VolumeSource, budget: int) -> Choice:
     """Read at most ``budget`` voxels of the 3-D ``source`` by refinement or by the plain lattice,
     chosen by the kurtosis of a pilot lattice's differences (above :data:`EDGE_KURTOSIS`:
     refinement, its fine lattice sized by the pilot's :func:`active_share`); the plain lattice
-    also where refinement has no room (one level).
+    also where refinement has no room (one level, or no read left past its coarse lattice).
 
     Example:
         >>> import cpic
@@ -150,10 +151,11 @@ def choose_reads(source: VolumeSource, budget: int) -> Choice:
     lattice = values.reshape([len(x) for x in nodes])
     kurtosis = difference_kurtosis(lattice)
     strides = refine_strides(grid, budget, refinement_oversampling(active_share(lattice)))
-    if kurtosis <= EDGE_KURTOSIS or len(strides) == 1:
-        return Choice("lattice", read_lattice(source, budget), kurtosis, len(pilot))
     # the pilot's voxels off the coarse lattice are spent budget: kept, unless refinement read them too
     extra = ~_on_nodes(pilot, grid, strides[0])
+    room = budget - int(extra.sum()) - lattice_size(grid, strides[0])
+    if kurtosis <= EDGE_KURTOSIS or len(strides) == 1 or room <= 0:
+        return Choice("lattice", read_lattice(source, budget), kurtosis, len(pilot))
     reads = refine(source, budget - int(extra.sum()), strides=strides)
     ids = c_strides(grid)
     kept = extra.clone()

@@ -79,9 +79,10 @@ def compress(
     voxels or fewer; ``auto``: one of the two, chosen by
     :func:`~cpic.implicit.choose.choose_reads` from a pilot of the regular lattice (refinement
     where the pilot's neighbour differences are heavy-tailed, i.e. edges; the lattice on a
-    smooth field), recorded in the volume's ``meta["choice"]``; ``implicit``: :func:`~cpic.implicit.fit.fit_implicit` with
-    ``implicit_settings``, reading what its cross pivots read), then measure it and the lattice
-    baseline on ``held_out`` random voxels neither read (:func:`~cpic.implicit.metrics.error_figures`).
+    smooth field), recorded in the volume's ``meta["choice"]``; ``implicit``:
+    :func:`~cpic.implicit.fit.fit_implicit` with ``implicit_settings``, reading what its cross
+    pivots read), then measure it and the lattice baseline on ``held_out`` random voxels
+    neither read (:func:`~cpic.implicit.metrics.error_figures`).
 
     Example:
         >>> import cpic

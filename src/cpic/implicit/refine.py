@@ -1,7 +1,8 @@
 """Adaptive dyadic lattice refinement: read a coarse lattice, then, level by level, the points of
 the next finer lattice (half the stride) where the coarse lattice predicts them least surely (the
-:func:`refinement_indicator`), until the read budget is spent exactly. Decoding upsamples level by level by cubic splines, measured values
-overwriting interpolated ones; one level with no refinement is the plain lattice.
+:func:`refinement_indicator`), until the read budget is spent exactly. Decoding upsamples level
+by level by cubic splines, measured values overwriting interpolated ones; one level with no
+refinement is the plain lattice.
 """
 
 from __future__ import annotations

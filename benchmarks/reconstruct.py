@@ -146,6 +146,7 @@ def plot(rows: list[dict], path: str) -> None:
 
     names = list(dict.fromkeys(r["volume"] for r in rows))
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+
     def family(row: dict) -> str:  # "auto -> refine" and "auto -> lattice" are one curve
         return row["method"].split(" -> ")[0]
 

@@ -1,7 +1,9 @@
 """Reconstruction of a volume from a fraction of its voxels: PSNR against the fraction read.
 
 For each volume and fraction f, a regular lattice of the smallest stride reading at most f of
-the voxels sets the read count R; at exactly R reads:
+the voxels sets the read count R; at exactly R reads (``auto``: at most R):
+- ``auto``: ``cpic compress``'s default, refinement or the lattice as a pilot of the lattice
+  chooses (``cpic.implicit.choose_reads``), labelled with its choice;
 - ``refine``: cpic's adaptive dyadic lattice refinement (``cpic compress --method refine``);
 - ``lattice cubic`` and ``lattice trilinear``: that regular lattice, decoded by natural cubic
   splines (``cpic compress --method lattice``) or linearly;
@@ -31,6 +33,7 @@ import torch
 from cpic.data import band_limited_noise, colin27, head_ct, mni152
 from cpic.implicit import (
     CompressedVolume,
+    choose_reads,
     decode_lattice,
     fit_implicit,
     otsu_threshold,
@@ -101,10 +104,13 @@ def rows_of(name: str, fractions: list[float], implicit_steps: int | None) -> li
         }
         reads = refine(source, count)
         results["refine"] = score(decode_lattice(reads), reads.coords)
+        choice = choose_reads(source, count)
+        results[f"auto -> {choice.method}"] = score(decode_lattice(choice.reads), choice.reads.coords)
         results["TT-SVD"] = score(tt_svd_at(truth, count), None)
         for method, (db, fg) in results.items():
-            rows.append({"volume": name, "fraction": count / truth.numel(), "reads": count, "method": method,
-                         "psnr": db, "fg": fg})  # fmt: skip
+            reads_made = choice.reads.count if method.startswith("auto") else count
+            rows.append({"volume": name, "fraction": count / truth.numel(), "reads": reads_made,
+                         "method": method, "psnr": db, "fg": fg})  # fmt: skip
         print(f"  {name} {100 * fraction:g}%: {time.perf_counter() - started:.1f} s", flush=True)
     if implicit_steps:
         src = VOLUMES[name]()
@@ -140,9 +146,13 @@ def plot(rows: list[dict], path: str) -> None:
 
     names = list(dict.fromkeys(r["volume"] for r in rows))
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+
+    def family(row: dict) -> str:  # "auto -> refine" and "auto -> lattice" are one curve
+        return row["method"].split(" -> ")[0]
+
     for ax, name in zip(axes[0], names):
-        for method in dict.fromkeys(r["method"] for r in rows if r["volume"] == name):
-            mine = [r for r in rows if r["volume"] == name and r["method"] == method]
+        for method in dict.fromkeys(family(r) for r in rows if r["volume"] == name):
+            mine = [r for r in rows if r["volume"] == name and family(r) == method]
             ax.plot([100 * r["fraction"] for r in mine], [r["psnr"] for r in mine], "o-", label=method)
         ax.set(xscale="log", xlabel="voxels read (%)", ylabel="PSNR (dB)", title=name)
         ax.grid(alpha=0.3)

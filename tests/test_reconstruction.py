@@ -7,9 +7,12 @@ import pytest
 import torch
 
 import cpic
+from cpic.data import band_limited_noise, shepp_logan
 from cpic.implicit import (
+    choose_reads,
     compress,
     decode_lattice,
+    difference_kurtosis,
     error_figures,
     held_out_coords,
     interpolation_matrix,
@@ -119,5 +122,47 @@ def test_compress_refuses_what_it_cannot_do():
         compress(cpic.open_volume(torch.rand(8, 8, 8)), budget=5)
     with pytest.raises(ValueError, match="method"):
         compress(cpic.open_volume(torch.rand(8, 8, 8)), method="fft")
+    with pytest.raises(ValueError, match="corners"):
+        compress(cpic.open_volume(torch.rand(8, 8, 8)), method="auto", budget=7)
     with pytest.raises(ValueError, match="fraction"):
         compress(cpic.open_volume(torch.rand(8, 8, 8)), budget=1.5)
+
+
+def test_the_pilot_kurtosis_is_gaussian_on_a_smooth_field_and_heavy_on_a_phantom():
+    smooth = band_limited_noise((48,) * 3, cutoff=2.0, waves=16, seed=3).read_planes(0, 48)
+    phantom = shepp_logan((48,) * 3).read_planes(0, 48)
+    assert 2 < difference_kurtosis(smooth[::8, ::8, ::8]) < 4
+    assert difference_kurtosis(phantom[::8, ::8, ::8]) > 8
+
+
+@pytest.mark.parametrize(
+    ("make", "chosen"),
+    [
+        (lambda: band_limited_noise((48,) * 3, cutoff=2.0, waves=16, seed=0), "lattice"),
+        (lambda: band_limited_noise((40, 48, 56), cutoff=3.0, waves=24, seed=1), "lattice"),
+        (lambda: shepp_logan((48,) * 3), "refine"),
+        (lambda: cpic.open_volume(_head_in_air()), "refine"),
+    ],
+)
+@pytest.mark.parametrize("budget", [0.005, 0.02])
+def test_the_default_chooses_by_the_pilot_and_never_loses_to_the_lattice(make, chosen, budget):
+    result = compress(make(), budget=budget)
+    assert result.volume.method == chosen == result.volume.meta["choice"]["chosen"]
+    assert result.voxels_read <= round(budget * math.prod(result.volume.grid))
+    assert result.error["psnr_db"] >= result.baseline["psnr_db"] - 1e-9
+    if chosen == "lattice":  # the pilot is part of the lattice: nothing read twice or wasted
+        assert result.voxels_read == result.baseline["voxels_read"]
+
+
+def test_the_choice_keeps_every_voxel_it_read_and_refuses_a_bad_budget():
+    src = cpic.open_volume(_head_in_air(32))
+    choice = choose_reads(src, 900)
+    ids = choice.reads.coords @ torch.tensor([32 * 32, 32, 1])
+    assert choice.method == "refine" and len(ids.unique()) == len(ids) == src.stats.unique_voxels <= 900
+    volume = _head_in_air(32)
+    assert torch.equal(choice.reads.values, volume[tuple(choice.reads.coords.T)])
+    for budget in (8, 30, 100, 400, 2000, 10_000):  # never past the budget, whichever it picks
+        src = cpic.open_volume(_head_in_air(24))
+        assert choose_reads(src, budget).reads.count == src.stats.unique_voxels <= budget
+    with pytest.raises(ValueError, match="budget"):
+        choose_reads(src, 0.5)

@@ -57,10 +57,15 @@ def _register_compress(commands) -> None:
         "compress",
         help="store one volume from a small fraction of its voxels, measured against interpolation",
         description=(
-            "Read a budget of voxels of one volume and store what reconstructs it: 'refine' (default) "
-            "reads a coarse lattice, then the finer lattice where its cells' values spread most, and "
-            "decodes by cubic splines level by level; 'lattice' reads a regular lattice (cubic "
-            "splines); 'implicit' fits a neural implicit model on the voxels its cross pivots read "
+            "Read a budget of voxels of one volume and store what reconstructs it: 'refine' reads a "
+            "coarse lattice, then the nodes of the finer lattice where the coarse one predicts them "
+            "least surely (cubic and linear predictions apart, corner values spread), and decodes by "
+            "cubic splines level by level; 'lattice' reads a regular lattice (cubic splines); 'auto' "
+            "(default) reads every 2nd-4th node of that regular lattice first and, where the "
+            "differences between its neighbours are heavy-tailed (kurtosis above "
+            f"{implicit.EDGE_KURTOSIS:g}: edges), refines; else (a smooth field) reads the rest of the "
+            "lattice, so that nothing is read twice; 'implicit' fits a neural implicit model on the "
+            "voxels its cross pivots read "
             "(--rank, --features, --steps). Every run prints held-out PSNR on voxels never read "
             "(peak: the 0.5-99.5 percentile spread of their values), a foreground PSNR (voxels above "
             "an Otsu threshold) and the same figures for cubic interpolation of a regular lattice "
@@ -70,11 +75,11 @@ def _register_compress(commands) -> None:
     )
     p.add_argument("volume", metavar="VOLUME", help="a volume: .npy, .nii/.nii.gz, .zarr, .h5:/dataset, .tif")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the compressed volume (one file)")
-    p.add_argument("--method", choices=implicit.METHODS, default=implicit.DEFAULT_METHOD,
+    p.add_argument("--method", choices=implicit.COMPRESS_METHODS, default=implicit.DEFAULT_METHOD,
                    help=f"how to read and decode (default {implicit.DEFAULT_METHOD})")  # fmt: skip
     p.add_argument("--read-budget", type=read_budget_arg, default=implicit.DEFAULT_BUDGET, metavar="B",
                    help=f"voxels to read: a percentage (0.5%%) or a count (default "
-                   f"{100 * implicit.DEFAULT_BUDGET:g}%%; refine and lattice)")  # fmt: skip
+                   f"{100 * implicit.DEFAULT_BUDGET:g}%%; auto, refine and lattice)")  # fmt: skip
     implicit_flags = (("rank", "TT rank of the latent", 12), ("features", "latent features per voxel", 16),
                       ("steps", "training steps", 300))  # fmt: skip
     for name, what, value in implicit_flags:
@@ -153,6 +158,7 @@ def _compress_summary(args, src, result: implicit.CompressResult, size: int) -> 
         "volume": str(args.volume),
         "output": str(args.output),
         "method": result.volume.method,
+        "choice": result.volume.meta.get("choice"),
         "grid": list(src.shape),
         "dtype": str(src.dtype),
         "normalization": result.volume.normalization,
@@ -173,6 +179,14 @@ def _db(value) -> str:
     return "n/a" if value is None else f"{value:.2f} dB"
 
 
+def _choice_text(choice: dict | None) -> str:
+    if choice is None:
+        return ""
+    side = ">" if choice["chosen"] == "refine" else "<="
+    return (f" (auto: pilot of {choice['pilot_voxels']:,} voxels, difference kurtosis "
+            f"{choice['pilot_kurtosis']:.1f} {side} {choice['edge_kurtosis']:g})")  # fmt: skip
+
+
 def _compress_lines(s: dict) -> list[str]:
     e, b, norm = s["held_out"], s["baseline"], s["normalization"]
     rel = "n/a" if e["relative_error"] is None else f"{e['relative_error']:.2e}"
@@ -182,7 +196,7 @@ def _compress_lines(s: dict) -> list[str]:
     return [
         f"cpic compress: {s['volume']} ({'x'.join(map(str, s['grid']))}, {s['dtype']}; values read span "
         f"{norm['low']:.4g}..{norm['high']:.4g} at the 0.5/99.5 percentiles)",
-        f"  method               {s['method']}",
+        f"  method               {s['method']}" + _choice_text(s["choice"]),
         f"  voxels read          {s['voxels_read']:,} of {s['voxels']:,} ({100 * s['fraction_read']:.3f}%)",
         f"  held-out PSNR        {_db(e['psnr_db'])}, foreground {_db(e['foreground_psnr_db'])}, "
         f"rel. error {rel} ({e['voxels']:,} voxels never read, {e['foreground_voxels']:,} foreground; "

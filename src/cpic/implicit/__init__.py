@@ -1,5 +1,6 @@
 """One volume from a read budget: adaptive lattice refinement (:func:`refine`), a regular
-lattice decoded by cubic splines, or a neural implicit model fitted on its cross pivots
+lattice decoded by cubic splines, the one of the two a pilot of the reads calls for
+(:func:`choose_reads`, the default), or a neural implicit model fitted on its cross pivots
 (:func:`compress`), measured on voxels never read beside the lattice baseline; stored as one
 file (:func:`save_compressed`) and decoded from it alone (:func:`load_compressed`,
 :func:`reconstruct`, :func:`write_reconstruction`).
@@ -7,7 +8,15 @@ file (:func:`save_compressed`) and decoded from it alone (:func:`load_compressed
 Imports train, nn, tt, sources and util; knows nothing of the command line.
 """
 
-from cpic.implicit.compression import DEFAULT_BUDGET, DEFAULT_METHOD, CompressResult, compress, read_budget
+from cpic.implicit.choose import EDGE_KURTOSIS, Choice, choose_reads, difference_kurtosis
+from cpic.implicit.compression import (
+    COMPRESS_METHODS,
+    DEFAULT_BUDGET,
+    DEFAULT_METHOD,
+    CompressResult,
+    compress,
+    read_budget,
+)
 from cpic.implicit.decoding import (
     CHUNK,
     check_output,
@@ -27,19 +36,24 @@ from cpic.implicit.refine import LatticeReads, decode_lattice, read_lattice, ref
 
 __all__ = [
     "CHUNK",
+    "COMPRESS_METHODS",
     "DEFAULT_BUDGET",
     "DEFAULT_METHOD",
+    "EDGE_KURTOSIS",
     "FIT_FAILURES",
     "HELD_OUT",
     "METHODS",
+    "Choice",
     "CompressResult",
     "CompressedVolume",
     "LatticeReads",
     "RefusedToStart",
     "check_output",
+    "choose_reads",
     "compress",
     "decode_box",
     "decode_lattice",
+    "difference_kurtosis",
     "error_figures",
     "fit_implicit",
     "held_out_coords",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cpic.implicit.choose import choose_reads
 from cpic.implicit.decoding import values_at
 from cpic.implicit.files import METHODS, CompressedVolume
 from cpic.implicit.fit import fit_implicit
@@ -17,8 +18,11 @@ from cpic.implicit.refine import read_lattice, refine
 from cpic.sources import VolumeSource
 from cpic.sources.base import Normalization
 
-#: the method of ``compress`` unless told: it measured best (docs/benchmarks.md, reconstruction)
-DEFAULT_METHOD = "refine"
+#: what ``compress`` can be told to do: ``auto`` chooses ``refine`` or ``lattice`` per volume
+COMPRESS_METHODS = ("auto", *METHODS)
+#: the method of ``compress`` unless told: refinement where it measured better, the lattice
+#: elsewhere (docs/benchmarks.md, reconstruction)
+DEFAULT_METHOD = "auto"
 #: the read budget unless told: this fraction of the voxels
 DEFAULT_BUDGET = 0.005
 #: voxels the implicit method reads (and counts) to set its normalisation
@@ -72,9 +76,13 @@ def compress(
 ) -> CompressResult:
     """Compress the one-channel 3-D ``source`` by ``method`` (``refine``: adaptive dyadic lattice
     refinement, ``lattice``: a regular lattice decoded by cubic splines, both reading ``budget``
-    voxels or fewer; ``implicit``: :func:`~cpic.implicit.fit.fit_implicit` with
-    ``implicit_settings``, reading what its cross pivots read), then measure it and the lattice
-    baseline on ``held_out`` random voxels neither read (:func:`~cpic.implicit.metrics.error_figures`).
+    voxels or fewer; ``auto``: one of the two, chosen by
+    :func:`~cpic.implicit.choose.choose_reads` from a pilot of the regular lattice (refinement
+    where the pilot's neighbour differences are heavy-tailed, i.e. edges; the lattice on a
+    smooth field), recorded in the volume's ``meta["choice"]``; ``implicit``:
+    :func:`~cpic.implicit.fit.fit_implicit` with ``implicit_settings``, reading what its cross
+    pivots read), then measure it and the lattice baseline on ``held_out`` random voxels
+    neither read (:func:`~cpic.implicit.metrics.error_figures`).
 
     Example:
         >>> import cpic
@@ -83,8 +91,8 @@ def compress(
         >>> result.voxels_read, result.error["voxels"] > 0, sorted(result.baseline)[:2]
         (324, True, ['foreground_psnr_db', 'foreground_voxels'])
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if method not in COMPRESS_METHODS:
+        raise ValueError(f"method must be one of {COMPRESS_METHODS}, got {method!r}.")
     if source.channels:
         raise ValueError(
             f"{source.name}: has {source.channels} channels; compress takes one-channel volumes."
@@ -112,6 +120,10 @@ def compress(
         source.normalization = Normalization(norm["low"], norm["high"], "percentile")
         model, latent = fit_implicit(source, seed=seed, **implicit_settings)
         volume = CompressedVolume("implicit", {**meta, "normalization": norm}, model=model, latent=latent)
+    elif method == "auto":
+        choice = choose_reads(source, count)
+        meta = {**meta, "normalization": _percentiles(choice.reads.values), "choice": choice.to_dict()}
+        volume = CompressedVolume(choice.method, meta, reads=choice.reads)
     else:
         reads = (refine if method == "refine" else read_lattice)(source, count)
         volume = CompressedVolume(method, {**meta, "normalization": _percentiles(reads.values)}, reads=reads)
@@ -120,7 +132,7 @@ def compress(
     read = torch.from_numpy(source.stats.voxel_ids().copy())
     baseline = (
         volume
-        if method == "lattice"
+        if volume.method == "lattice"
         else CompressedVolume("lattice", meta, reads=read_lattice(source, unique))
     )
     coords = held_out_coords(source.shape, torch.cat([read, _linear(baseline.reads.coords, source.shape)]),

@@ -99,7 +99,7 @@ def save_compressed(file: str | Path, volume: CompressedVolume) -> int:
         >>> volume = compress(cpic.open_volume(torch.rand(8, 8, 8)), budget=40).volume
         >>> with tempfile.TemporaryDirectory() as d:
         ...     save_compressed(f"{d}/v.cpic", volume) > 0, load_compressed(f"{d}/v.cpic").method
-        (True, 'refine')
+        (True, 'lattice')
     """
     import safetensors.torch
 

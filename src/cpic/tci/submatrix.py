@@ -44,7 +44,7 @@ def maxvol(a: Tensor, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, 
     P, _, _ = torch.lu_unpack(lu, pivots, unpack_data=False)
     idx = P[:, :, :r].argmax(dim=1)  # rows moved to the top by partial pivoting
     coef = torch.linalg.solve(_rows(a, idx), a, left=False).contiguous()
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not coef.requires_grad:
         _swap_on_host(coef, idx, tau, max_iters)
         return idx, coef
     return _swap_batched(coef, idx, tau, max_iters)

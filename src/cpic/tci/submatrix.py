@@ -81,10 +81,11 @@ def _swap_on_host(coef: Tensor, idx: Tensor, tau: float, max_iters: int) -> None
     size costs a fraction of a torch one, and each item stops after its own swaps instead of
     waiting for the slowest. The arithmetic is the same, so are the results, bit for bit.
     """
-    r = coef.shape[2]
-    eye_rows = np.eye(r, dtype=coef.numpy().dtype)
-    bound = eye_rows.dtype.type(tau)  # compared in coef's precision, as torch does
-    for c, rows in zip(coef.numpy(), idx.numpy()):
+    host = coef.numpy()  # shares coef's memory, as idx.numpy() shares idx's
+    r = host.shape[2]
+    eye_rows = np.eye(r, dtype=host.dtype)
+    bound = host.dtype.type(tau)  # compared in coef's precision, as torch does
+    for c, rows in zip(host, idx.numpy()):
         for _ in range(max_iters):
             i, j = divmod(int(np.abs(c).argmax()), r)
             pivot = c[i, j]

@@ -9,7 +9,7 @@ import cpic
 from cpic import TT
 from cpic.tci import CrossInfo
 from cpic.tci.cache import EvaluationCache
-from cpic.tci.submatrix import first_of_duplicates, maxvol_rect
+from cpic.tci.submatrix import _swap_batched, _swap_on_host, first_of_duplicates, maxvol, maxvol_rect
 from tests.helpers import random_tt
 
 
@@ -154,6 +154,27 @@ def test_rectangular_maxvol_agrees_with_teneva(adaptive):
         chosen = coef.gather(1, idx[:, :, None].expand(-1, -1, m))
         assert torch.equal(chosen, torch.eye(m, dtype=a.dtype).expand_as(chosen))
         torch.testing.assert_close(coef @ a.gather(1, idx[:, :, None].expand(-1, -1, r)), a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_maxvol_swaps_on_the_host_equal_the_batched_swaps_bit_for_bit(dtype):
+    """The CPU's item-by-item NumPy swaps and the batched torch swaps (accelerators) make the
+    same choices and the same coefficients, ties (equal coefficients in a constant block)
+    included, whatever the number of swaps each item needs."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 50, 5, dtype=dtype, generator=gen)
+    a[4] = 1.0  # a constant block: every coefficient ties
+    a[5, :, 0] = 0.0
+    for tau in (1.0, 1.05, 1.5):
+        start = torch.randperm(50, generator=gen)[:5].expand(6, 5).clone()
+        coef = torch.linalg.lstsq(a.gather(1, start[..., None].expand(-1, -1, 5)).mT, a.mT).solution.mT
+        for max_iters in (0, 1, 3, 100):
+            want_idx, want_coef = _swap_batched(coef.clone(), start.clone(), tau, max_iters)
+            idx, host = start.clone(), coef.clone().contiguous()
+            _swap_on_host(host, idx, tau, max_iters)
+            assert torch.equal(idx, want_idx) and torch.equal(host, want_coef)
+    idx, coef = maxvol(torch.linalg.qr(a[:4]).Q)
+    assert bool(coef.abs().max() <= 1.05)
 
 
 def test_pivots_among_identical_rows_are_the_first_multi_indices():

@@ -14,6 +14,9 @@ def test_merge_sorted_either_order():
         merged, values = merge_sorted(k1, k1.double() * 2, k2, k2.double() * 2)
         assert torch.equal(merged, torch.sort(keys).values)
         assert torch.equal(values, merged.double() * 2)
+        step = torch.arange(3)
+        _, rows = merge_sorted(k1, k1[:, None] + step, k2, k2[:, None] + step)
+        assert torch.equal(rows, merged[:, None] + step)  # values with trailing axes
 
 
 def test_store_matches_a_dictionary_and_respects_its_budget():

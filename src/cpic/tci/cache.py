@@ -74,6 +74,7 @@ class EvaluationCache:
         self.exact = total <= 2**self._item_bits
         self._strides = c_strides(self.shape if self.exact else (), self.device)
         self._store = KeyStore(dtype, self.device)
+        self._item_keys = (torch.arange(self.batch, device=self.device) << self._item_bits)[:, None]
         self.evaluations = 0
         self.unique_evaluations = 0
         self.hits = 0
@@ -91,8 +92,7 @@ class EvaluationCache:
                 item = (item ^ idx[..., k]) * _MIX[k % 3]
                 item = item ^ (item >> 29)
             item = item & (2**self._item_bits - 1)
-        batch = torch.arange(idx.shape[0], device=idx.device)[:, None]
-        return (batch << self._item_bits) | item
+        return item | self._item_keys
 
     def evaluate(self, f: BatchedFunction, idx: Tensor, distinct: bool = False) -> Tensor:
         """Values ``[B, P]`` of the tensor at ``idx: [B, P, d]``, calling ``f`` on new entries only.
@@ -115,25 +115,17 @@ class EvaluationCache:
             first = miss_pos.index_select(0, order)  # request position of each sorted missing key
         else:
             miss_keys, inverse = torch.unique(keys.index_select(0, miss_pos), return_inverse=True)
-        owner = miss_keys >> self._item_bits
-        counts = torch.bincount(owner, minlength=B)
-        width = int(counts.max().item()) if len(miss_keys) else 0
         self.hits += B * P - len(miss_pos)
-        if width == 0:
+        if not len(miss_keys):
             return values.reshape(B, P)
-        self._charge(B * width)
         if not distinct:  # first request position of each distinct missing key
             first = torch.full((len(miss_keys),), B * P, dtype=torch.long, device=idx.device)
             first = first.scatter_reduce(0, inverse, miss_pos, reduce="amin")
-        # item b's misses go to slots b * width + 0, 1, ...; padding repeats its first request
-        start = counts.cumsum(0) - counts
-        slot = owner * width + torch.arange(len(miss_keys), device=idx.device) - start.index_select(0, owner)
-        flat_idx = idx.reshape(B * P, -1)
-        request = idx[:, :1, :].expand(B, width, idx.shape[2]).reshape(B * width, -1).clone()
-        request.index_copy_(0, slot, flat_idx.index_select(0, first))
-        out = call_checked(f, request.reshape(B, width, -1), self.dtype, self.device)
-        fresh = out.flatten().index_select(0, slot)
-        self.evaluations += B * width
+        request, slot = self._requests(idx, miss_keys, first)
+        self._charge(request.shape[0] * request.shape[1])
+        out = call_checked(f, request, self.dtype, self.device).flatten()
+        fresh = out if slot is None else out.index_select(0, slot)
+        self.evaluations += out.numel()
         self.unique_evaluations += len(miss_keys)
         self._store.insert(miss_keys, fresh)
         if distinct:
@@ -141,6 +133,23 @@ class EvaluationCache:
         else:
             values.index_copy_(0, miss_pos, fresh.index_select(0, inverse))
         return values.reshape(B, P)
+
+    def _requests(self, idx: Tensor, miss_keys: Tensor, first: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The call for the missing entries, ``[B, width, d]``, and the slot of each sorted missing
+        key in it (``None``: slots in order). Item ``b``'s misses go to slots ``b * width + 0, 1,
+        ...``; an item missing fewer than ``width`` is padded with repeats of its first request."""
+        B, P, d = idx.shape
+        flat_idx = idx.reshape(B * P, d)
+        if B == 1:
+            return flat_idx.index_select(0, first)[None], None
+        owner = miss_keys >> self._item_bits
+        counts = torch.bincount(owner, minlength=B)
+        width = int(counts.max())
+        start = counts.cumsum(0) - counts
+        slot = owner * width + torch.arange(len(miss_keys), device=idx.device) - start.index_select(0, owner)
+        request = idx[:, :1, :].expand(B, width, d).reshape(B * width, d).clone()
+        request.index_copy_(0, slot, flat_idx.index_select(0, first))
+        return request.reshape(B, width, d), slot
 
     def _charge(self, count: int) -> None:
         if self.budget is not None and self.evaluations + count > self.budget:
@@ -159,8 +168,8 @@ def call_checked(f: BatchedFunction, idx: Tensor, dtype: torch.dtype, device: to
             f"got shape {tuple(out.shape)}."
         )
     out = out.detach().to(device=device, dtype=dtype)
-    bad = ~torch.isfinite(out)
-    if bool(bad.any()):
+    if not bool(torch.isfinite(out).all()):
+        bad = ~torch.isfinite(out)
         b, p = bad.nonzero()[0].tolist()
         raise NonFiniteValues(
             f"f returned {int(bad.sum())} non-finite values (NaN/Inf); e.g. at batch item {b}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,13 +40,24 @@ def maxvol(a: Tensor, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, 
     if N == r:
         eye = torch.eye(r, dtype=a.dtype, device=a.device).expand(B, r, r).clone()
         return torch.arange(r, device=a.device).expand(B, r).clone(), eye
-    P, _, _ = torch.linalg.lu(a)
+    lu, pivots = torch.linalg.lu_factor(a)
+    P, _, _ = torch.lu_unpack(lu, pivots, unpack_data=False)
     idx = P[:, :, :r].argmax(dim=1)  # rows moved to the top by partial pivoting
-    coef = torch.linalg.solve(_rows(a, idx), a, left=False)
-    eye_rows = torch.eye(r, dtype=a.dtype, device=a.device)
-    # converged items take no-op steps, so the loop may test for convergence only now and
-    # then: on an accelerator each test is a host synchronisation
-    check_every = 1 if a.device.type == "cpu" else 8
+    coef = torch.linalg.solve(_rows(a, idx), a, left=False).contiguous()
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not coef.requires_grad:
+        _swap_on_host(coef, idx, tau, max_iters)
+        return idx, coef
+    return _swap_batched(coef, idx, tau, max_iters)
+
+
+def _swap_batched(coef: Tensor, idx: Tensor, tau: float, max_iters: int) -> tuple[Tensor, Tensor]:
+    """Maxvol's row swaps for all items at once: each step swaps the row of the largest
+    coefficient in, where it exceeds ``tau``; converged items take no-op steps."""
+    B, N, r = coef.shape
+    eye_rows = torch.eye(r, dtype=coef.dtype, device=coef.device)
+    # the loop may test for convergence only now and then: on an accelerator each test is a
+    # host synchronisation
+    check_every = 1 if coef.device.type == "cpu" else 8
     for step in range(max_iters):
         val, pos = coef.abs().flatten(1).max(dim=1)
         active = val > tau
@@ -60,6 +72,27 @@ def maxvol(a: Tensor, tau: float = 1.05, max_iters: int = 100) -> tuple[Tensor, 
         new_j = torch.where(active, i, idx.gather(1, j[:, None])[:, 0])
         idx = idx.scatter(1, j[:, None], new_j[:, None])
     return idx, coef
+
+
+def _swap_on_host(coef: Tensor, idx: Tensor, tau: float, max_iters: int) -> None:
+    """The swaps of :func:`_swap_batched`, in place on CPU tensors, item by item in NumPy.
+
+    The swaps are a chain of small rank-one updates: a NumPy operation on a matrix of this
+    size costs a fraction of a torch one, and each item stops after its own swaps instead of
+    waiting for the slowest. The arithmetic is the same, so are the results, bit for bit.
+    """
+    host = coef.numpy()  # shares coef's memory, as idx.numpy() shares idx's
+    r = host.shape[2]
+    eye_rows = np.eye(r, dtype=host.dtype)
+    bound = host.dtype.type(tau)  # compared in coef's precision, as torch does
+    for c, rows in zip(host, idx.numpy()):
+        for _ in range(max_iters):
+            i, j = divmod(int(np.abs(c).argmax()), r)
+            pivot = c[i, j]
+            if not abs(pivot) > bound:
+                break
+            c -= np.outer(c[:, j], (c[i] - eye_rows[j]) / pivot)
+            rows[j] = i
 
 
 def maxvol_rect(

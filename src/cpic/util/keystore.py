@@ -19,14 +19,13 @@ def merge_sorted(k1: Tensor, v1: Tensor, k2: Tensor, v2: Tensor) -> tuple[Tensor
     if len(k1) < len(k2):
         k1, v1, k2, v2 = k2, v2, k1, v1
     # places of the smaller array by binary search; the larger one fills the remaining places
+    # in order (masked_scatter_ is one linear pass, no index list of the larger array)
     at2 = torch.arange(len(k2), device=k2.device) + torch.searchsorted(k1, k2)
-    taken = torch.zeros(len(k1) + len(k2), dtype=torch.bool, device=k1.device)
-    taken[at2] = True
-    at1 = (~taken).nonzero().flatten()
-    keys = torch.empty(len(k1) + len(k2), dtype=k1.dtype, device=k1.device)
-    values = v1.new_empty((len(keys),) + tuple(v1.shape[1:]))
-    keys.index_copy_(0, at1, k1).index_copy_(0, at2, k2)
-    values.index_copy_(0, at1, v1).index_copy_(0, at2, v2)
+    rest = torch.ones(len(k1) + len(k2), dtype=torch.bool, device=k1.device).index_fill_(0, at2, False)
+    keys = k1.new_empty(len(rest)).masked_scatter_(rest, k1).index_copy_(0, at2, k2)
+    values = v1.new_empty((len(rest),) + tuple(v1.shape[1:]))
+    rest = rest.reshape((-1,) + (1,) * (v1.dim() - 1))
+    values.masked_scatter_(rest, v1).index_copy_(0, at2, v2)
     return keys, values
 
 
@@ -67,16 +66,18 @@ class KeyStore:
 
     def lookup(self, keys: Tensor) -> tuple[Tensor, Tensor]:
         """``keys: [K]`` -> (found ``[K]`` bool, values ``[K, ...]``, zero where not found)."""
-        found_any = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
-        values = None
+        found_any = values = None
         for seg_keys, seg_values in self._segments:
             pos = torch.searchsorted(seg_keys, keys).clamp_(max=len(seg_keys) - 1)
             found = seg_keys.index_select(0, pos) == keys
-            found_any |= found
             hit = seg_values.index_select(0, pos)
             mask = found.reshape((-1,) + (1,) * (hit.dim() - 1))
-            values = torch.where(mask, hit, torch.zeros_like(hit) if values is None else values)
+            if values is None:
+                found_any, values = found, hit.masked_fill_(~mask, 0)
+            else:
+                found_any, values = found_any | found, torch.where(mask, hit, values)
         if values is None:
+            found_any = torch.zeros(keys.shape, dtype=torch.bool, device=keys.device)
             values = torch.zeros(keys.shape, dtype=self.dtype, device=keys.device)
         return found_any, values
 

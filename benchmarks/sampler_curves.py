@@ -3,10 +3,11 @@
 The same ``cpic.CPIC`` (3^3 patches + position, 8 features, mean projection, ``sampled_max``)
 reads with ``LatticePatches``, ``RandomPatches`` or ``ExploreExploit`` at one read budget per
 prediction; the ``strided`` baseline is ``DenseCNN`` (mean and max pooled) on the ``n^3``
-strided view with ``n^3`` at most the budget. Every method trains ``--epochs`` epochs (a budget
-that a shared machine cannot skew, unlike wall clock) on the cohort's last 3/4 and is scored
-after every epoch on its first 1/4; the result is the mean validation ROC AUC of the last 3
-epochs (one epoch's AUC on 40 volumes swings by about 0.05). ``benchmarks/tasks.py`` runs the
+strided view with ``n^3`` at most the budget, and the ``dense`` ceiling is the same CNN on the
+volume area-averaged to ``--dense-side``^3 (every voxel read). Every method trains ``--epochs``
+epochs (a budget that a shared machine cannot skew, unlike wall clock) on the cohort's last 3/4
+and is scored after every epoch on its first 1/4; the result is the mean validation ROC AUC of
+the last 3 epochs (one epoch's AUC on 40 volumes swings by about 0.05). ``benchmarks/tasks.py`` runs the
 wider protocol (wall-clock budgets, cross pivots, attention sampling, the dense ceiling,
 regression and needle tasks, figures).
 
@@ -27,7 +28,7 @@ from cpic.nn import Classification, DenseCNN, ExploreExploit, LatticePatches, Ra
 from cpic.train.metrics import roc_auc
 from cpic.util.units import voxel_budget
 
-METHODS = ("lattice", "random", "explore-exploit", "strided")
+METHODS = ("lattice", "random", "explore-exploit", "strided", "dense")
 
 
 def build(method: str, args, budget: int):
@@ -35,6 +36,8 @@ def build(method: str, args, budget: int):
     if method == "strided":
         side = int(budget ** (1 / 3) + 1e-9)
         return DenseCNN(Classification(2), side=side, pool="mean+max", view="strided")
+    if method == "dense":  # the ceiling: every voxel read, area-averaged
+        return DenseCNN(Classification(2), side=args.dense_side, pool="mean+max", view="average")
     policy = {
         "lattice": lambda: LatticePatches(budget),
         "random": lambda: RandomPatches(budget),
@@ -87,8 +90,11 @@ def run(method: str, args, sources, labels, budget: int) -> dict:
         for s in val:
             s.stats.reset()
         aucs.append(roc_auc(scores(model, val), labels[:n_val]))
-        # the dense CNN keeps its views: a prediction reads them once
-        read = model.side**3 if method == "strided" else max(s.stats.voxels_read for s in val)
+        # the dense CNNs keep their views: a prediction reads them once
+        if method in ("strided", "dense"):
+            read = model.side**3 if method == "strided" else args.side**3
+        else:
+            read = max(s.stats.voxels_read for s in val)
         print(f"  {method} epoch {epoch + 1}: auc {aucs[-1]:.3f}, read {read} voxels", flush=True)
     seconds = time.perf_counter() - started
     return {"auc": sum(aucs[-3:]) / 3, "best": max(aucs), "read": read, "seconds": seconds}
@@ -109,6 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--stage2", default="patches", help="explore-exploit: patches (jittered) or cross in the chosen cells"
     )
+    parser.add_argument("--dense-side", type=int, default=64, help="dense: the side of its averaged view")
     parser.add_argument("--patch", type=int, default=3)
     parser.add_argument("--features", type=int, default=8)
     args = parser.parse_args()
@@ -117,8 +124,9 @@ def main() -> None:
     budget = voxel_budget(args.read_budget, args.side**3)
     for method in args.methods.split(","):
         r = run(method, args, sources, labels, budget)
+        name = f"{method}+cross" if method == "explore-exploit" and args.stage2 == "cross" else method
         print(
-            f"RESULT {method} side {args.side} seed {args.seed} budget {args.read_budget} ({budget} voxels): "
+            f"RESULT {name} side {args.side} seed {args.seed} budget {args.read_budget} ({budget} voxels): "
             f"mean-last-3 {r['auc']:.3f} best {r['best']:.3f} read {r['read']} voxels "
             f"({100 * r['read'] / args.side**3:.2f}%) time {r['seconds']:.0f}s",
             flush=True,

@@ -238,16 +238,12 @@ def read_policy_from_config(config: dict | None, model_config: dict) -> ReadPoli
     if kind == "lattice":
         return LatticePatches(config["budget"])
     if kind == "explore-exploit":
+        settings = ("explore", "zoom", "width", "exploration", "stage2", "cross_rank")
         return ExploreExploit(
             config["budget"],
             features=config.get("features", model_config.get("features", 16)),
-            explore=config.get("explore", 0.5),
-            zoom=config.get("zoom", 2),
             channels=config.get("channels", model_config.get("channels", 1)),
-            width=config.get("width", 8),
-            exploration=config.get("exploration", 1.0),
-            stage2=config.get("stage2", "patches"),
-            cross_rank=config.get("cross_rank", 2),
+            **{name: config[name] for name in settings if name in config},  # else the defaults
         )
     raise ValueError(f"unknown read policy {config!r} in the model configuration.")
 

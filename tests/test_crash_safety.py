@@ -75,8 +75,8 @@ def _train(manifest: Path, name: str, epochs: int) -> subprocess.Popen:
     """``cpic train --resume`` writing checkpoints to ``name-ckpt`` and the model to ``name``."""
     folder = manifest.parent
     args = ["train", manifest, "-o", folder / name, "--checkpoint-dir", folder / f"{name}-ckpt", "--resume",
-            "--epochs", epochs, "--rank", 2, "--features", 3, "--patch", 3, "--batch-size", 2, "--val", 0.25,
-            "--log-csv", folder / f"{name}.csv", "--quiet"]  # fmt: skip
+            "--epochs", epochs, "--sampler", "cross", "--rank", 2, "--features", 3, "--patch", 3,
+            "--batch-size", 2, "--val", 0.25, "--log-csv", folder / f"{name}.csv", "--quiet"]  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "cpic.cli.main", *map(str, args)],
         env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -137,6 +137,10 @@ def broken_volumes(root: Path) -> dict[str, Path | str]:
     with h5py.File(root / "empty_ds.h5", "w") as h5:
         h5.create_dataset("e", shape=(0, 8, 8), dtype="f4")
     c["h5 empty dataset"] = root / "empty_ds.h5"
+    with h5py.File(root / "bad_level.h5", "w") as h5:  # 8 -> 5 is no integer factor, down or up
+        h5.create_dataset("levels/0", data=good)
+        h5.create_dataset("levels/1", data=good[:5, :5, :5])
+    c["h5 level not dividing the base"] = f"{root / 'bad_level.h5'}:/levels"
 
     put("tif garbage", "junk.tif", b"II*\x00" + b"\xff" * 100)
     tifffile.imwrite(root / "good.tif", good)
@@ -160,6 +164,12 @@ def broken_volumes(root: Path) -> dict[str, Path | str]:
             for k in range(2):
                 (zarr / f"{i}.{j}.{k}").write_bytes(b"\x01" * 7)  # each chunk needs 256 bytes
     c["zarr chunk of the wrong size"] = zarr
+    zarr = root / "bad_level.zarr"
+    zarr.mkdir(exist_ok=True)
+    (zarr / ".zgroup").write_text('{"zarr_format": 2}')
+    _raw_zarr(zarr / "0")
+    _raw_zarr(zarr / "1", grid=(5, 5, 5), chunks=(5, 5, 5))
+    c["zarr level not dividing the base"] = zarr
     return c
 
 

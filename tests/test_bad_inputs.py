@@ -134,14 +134,15 @@ def pytest_generate_tests(metafunc):
             "nii data offset beyond the file", "nii 0 bytes", "nii.gz truncated", "nii.gz not gzip",
             "nii.gz garbage inside", "h5 garbage", "h5 truncated", "h5 two datasets, none named",
             "h5 dataset missing", "h5 strings", "h5 compound records", "h5 scalar", "h5 empty dataset",
+            "h5 level not dividing the base",
             "tif garbage", "tif truncated", "tif 0 bytes", "zarr bad metadata", "zarr empty folder",
-            "zarr chunk of the wrong size",
+            "zarr chunk of the wrong size", "zarr level not dividing the base",
         ]  # fmt: skip
         metafunc.parametrize("broken_case", names)
 
 
 def test_corpus_lists_every_case(world):
-    assert len(world.broken) == 45 and len(world.odd) == 6
+    assert len(world.broken) == 47 and len(world.odd) == 6
     assert len(world.manifests) == len(MANIFEST_CASES) == 18 and len(world.models) == 24
     assert len(world.hostile) == len(HOSTILE_CASES) == 13
 

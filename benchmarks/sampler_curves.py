@@ -2,14 +2,17 @@
 
 The same ``cpic.CPIC`` (3^3 patches + position, 8 features, mean projection, ``sampled_max``)
 reads with ``LatticePatches``, ``RandomPatches`` or ``ExploreExploit`` at one read budget per
-prediction; the ``strided`` baseline is ``DenseCNN`` (mean and max pooled) on the ``n^3``
-strided view with ``n^3`` at most the budget, and the ``dense`` ceiling is the same CNN on the
-volume area-averaged to ``--dense-side``^3 (every voxel read). Every method trains ``--epochs``
-epochs (a budget that a shared machine cannot skew, unlike wall clock) on the cohort's last 3/4
-and is scored after every epoch on its first 1/4; the result is the mean validation ROC AUC of
-the last 3 epochs (one epoch's AUC on 40 volumes swings by about 0.05). ``benchmarks/tasks.py`` runs the
-wider protocol (wall-clock budgets, cross pivots, attention sampling, the dense ceiling,
-regression and needle tasks, figures).
+prediction, or with ``CrossPivots`` (``cross``: the largest rank whose cold cross reads at most
+the budget, found on one training volume; pivots kept per volume and re-selected every 2
+epochs); ``attention`` is ``AttentionPatches`` (its strided view ``--attention-view`` of the
+budget, its patches the rest, redrawn every 2 epochs); the ``strided`` baseline is
+``DenseCNN`` (mean and max pooled) on the ``n^3`` strided view with ``n^3`` at most the budget,
+and the ``dense`` ceiling is the same CNN on the volume area-averaged to ``--dense-side``^3
+(every voxel read). Every method trains ``--epochs`` epochs (a budget that a shared machine
+cannot skew, unlike wall clock) on the cohort's last 3/4 and is scored after every epoch on its
+first 1/4; the result is the mean validation ROC AUC of the last 3 epochs (one epoch's AUC on
+40 volumes swings by about 0.05). ``benchmarks/tasks.py`` runs the wider protocol (wall-clock
+budgets, regression and needle tasks, the "where each sampler read" slices).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/sampler_curves.py --side 128 --count 160 --epochs 30
 --read-budget 0.5% --seed 0`` (one cohort per seed; prints one ``RESULT`` line per method).
@@ -18,27 +21,84 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/sampler_curves.py --side 128 --count 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import cpic
 from cpic.data import lesion_cohort
-from cpic.nn import Classification, DenseCNN, ExploreExploit, LatticePatches, RandomPatches
+from cpic.nn import (
+    AttentionPatches,
+    Classification,
+    CrossPivots,
+    DenseCNN,
+    ExploreExploit,
+    LatticePatches,
+    RandomPatches,
+)
 from cpic.train.metrics import roc_auc
 from cpic.util.units import voxel_budget
 
-METHODS = ("lattice", "random", "explore-exploit", "strided", "dense")
+sys.path.insert(0, str(Path(__file__).parent))
+from tasks import attention_plan, strided_side  # noqa: E402  (a sibling script)
+
+METHODS = ("lattice", "random", "explore-exploit", "cross", "attention", "strided", "dense")
+REFRESH = 2  # cross and attention: new reads every this many epochs
 
 
-def build(method: str, args, budget: int):
+def patch_model(args, policy) -> cpic.CPIC:
+    return cpic.CPIC(
+        (args.side,) * 3,
+        Classification(2),
+        features=args.features,
+        patch=args.patch,
+        positions=True,
+        sampled_max=True,
+        reads=policy,
+        seed=args.seed,
+    )
+
+
+def cross_rank(args, source, budget: int) -> int:
+    """The largest rank (at least 1) whose cold cross on ``source`` reads at most ``budget`` voxels
+    (every read counted, as for the other methods)."""
+    best = 1
+    for rank in range(1, 33):
+        source.stats.reset()
+        with torch.no_grad():
+            patch_model(args, CrossPivots(rank, sweeps=2, seed=args.seed)).read([source])
+        if source.stats.voxels_read > budget:
+            break
+        best = rank
+    source.stats.reset()
+    return best
+
+
+def build(method: str, args, budget: int, probe):
     grid = (args.side,) * 3
     if method == "strided":
-        side = int(budget ** (1 / 3) + 1e-9)
-        return DenseCNN(Classification(2), side=side, pool="mean+max", view="strided")
+        return DenseCNN(Classification(2), side=strided_side(budget), pool="mean+max", view="strided")
     if method == "dense":  # the ceiling: every voxel read, area-averaged
         return DenseCNN(Classification(2), side=args.dense_side, pool="mean+max", view="average")
+    if method == "attention":
+        view, samples = attention_plan(args, budget)
+        return AttentionPatches(
+            grid,
+            Classification(2),
+            samples,
+            view=view,
+            pool="mean+max",
+            features=args.features,
+            patch=args.patch,
+            positions=True,
+            seed=args.seed,
+        )
     policy = {
+        "cross": lambda: CrossPivots(
+            cross_rank(args, probe, budget), sweeps=2, refresh_every=REFRESH, seed=args.seed
+        ),
         "lattice": lambda: LatticePatches(budget),
         "random": lambda: RandomPatches(budget),
         "explore-exploit": lambda: ExploreExploit(
@@ -49,16 +109,7 @@ def build(method: str, args, budget: int):
             stage2=args.stage2,
         ),
     }[method]()
-    return cpic.CPIC(
-        grid,
-        Classification(2),
-        features=args.features,
-        patch=args.patch,
-        positions=True,
-        sampled_max=True,
-        reads=policy,
-        seed=args.seed,
-    )
+    return patch_model(args, policy)
 
 
 def scores(model, sources, batch: int = 8) -> torch.Tensor:
@@ -71,13 +122,15 @@ def scores(model, sources, batch: int = 8) -> torch.Tensor:
 
 def run(method: str, args, sources, labels, budget: int) -> dict:
     torch.manual_seed(args.seed)
-    model = build(method, args, budget)
     n_val = len(sources) // 4
+    model = build(method, args, budget, probe=sources[n_val])
     train, val = list(range(n_val, len(sources))), sources[:n_val]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(args.seed)
     aucs, started = [], time.perf_counter()
     for epoch in range(args.epochs):
+        if method == "attention" and epoch and epoch % REFRESH == 0:
+            model.refresh()
         order = torch.randperm(len(train), generator=gen).tolist()
         for i in range(0, len(order), 8):
             items = [train[j] for j in order[i : i + 8]]
@@ -115,6 +168,7 @@ def main() -> None:
     parser.add_argument(
         "--stage2", default="patches", help="explore-exploit: patches (jittered) or cross in the chosen cells"
     )
+    parser.add_argument("--attention-view", type=float, default=0.5, help="attention: the view's share")
     parser.add_argument("--dense-side", type=int, default=64, help="dense: the side of its averaged view")
     parser.add_argument("--patch", type=int, default=3)
     parser.add_argument("--features", type=int, default=8)

@@ -79,8 +79,14 @@ def main() -> None:
         for name in args.samplers.split(","):
             policy = make_sampler(name, (side,) * 3, args.read_budget, features=8, patch=3)
             model = cpic.CPIC(
-                (side,) * 3, Classification(2), features=8, patch=3, positions=True,
-                sampled_max=True, reads=policy, seed=0,
+                (side,) * 3,
+                Classification(2),
+                features=8,
+                patch=3,
+                positions=True,
+                sampled_max=True,
+                reads=policy,
+                seed=0,
             )
             patches, base, sparse, dense = time_step(model, sources, target, args.repeats)
             print(

@@ -1,0 +1,100 @@
+"""Which lesions a design's reads touch: per method, the share of lesions with at least one voxel
+read inside them and the mean number of such voxels, over the lesion volumes of a cohort.
+
+Reads are those of one untrained prediction (``random``, ``lattice``: the model of
+``benchmarks/tasks.py``; ``strided``: its ``n^3`` view; ``view``: a strided view of half the
+budget, what explore-exploit's stage 1 reads before its scorer chooses). A voxel is inside a
+lesion when its centre lies in the lesion's ellipsoid (the deformed position, as the volume is
+computed). It says whether a cue can reach a model at all: a design that touches a lesion in
+few volumes cannot learn to find it, whatever it is trained on. (``lesion_hits.py`` asks the
+same of cross pivots.)
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/sampler_hits.py --side 512 --count 40 --read-budget 1%
+--radius 1,2`` (the needle task's volumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from cpic.data import lesion_cohort
+from cpic.data.lesions import RADIUS_MM
+from cpic.util.units import voxel_budget
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tasks import build, strided_side  # noqa: E402  (a sibling script)
+
+DESIGNS = ("random", "lattice", "strided", "view")
+
+
+def read_ids(design: str, args, source, budget: int) -> torch.Tensor:
+    """Linear ids of the distinct voxels one prediction of ``design`` reads of ``source``."""
+    source.stats.reset()
+    if design in ("strided", "view"):
+        n = strided_side(budget if design == "strided" else budget // 2)
+        axis = (2 * torch.arange(n) + 1) * args.side // (2 * n)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        source.read(grid)
+    else:
+        with torch.no_grad():
+            build(design, args, 2, budget, args.seed).read([source])
+    ids = torch.from_numpy(source.stats.voxel_ids().copy())
+    source.stats.reset()
+    return ids
+
+
+def inside(function, ids: torch.Tensor, side: int) -> torch.Tensor:
+    """``[lesions]``: how many of the voxels ``ids`` lie inside each lesion of ``function``."""
+    coords = torch.stack([ids // side**2, ids // side % side, ids % side], 1)
+    p = function.to_anatomy(coords)
+    counts = []
+    for lesion in function.lesions:
+        q = (p - torch.tensor(lesion.centre, dtype=p.dtype)) / torch.tensor(lesion.radii, dtype=p.dtype)
+        counts.append(int((q.norm(dim=1) < 1).sum()))
+    return torch.tensor(counts)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", type=int, default=512)
+    parser.add_argument("--count", type=int, default=40, help="volumes (half of them with lesions)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--read-budget", default="1%")
+    parser.add_argument("--radius", default=",".join(f"{r:g}" for r in RADIUS_MM), help="'low,high' mm")
+    parser.add_argument("--designs", default=",".join(DESIGNS))
+    args = parser.parse_args(argv)
+    # the model settings of tasks.py's defaults
+    args.features, args.patch, args.stride, args.projection, args.explore = 16, 3, 1, "moments", 0.5
+    radius = tuple(float(r) for r in args.radius.split(","))
+    budget = voxel_budget(args.read_budget, args.side**3)
+    sources, _ = lesion_cohort(args.count, side=args.side, seed=args.seed, radius=radius)
+    with_lesions = [s for s in sources if s.function.lesions]
+    lines = [
+        f"Lesions touched at {args.side}^3, radii {args.radius} mm, {args.read_budget} read "
+        f"({budget} voxels), {len(with_lesions)} volumes with lesions:",
+        "",
+        "| design | voxels read | lesions touched | lesion voxels read, mean per lesion |",
+        "|---|---|---|---|",
+    ]
+    for design in args.designs.split(","):
+        hits, read = [], 0
+        for s in with_lesions:
+            ids = read_ids(design, args, s, budget)
+            read += len(ids)
+            hits.append(inside(s.function, ids, args.side))
+        hits = torch.cat(hits).float()
+        lines.append(
+            f"| {design} | {read // len(with_lesions):,} | {int((hits > 0).sum())} of {len(hits)} "
+            f"({100 * float((hits > 0).float().mean()):.0f}%) | {float(hits.mean()):.1f} |"
+        )
+    report = "\n".join(lines)
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,9 @@ computed). It says whether a cue can reach a model at all: a design that touches
 few volumes cannot learn to find it, whatever it is trained on. (``lesion_hits.py`` asks the
 same of cross pivots.)
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/sampler_hits.py --side 512 --count 40 --read-budget 1%
---radius 1,2`` (the needle task's volumes).
+Every option but ``--designs`` is ``benchmarks/tasks.py``'s (task, side, count, seed, budget,
+model settings). Run: ``OMP_NUM_THREADS=1 python benchmarks/sampler_hits.py --task needle
+--side 512 --count 40 --read-budget 1%`` (the needle task's volumes).
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-from cpic.data import lesion_cohort
-from cpic.data.lesions import RADIUS_MM
-from cpic.util.units import voxel_budget
+from cpic.nn.baselines import subsample
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tasks import build, strided_side  # noqa: E402  (a sibling script)
+from tasks import build, cohort, parse, strided_side  # noqa: E402  (a sibling script)
 
 DESIGNS = ("random", "lattice", "strided", "view")
 
@@ -35,10 +34,7 @@ def read_ids(design: str, args, source, budget: int) -> torch.Tensor:
     """Linear ids of the distinct voxels one prediction of ``design`` reads of ``source``."""
     source.stats.reset()
     if design in ("strided", "view"):
-        n = strided_side(budget if design == "strided" else budget // 2)
-        axis = (2 * torch.arange(n) + 1) * args.side // (2 * n)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        source.read(grid)
+        subsample(source, strided_side(budget if design == "strided" else budget // 2))
     else:
         with torch.no_grad():
             build(design, args, 2, budget, args.seed).read([source])
@@ -60,27 +56,20 @@ def inside(function, ids: torch.Tensor, side: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", type=int, default=512)
-    parser.add_argument("--count", type=int, default=40, help="volumes (half of them with lesions)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--read-budget", default="1%")
-    parser.add_argument("--radius", default=",".join(f"{r:g}" for r in RADIUS_MM), help="'low,high' mm")
     parser.add_argument("--designs", default=",".join(DESIGNS))
-    args = parser.parse_args(argv)
-    # the model settings of tasks.py's defaults
-    args.features, args.patch, args.stride, args.projection, args.explore = 16, 3, 1, "moments", 0.5
-    radius = tuple(float(r) for r in args.radius.split(","))
-    budget = voxel_budget(args.read_budget, args.side**3)
-    sources, _ = lesion_cohort(args.count, side=args.side, seed=args.seed, radius=radius)
+    own, rest = parser.parse_known_args(argv)
+    args = parse(rest + ["--methods", "random"])  # tasks.py's cohort and model settings
+    budget = args.budgets[-1]
+    sources, _, _ = cohort(args, args.seed)
     with_lesions = [s for s in sources if s.function.lesions]
     lines = [
-        f"Lesions touched at {args.side}^3, radii {args.radius} mm, {args.read_budget} read "
-        f"({budget} voxels), {len(with_lesions)} volumes with lesions:",
+        f"Lesions touched, {args.task} at {args.side}^3, {budget} voxels read "
+        f"({100 * budget / args.side**3:.3g}%), {len(with_lesions)} volumes with lesions:",
         "",
         "| design | voxels read | lesions touched | lesion voxels read, mean per lesion |",
         "|---|---|---|---|",
     ]
-    for design in args.designs.split(","):
+    for design in own.designs.split(","):
         hits, read = [], 0
         for s in with_lesions:
             ids = read_ids(design, args, s, budget)

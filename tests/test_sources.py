@@ -1,6 +1,7 @@
 """Every reader against NumPy indexing on the same data; accounting; bad input."""
 
 import gzip
+import math
 import os
 from pathlib import Path
 
@@ -152,6 +153,36 @@ def test_accounting_is_exact(name, volume, files):
     stats.reset()
     assert stats.unique_voxels == 0 and stats.voxels_read == 0 and stats.chunks_touched == 0
 
+
+
+@pytest.mark.parametrize("name", ["npy", "zarr3", "hdf5"])
+@pytest.mark.parametrize("cache", [False, True])
+def test_dense_reads_count_as_scattered_ones(name, cache, volume, files):
+    """Planes read in one request, and past an eighth of the grid (where stats keep a flag per
+    voxel instead of sorted ids), give the values and counts of the same voxels read as points."""
+    dense, points = open_format(name, volume, files), open_format(name, volume, files)
+    points.stats.grid_voxels = 0  # never switches to flags: the reference accounting
+    if cache:
+        dense.enable_cache(1 << 20)
+        points.enable_cache(1 << 20)
+        dense.gather(torch.tensor([[3, 4, 2]]), patch=3)  # some of the planes' voxels cached
+        points.gather(torch.tensor([[3, 4, 2]]), patch=3)
+    centres = torch.from_numpy(centres_with_borders())
+    for start, stop in [(2, 5), (0, 1), (4, 8)]:  # overlapping slabs, the last past 1/8 of the grid
+        planes = dense.read_planes(start, stop)
+        np.testing.assert_array_equal(planes.numpy(), volume[start:stop].astype(np.float32))
+        grid = torch.cartesian_prod(torch.arange(start, stop), *[torch.arange(n) for n in SHAPE[1:]])
+        points.read(grid)
+        dense.gather(centres, patch=3, border="edge")
+        points.gather(centres, patch=3, border="edge")
+        assert dense.stats.unique_voxels == points.stats.unique_voxels
+        np.testing.assert_array_equal(dense.stats.voxel_ids(), points.stats.voxel_ids())
+    assert dense.stats._read_flags is not None and points.stats._read_flags is None
+    for counter in ("voxels_read", "cache_hits", "chunks_touched", "bytes_read"):
+        assert getattr(dense.stats, counter) == getattr(points.stats, counter), counter
+    dense.stats.reset()
+    assert dense.stats.unique_voxels == 0 and len(dense.stats.voxel_ids()) == 0
+    assert dense.stats.grid_voxels == math.prod(SHAPE)
 
 def test_multichannel_and_two_dimensional(tmp_path):
     rng = np.random.default_rng(3)

@@ -293,8 +293,5 @@ def read_uncounted(source) -> torch.Tensor:
         >>> read_uncounted(src).shape, src.stats.unique_voxels
         (torch.Size([4, 4, 4]), 0)
     """
-    saved, source.stats = source.stats, type(source.stats)()
-    try:
+    with source.uncounted():
         return source.read_planes(0, source.shape[0])
-    finally:
-        source.stats = saved

@@ -6,7 +6,8 @@ import math
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -165,7 +166,7 @@ class VolumeSource(ABC):
             raise SourceError(f"{name}: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}.")
         self.nonfinite = nonfinite
         self.normalization = Normalization()
-        self.stats = ReadStats()
+        self.stats = ReadStats(grid_voxels=math.prod(self.shape))
         self.cache: KeyStore | None = None
         self._strides = c_strides(self.shape)
         #: coarser copies of the grid, finest first (a pyramid's levels; empty for most sources)
@@ -339,15 +340,20 @@ class VolumeSource(ABC):
         self.stats.seconds += time.perf_counter() - started
         return out.to(device) if device is not None else out
 
-    def _read_cached(self, unique: Tensor, delivered: int) -> Tensor:
-        """Raw values (float32) of distinct sorted linear voxel ids, through the voxel cache."""
+    def _read_cached(self, unique: Tensor, delivered: int, coords: Tensor | None = None) -> Tensor:
+        """Raw values (float32) of distinct sorted linear voxel ids (at ``coords``, if known),
+        through the voxel cache."""
         if self.cache is None:
             missing, hit = unique, None
         else:
             hit, cached = self.cache.lookup(unique)
             missing = unique[~hit]
             self.stats.cache_hits += int(hit.sum())
-        coords = self._unravel(missing)
+            coords = None if coords is None else coords[~hit]
+        coords = self._unravel(missing) if coords is None else coords
+        if hit is not None and bool(hit.all()):  # nothing to fetch (some readers reject no voxels)
+            self._account(unique, coords, delivered)
+            return cached
         try:
             raw = torch.as_tensor(self._read(coords))
         except SourceError:
@@ -426,9 +432,15 @@ class VolumeSource(ABC):
             raise SourceError(
                 f"{self.name}: planes {start}:{stop} lie outside the first axis of the grid {self.shape}."
             )
+        started = time.perf_counter()
         axes = [torch.arange(start, stop)] + [torch.arange(n) for n in self.shape[1:]]
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.ndim)
-        values = self.read(coords, normalize=normalize)
+        plane = math.prod(self.shape[1:])
+        linear = torch.arange(start * plane, stop * plane)  # C order: sorted and distinct already
+        values = self._read_cached(linear, len(linear), coords)
+        if normalize:
+            values = self.normalization.apply(values)
+        self.stats.seconds += time.perf_counter() - started
         return values.reshape(stop - start, *self.shape[1:], *values.shape[1:])
 
     def _check_centres(self, centres) -> Tensor:
@@ -537,13 +549,27 @@ class VolumeSource(ABC):
         gen = torch.Generator().manual_seed(seed)
         count = min(count, self.size)
         coords = torch.stack([torch.randint(0, n, (count,), generator=gen) for n in self.shape], 1)
-        saved = self.stats
-        self.stats = ReadStats()  # sampling for the normalisation is not the caller's reading
-        try:
+        with self.uncounted():  # sampling for the normalisation is not the caller's reading
             values = self.read(coords, normalize=False)
+        return values.flatten().double()
+
+    @contextmanager
+    def uncounted(self) -> Iterator[VolumeSource]:
+        """Reads inside this block do not count in :attr:`stats` (a figure's, not a model's).
+
+        Example:
+            >>> import torch, cpic
+            >>> src = cpic.open_volume(torch.ones(4, 4, 4))
+            >>> with src.uncounted():
+            ...     _ = src.read_planes(0, 4)
+            >>> src.stats.unique_voxels
+            0
+        """
+        saved, self.stats = self.stats, ReadStats(grid_voxels=self.stats.grid_voxels)
+        try:
+            yield self
         finally:
             self.stats = saved
-        return values.flatten().double()
 
 
 def _is_integer(dtype) -> bool:

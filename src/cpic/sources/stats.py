@@ -31,17 +31,21 @@ class ReadStats:
     #: distinct voxels read of the source's coarser :attr:`~VolumeSource.levels` (their reads
     #: count in ``requests``, ``voxels_read`` and ``bytes_read`` too)
     level_voxels: int = 0
+    #: voxels of the grid (set by the source): past ``grid_voxels / 8`` distinct ids read, a
+    #: flag per voxel takes less memory than the ids and costs no merge per request
+    grid_voxels: int = field(default=0, repr=False)
     _voxels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
     _chunks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64), repr=False)
     _levels: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _read_flags: np.ndarray | None = field(default=None, repr=False)
 
     def reset(self) -> None:
         """Zero every counter."""
-        self.__init__()
+        self.__init__(grid_voxels=self.grid_voxels)
 
     def voxel_ids(self) -> np.ndarray:
         """Sorted linear (C-order) ids of the distinct voxels read so far (read-only)."""
-        view = self._voxels.view()
+        view = self._voxels.view() if self._read_flags is None else np.flatnonzero(self._read_flags)
         view.flags.writeable = False
         return view
 
@@ -51,8 +55,16 @@ class ReadStats:
 
     def add_voxels(self, linear: np.ndarray) -> None:
         """Count the voxel ids ``linear`` (sorted and distinct) as read."""
-        self._voxels, _ = _insert_sorted(self._voxels, linear, distinct=True)
-        self.unique_voxels = len(self._voxels)
+        if self._read_flags is None and 8 * (self.unique_voxels + len(linear)) > self.grid_voxels > 0:
+            self._read_flags = np.zeros(self.grid_voxels, bool)
+            self._read_flags[self._voxels] = True
+            self._voxels = np.empty(0, np.int64)
+        if self._read_flags is None:
+            self._voxels, _ = _insert_sorted(self._voxels, linear, distinct=True)
+            self.unique_voxels = len(self._voxels)
+        else:
+            self.unique_voxels += len(linear) - int(np.count_nonzero(self._read_flags[linear]))
+            self._read_flags[linear] = True
 
     def add_level_read(self, level: int, linear: np.ndarray, delivered: int, fetched: int) -> None:
         """Count a request to the source's level ``level``: ``delivered`` voxels, the distinct

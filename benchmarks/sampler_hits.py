@@ -47,11 +47,7 @@ def inside(function, ids: torch.Tensor, side: int) -> torch.Tensor:
     """``[lesions]``: how many of the voxels ``ids`` lie inside each lesion of ``function``."""
     coords = torch.stack([ids // side**2, ids // side % side, ids % side], 1)
     p = function.to_anatomy(coords)
-    counts = []
-    for lesion in function.lesions:
-        q = (p - torch.tensor(lesion.centre, dtype=p.dtype)) / torch.tensor(lesion.radii, dtype=p.dtype)
-        counts.append(int((q.norm(dim=1) < 1).sum()))
-    return torch.tensor(counts)
+    return torch.tensor([int((lesion.scaled_distance(p) < 1).sum()) for lesion in function.lesions])
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -51,6 +51,19 @@ class Lesion:
     contrast: float
     region: str
 
+    def scaled_distance(self, p: Tensor) -> Tensor:
+        """``[K]``: how far anatomy positions ``p [K, 3]`` lie from the centre in units of the
+        radii (below 1: inside the ellipsoid).
+
+        Example:
+            >>> import torch
+            >>> lesion = Lesion((0.0, 0.0, 0.0), (2.0, 1.0, 1.0), 0.8, "x")
+            >>> lesion.scaled_distance(torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]))
+            tensor([0.5000, 2.0000])
+        """
+        centre, radii = (torch.tensor(v, dtype=p.dtype) for v in (self.centre, self.radii))
+        return ((p - centre) / radii).norm(dim=1)
+
 
 @dataclass(frozen=True)
 class _Anatomy:
@@ -230,8 +243,7 @@ class LesionVolume:
         oedema = self.oedema if oedema is None else oedema
         total = torch.zeros(len(p), dtype=torch.float32)
         for lesion in self.lesions:
-            q = (p - torch.tensor(lesion.centre, dtype=p.dtype)) / torch.tensor(lesion.radii, dtype=p.dtype)
-            r = q.norm(dim=1)
+            r = lesion.scaled_distance(p)
             edge = EDGE / min(lesion.radii)
             core = torch.sigmoid((1 - r) / edge)
             total += lesion.contrast * core

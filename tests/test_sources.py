@@ -154,7 +154,6 @@ def test_accounting_is_exact(name, volume, files):
     assert stats.unique_voxels == 0 and stats.voxels_read == 0 and stats.chunks_touched == 0
 
 
-
 @pytest.mark.parametrize("name", ["npy", "zarr3", "hdf5"])
 @pytest.mark.parametrize("cache", [False, True])
 def test_dense_reads_count_as_scattered_ones(name, cache, volume, files):
@@ -168,7 +167,7 @@ def test_dense_reads_count_as_scattered_ones(name, cache, volume, files):
         dense.gather(torch.tensor([[3, 4, 2]]), patch=3)  # some of the planes' voxels cached
         points.gather(torch.tensor([[3, 4, 2]]), patch=3)
     centres = torch.from_numpy(centres_with_borders())
-    for start, stop in [(2, 5), (0, 1), (4, 8)]:  # overlapping slabs, the last past 1/8 of the grid
+    for start, stop in [(2, 5), (0, 1), (4, 8)]:  # overlapping slabs; the first passes 1/8 of the grid
         planes = dense.read_planes(start, stop)
         np.testing.assert_array_equal(planes.numpy(), volume[start:stop].astype(np.float32))
         grid = torch.cartesian_prod(torch.arange(start, stop), *[torch.arange(n) for n in SHAPE[1:]])
@@ -183,6 +182,7 @@ def test_dense_reads_count_as_scattered_ones(name, cache, volume, files):
     dense.stats.reset()
     assert dense.stats.unique_voxels == 0 and len(dense.stats.voxel_ids()) == 0
     assert dense.stats.grid_voxels == math.prod(SHAPE)
+
 
 def test_multichannel_and_two_dimensional(tmp_path):
     rng = np.random.default_rng(3)

@@ -43,10 +43,10 @@ def read_ids(design: str, args, source, budget: int) -> torch.Tensor:
     return ids
 
 
-def inside(function, ids: torch.Tensor, side: int) -> torch.Tensor:
-    """``[lesions]``: how many of the voxels ``ids`` lie inside each lesion of ``function``."""
-    coords = torch.stack([ids // side**2, ids // side % side, ids % side], 1)
-    p = function.to_anatomy(coords)
+def inside(source, ids: torch.Tensor) -> torch.Tensor:
+    """``[lesions]``: how many of the voxels ``ids`` lie inside each lesion of ``source``."""
+    function = source.function
+    p = function.to_anatomy(source.coords_of(ids))
     return torch.tensor([int((lesion.scaled_distance(p) < 1).sum()) for lesion in function.lesions])
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> str:
         for s in with_lesions:
             ids = read_ids(design, args, s, budget)
             read += len(ids)
-            hits.append(inside(s.function, ids, args.side))
+            hits.append(inside(s, ids))
         hits = torch.cat(hits).float()
         lines.append(
             f"| {design} | {read // len(with_lesions):,} | {int((hits > 0).sum())} of {len(hits)} "
